@@ -1,0 +1,20 @@
+//! ftp-alg: a userspace FTP application-level gateway for Linux gateways.
+//!
+//! Layout (dependencies point downward only):
+//!
+//! - [`cli`] / `main.rs`: argument parsing and start-up; no protocol logic.
+//! - [`proxy`]: sockets — the intercepting listener, original destination, upstream connect.
+//! - [`session`]: one control connection; drives [`ftp`] with bytes, asks [`firewall`] for
+//!   pinholes, decides what to forward, owns the lifetime of its pinholes.
+//! - [`ftp`]: the sans-IO protocol: line framing, commands, replies, address codecs.
+//! - [`firewall`]: the only code that talks to netfilter (base table and pinholes).
+//! - [`config`]: the typed configuration, validated once at load.
+//! - [`lab`]: network-namespace test beds used by the tests, the demo and the benchmark.
+
+pub mod cli;
+pub mod config;
+pub mod firewall;
+pub mod ftp;
+pub mod lab;
+pub mod proxy;
+pub mod session;
