@@ -1,0 +1,971 @@
+//! The kernel backend: pinholes as nf_tables set elements, over raw nfnetlink.
+//!
+//! Why it is shaped this way (measurements in `DESIGN.md`, "Netfilter shape"):
+//!
+//! - **One long-lived socket, one thread.** Spawning `nft` costs ~2 ms per add and ~14 ms per
+//!   delete; closing *any* nf_tables netlink socket waits for an RCU grace period, so even a
+//!   socket per operation is as slow as `nft`. One `NETLINK_NETFILTER` socket, opened once and
+//!   owned by one dedicated OS thread, costs a few microseconds per element. The thread is a
+//!   plain `std::thread` because every syscall on the socket is short and blocking, and
+//!   because a thread can be put into another network namespace (`setns`) before it opens the
+//!   socket, which binds the socket to that namespace for good (see
+//!   [`NftFirewall::start_in_netns`]).
+//! - **Batching.** Callers send requests over a channel; the thread drains everything queued
+//!   (up to [`MAX_BATCH`] requests) into one nf_tables transaction: `BATCH_BEGIN`, one message
+//!   per element each with `NLM_F_ACK` and its own sequence number, `BATCH_END`. The kernel
+//!   processes the batch synchronously inside `sendmsg`, so every acknowledgement is queued
+//!   on the socket when `sendmsg` returns; they are matched back to requests by sequence
+//!   number. A transaction is all or nothing: when any message fails the kernel aborts the
+//!   batch *but still sends success ACKs for the messages that were fine*, so a zero ACK means
+//!   "committed" only if the whole batch had no error. On any error the requests of the batch
+//!   are replayed one per batch, which attributes each error precisely. Every operation is
+//!   idempotent (add without `NLM_F_EXCL`, destroy), so replaying is always safe.
+//! - **Destroy, not delete.** `close` sends `NFT_MSG_DESTROYSETELEM` (kernel >= 6.3), which
+//!   succeeds when the element is already gone: consumed by its connection (the rule deletes
+//!   it) or expired. `NFT_MSG_DELSETELEM` would fail with `ENOENT` and, worse, abort every
+//!   other message of its batch. On a kernel without destroy (`EINVAL`/`EOPNOTSUPP`), close
+//!   falls back to one delete per element, ignoring `ENOENT`.
+//!
+//! Wire format: netlink header, `nfgenmsg { family: NFPROTO_INET, version: 0, res_id: 0 }`,
+//! then `NFTA_SET_ELEM_LIST_TABLE`, `NFTA_SET_ELEM_LIST_SET` (NUL-terminated strings) and
+//! `NFTA_SET_ELEM_LIST_ELEMENTS { NFTA_LIST_ELEM { KEY { DATA_VALUE }, DATA { DATA_VALUE },
+//! TIMEOUT (be64 ms) } }`. Concatenated keys pad every component to 4 bytes, in network
+//! byte order (`inet_service` is 2 bytes big-endian plus 2 zero bytes).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use super::{Firewall, FirewallError, Pinhole};
+
+/// Most requests (pinholes) sent in one nf_tables transaction. An active-mode pinhole is
+/// three messages, so a full batch is at most 768 messages and as many ACKs.
+const MAX_BATCH: usize = 256;
+
+// uapi: linux/netlink.h
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLA_F_NESTED: u16 = 0x8000;
+// uapi: linux/netfilter/nfnetlink.h
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFNETLINK_V0: u8 = 0;
+// uapi: linux/netfilter.h
+const NFPROTO_UNSPEC: u8 = 0;
+const NFPROTO_INET: u8 = 1;
+// uapi: linux/netfilter/nf_tables.h, enum nf_tables_msg_types
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_GETGEN: u16 = 16;
+/// Added in 6.3 after `GETRULE_RESET` (25) and `DESTROYTABLE..DESTROYSET` (26..29).
+const NFT_MSG_DESTROYSETELEM: u16 = 30;
+// enum nft_set_elem_list_attributes
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+// enum nft_list_attributes
+const NFTA_LIST_ELEM: u16 = 1;
+// enum nft_set_elem_attributes
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+// enum nft_data_attributes
+const NFTA_DATA_VALUE: u16 = 1;
+
+/// Socket buffer sizes. ACKs are one datagram each (~1 KiB of receive-buffer accounting), and
+/// they are all queued before we read the first: a full batch needs ~1 MiB, a buffer that
+/// overflows loses ACKs (`ENOBUFS`).
+const RECV_BUFFER: libc::c_int = 8 << 20;
+const SEND_BUFFER: libc::c_int = 2 << 20;
+/// How long to wait for ACKs that were not queued when `sendmsg` returned (they always are on
+/// current kernels; this only bounds a wait that should never happen).
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// The kernel backend of [`Firewall`]: a cheap, cloneable handle to the firewall thread.
+///
+/// The thread owns the netlink socket and stops (closing it) when the last handle is dropped.
+#[derive(Clone)]
+pub struct NftFirewall {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requests: mpsc::Sender<Request>,
+    table: String,
+}
+
+impl fmt::Debug for NftFirewall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NftFirewall")
+            .field("table", &self.inner.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NftFirewall {
+    /// Starts the firewall thread in the caller's network namespace, for the pinhole sets of
+    /// table `inet <table>`.
+    ///
+    /// Fails early, before any pinhole is asked for, when the socket cannot be opened or the
+    /// process lacks `CAP_NET_ADMIN` ([`FirewallError::PermissionDenied`]). The table itself
+    /// need not exist yet: it is looked up by every operation.
+    pub fn start(table: &str) -> Result<Self, FirewallError> {
+        Self::spawn(table, || Ok(()))
+    }
+
+    /// Like [`NftFirewall::start`], but the thread first enters the network namespace at
+    /// `netns` (e.g. `/var/run/netns/NAME`, as made by `ip netns add NAME`), so the socket
+    /// and every pinhole live there. `None` stays in the caller's namespace.
+    pub fn start_in_netns(table: &str, netns: Option<&Path>) -> Result<Self, FirewallError> {
+        let Some(path) = netns else {
+            return Self::start(table);
+        };
+        let path = path.to_path_buf();
+        Self::spawn(table, move || enter_netns(&path))
+    }
+
+    /// Like [`NftFirewall::start`], but runs `setup` on the firewall thread before the socket
+    /// is opened (enter a namespace, drop capabilities, ...). Its error fails the start.
+    pub fn start_with<S>(table: &str, setup: S) -> Result<Self, FirewallError>
+    where
+        S: FnOnce() -> std::io::Result<()> + Send + 'static,
+    {
+        Self::spawn(table, move || {
+            setup().map_err(|e| FirewallError::io("set up the firewall thread", &e))
+        })
+    }
+
+    /// The table this backend adds elements to.
+    pub fn table(&self) -> &str {
+        &self.inner.table
+    }
+
+    fn spawn<S>(table: &str, setup: S) -> Result<Self, FirewallError>
+    where
+        S: FnOnce() -> Result<(), FirewallError> + Send + 'static,
+    {
+        if table.is_empty() || table.len() > 255 || table.contains('\0') {
+            return Err(FirewallError::InvalidTableName(table.to_owned()));
+        }
+        let (requests, queue) = mpsc::channel::<Request>();
+        let (ready_tx, ready) = mpsc::sync_channel::<Result<(), FirewallError>>(1);
+        let name = table.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("ftp-alg-nft".into())
+            .spawn(move || match setup().and_then(|()| Backend::open(name)) {
+                Ok(mut backend) => {
+                    let _ = ready_tx.send(Ok(()));
+                    backend.run(&queue);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| FirewallError::io("spawn the firewall thread", &e))?;
+        match ready.recv() {
+            Ok(Ok(())) => Ok(Self {
+                inner: Arc::new(Inner {
+                    requests,
+                    table: table.to_owned(),
+                }),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(FirewallError::Stopped),
+        }
+    }
+
+    async fn submit(
+        &self,
+        kind: Kind,
+        pinhole: Pinhole,
+        elements: Vec<Element>,
+    ) -> Result<(), FirewallError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .requests
+            .send(Request {
+                kind,
+                pinhole,
+                elements,
+                reply,
+            })
+            .map_err(|_| FirewallError::Stopped)?;
+        answer.await.map_err(|_| FirewallError::Stopped)?
+    }
+}
+
+impl Firewall for NftFirewall {
+    async fn open(&self, pinhole: Pinhole, timeout: Duration) -> Result<(), FirewallError> {
+        let elements = elements(&pinhole, true)?;
+        let timeout_ms = timeout_millis(timeout);
+        self.submit(Kind::Add { timeout_ms }, pinhole, elements)
+            .await
+    }
+
+    async fn close(&self, pinhole: Pinhole) -> Result<(), FirewallError> {
+        let elements = elements(&pinhole, false)?;
+        self.submit(Kind::Remove, pinhole, elements).await
+    }
+}
+
+fn enter_netns(path: &Path) -> Result<(), FirewallError> {
+    let fail = |e: &std::io::Error| FirewallError::Namespace {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(&e))?;
+    // SAFETY: plain syscall on a descriptor we own; it changes this thread's namespace only.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(fail(&std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Rounds up to whole milliseconds, at least one: zero would mean "no timeout" to the kernel.
+fn timeout_millis(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_nanos().div_ceil(1_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// What a request does to its elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Add { timeout_ms: u64 },
+    Remove,
+}
+
+/// One set element: its set, its key, and (maps only, adds only) its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Element {
+    set: &'static str,
+    key: Vec<u8>,
+    data: Option<Vec<u8>>,
+}
+
+struct Request {
+    kind: Kind,
+    pinhole: Pinhole,
+    elements: Vec<Element>,
+    reply: oneshot::Sender<Result<(), FirewallError>>,
+}
+
+/// The elements of a pinhole, in the order they are added. `with_data`: include map data
+/// (needed to add, not to remove).
+fn elements(pinhole: &Pinhole, with_data: bool) -> Result<Vec<Element>, FirewallError> {
+    if !pinhole.is_single_family() {
+        return Err(FirewallError::MixedFamilies(*pinhole));
+    }
+    let key = |parts: &[Part]| {
+        let mut bytes = Vec::with_capacity(36);
+        for part in parts {
+            match *part {
+                Part::Addr(ip) => match ip.to_canonical() {
+                    IpAddr::V4(v4) => bytes.extend_from_slice(&v4.octets()),
+                    IpAddr::V6(v6) => bytes.extend_from_slice(&v6.octets()),
+                },
+                Part::Port(port) => {
+                    bytes.extend_from_slice(&port.to_be_bytes());
+                    bytes.extend_from_slice(&[0, 0]);
+                }
+            }
+        }
+        bytes
+    };
+    Ok(match *pinhole {
+        Pinhole::Passive {
+            client,
+            server,
+            port,
+        } => {
+            let v6 = !client.to_canonical().is_ipv4();
+            vec![Element {
+                set: if v6 { "passive_pin6" } else { "passive_pin" },
+                key: key(&[Part::Addr(client), Part::Addr(server), Part::Port(port)]),
+                data: None,
+            }]
+        }
+        Pinhole::Active {
+            server,
+            gateway,
+            gateway_port,
+            client,
+            client_port,
+        } => {
+            let v6 = !server.to_canonical().is_ipv4();
+            let outside = key(&[
+                Part::Addr(server),
+                Part::Addr(gateway),
+                Part::Port(gateway_port),
+            ]);
+            let target = key(&[Part::Addr(client), Part::Port(client_port)]);
+            vec![
+                Element {
+                    set: if v6 { "active_dnat6" } else { "active_dnat" },
+                    key: outside.clone(),
+                    data: with_data.then_some(target),
+                },
+                Element {
+                    set: if v6 { "active_once6" } else { "active_once" },
+                    key: outside,
+                    data: None,
+                },
+                Element {
+                    set: if v6 { "active_pin6" } else { "active_pin" },
+                    key: key(&[
+                        Part::Addr(server),
+                        Part::Addr(client),
+                        Part::Port(client_port),
+                    ]),
+                    data: None,
+                },
+            ]
+        }
+    })
+}
+
+enum Part {
+    Addr(IpAddr),
+    Port(u16),
+}
+
+// ---------------------------------------------------------------------------------------
+// Encoding
+
+fn msg_start(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, patched by msg_end
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel
+    buf.push(family); // struct nfgenmsg
+    buf.push(NFNETLINK_V0);
+    buf.extend_from_slice(&res_id.to_be_bytes());
+    start
+}
+
+fn msg_end(buf: &mut [u8], start: usize) {
+    let len = u32::try_from(buf.len() - start).unwrap_or(u32::MAX);
+    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+}
+
+fn pad(buf: &mut Vec<u8>) {
+    buf.resize(buf.len().next_multiple_of(4), 0);
+}
+
+fn attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+    // Payloads are at most a table name (255 bytes) or a 36-byte key: the length fits.
+    let len = u16::try_from(4 + payload.len()).unwrap_or(u16::MAX);
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    pad(buf);
+}
+
+fn attr_str(buf: &mut Vec<u8>, ty: u16, s: &str) {
+    let len = u16::try_from(4 + s.len() + 1).unwrap_or(u16::MAX);
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(0);
+    pad(buf);
+}
+
+fn nest_start(buf: &mut Vec<u8>, ty: u16) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&0u16.to_ne_bytes());
+    buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+    start
+}
+
+fn nest_end(buf: &mut [u8], start: usize) {
+    let len = u16::try_from(buf.len() - start).unwrap_or(u16::MAX);
+    buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+fn batch_marker(buf: &mut Vec<u8>, ty: u16, seq: u32) {
+    let start = msg_start(
+        buf,
+        ty,
+        NLM_F_REQUEST,
+        seq,
+        NFPROTO_UNSPEC,
+        NFNL_SUBSYS_NFTABLES,
+    );
+    msg_end(buf, start);
+}
+
+/// One `NEWSETELEM` / `DESTROYSETELEM` / `DELSETELEM` message carrying one element.
+fn setelem_msg(
+    buf: &mut Vec<u8>,
+    msg: u16,
+    seq: u32,
+    table: &str,
+    element: &Element,
+    timeout_ms: Option<u64>,
+) {
+    let mut flags = NLM_F_REQUEST | NLM_F_ACK;
+    if msg == NFT_MSG_NEWSETELEM {
+        flags |= NLM_F_CREATE;
+    }
+    let ty = (NFNL_SUBSYS_NFTABLES << 8) | msg;
+    let start = msg_start(buf, ty, flags, seq, NFPROTO_INET, 0);
+    attr_str(buf, NFTA_SET_ELEM_LIST_TABLE, table);
+    attr_str(buf, NFTA_SET_ELEM_LIST_SET, element.set);
+    let list = nest_start(buf, NFTA_SET_ELEM_LIST_ELEMENTS);
+    let item = nest_start(buf, NFTA_LIST_ELEM);
+    let key = nest_start(buf, NFTA_SET_ELEM_KEY);
+    attr(buf, NFTA_DATA_VALUE, &element.key);
+    nest_end(buf, key);
+    if let Some(data) = &element.data {
+        let nest = nest_start(buf, NFTA_SET_ELEM_DATA);
+        attr(buf, NFTA_DATA_VALUE, data);
+        nest_end(buf, nest);
+    }
+    if let Some(ms) = timeout_ms {
+        attr(buf, NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+    }
+    nest_end(buf, item);
+    nest_end(buf, list);
+    msg_end(buf, start);
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoding
+
+/// What one netlink message from the kernel says, as far as we care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// `NLMSG_ERROR`: an ACK (`errno == 0`) or an error (positive errno) for message `seq`.
+    Ack { seq: u32, errno: i32 },
+    /// Anything else (e.g. the `NEWGEN` answer to `GETGEN`).
+    Other { seq: u32, ty: u16 },
+}
+
+fn ne_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn ne_u16(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// Parses one datagram (possibly several netlink messages). Malformed input is an error,
+/// never a panic; messages parsed before the malformed one are kept in `out`.
+fn parse_replies(mut data: &[u8], out: &mut Vec<Reply>) -> Result<(), String> {
+    while !data.is_empty() {
+        let (Some(len), Some(ty), Some(seq)) = (ne_u32(data, 0), ne_u16(data, 4), ne_u32(data, 8))
+        else {
+            return Err(format!(
+                "truncated netlink header ({} bytes left)",
+                data.len()
+            ));
+        };
+        let len = len as usize;
+        if len < NLMSG_HDRLEN || len > data.len() {
+            return Err(format!(
+                "netlink message length {len} out of range (1..={} bytes, header {NLMSG_HDRLEN})",
+                data.len()
+            ));
+        }
+        if ty == NLMSG_ERROR {
+            let code = ne_u32(&data[..len], NLMSG_HDRLEN)
+                .ok_or_else(|| format!("truncated NLMSG_ERROR for sequence {seq}"))?;
+            let errno = (code.cast_signed())
+                .checked_neg()
+                .filter(|e| *e >= 0)
+                .ok_or_else(|| format!("invalid error code {code:#x} for sequence {seq}"))?;
+            out.push(Reply::Ack { seq, errno });
+        } else {
+            out.push(Reply::Other { seq, ty });
+        }
+        data = data.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The thread
+
+/// The result of one request within one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// Every message ACKed, and the transaction committed.
+    Done,
+    /// The kernel refused element `element` of this request with `errno`.
+    Refused { errno: i32, element: usize },
+    /// The kernel refused the whole transaction (answered on `BATCH_BEGIN`).
+    BatchRefused(i32),
+    /// This request was fine, but another one made the transaction abort.
+    Aborted,
+    /// Some ACK never came (or was dropped: `ENOBUFS`), so the result is unknown.
+    Lost(String),
+    /// The socket failed.
+    Io(FirewallError),
+}
+
+/// A unit of work in a transaction: some elements, added or removed.
+struct Job<'a> {
+    kind: Kind,
+    elements: &'a [Element],
+}
+
+struct Backend {
+    socket: Socket,
+    table: String,
+    seq: u32,
+    /// Whether `NFT_MSG_DESTROYSETELEM` works (cleared after the first EINVAL/EOPNOTSUPP that
+    /// a plain delete does not reproduce).
+    destroy: bool,
+    tx: Vec<u8>,
+    rx: Vec<u8>,
+    replies: Vec<Reply>,
+}
+
+impl Backend {
+    fn open(table: String) -> Result<Self, FirewallError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| {
+            FirewallError::io(
+                "open a NETLINK_NETFILTER socket (is nfnetlink available?)",
+                &e,
+            )
+        })?;
+        socket
+            .bind_auto()
+            .map_err(|e| FirewallError::io("bind the netlink socket", &e))?;
+        // Errors are acknowledged with the header of the failed message only, not its body.
+        socket
+            .set_cap_ack(true)
+            .map_err(|e| FirewallError::io("set NETLINK_CAP_ACK", &e))?;
+        set_buffer(&socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECV_BUFFER);
+        set_buffer(&socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SEND_BUFFER);
+        let mut backend = Self {
+            socket,
+            table,
+            seq: std::process::id().rotate_left(16),
+            destroy: true,
+            tx: Vec::with_capacity(64 << 10),
+            rx: Vec::with_capacity(64 << 10),
+            replies: Vec::new(),
+        };
+        backend.probe()?;
+        Ok(backend)
+    }
+
+    /// Asks for the ruleset generation: answers EPERM without CAP_NET_ADMIN, so a daemon
+    /// that is not permitted fails at start, not at its first transfer.
+    fn probe(&mut self) -> Result<(), FirewallError> {
+        let seq = bump(&mut self.seq);
+        self.tx.clear();
+        let start = msg_start(
+            &mut self.tx,
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            NFPROTO_UNSPEC,
+            0,
+        );
+        msg_end(&mut self.tx, start);
+        self.send()
+            .map_err(|e| FirewallError::io("send to the kernel", &e))?;
+        let mut answer = None;
+        let lost = self.receive(|reply| {
+            if let Reply::Ack { seq: s, errno } = reply
+                && s == seq
+            {
+                answer = Some(errno);
+            }
+            answer.is_some()
+        });
+        match (answer, lost) {
+            (Some(0), _) => Ok(()),
+            (Some(libc::EPERM), _) => Err(FirewallError::PermissionDenied),
+            (Some(errno), _) => Err(kernel_error("answer a generation query", errno)),
+            (None, Err(e)) => Err(e),
+            (None, Ok(())) => Err(FirewallError::Protocol(
+                "no answer to a generation query".into(),
+            )),
+        }
+    }
+
+    fn send(&self) -> std::io::Result<()> {
+        let sent = self.socket.send_to(&self.tx, &SocketAddr::new(0, 0), 0)?;
+        if sent != self.tx.len() {
+            return Err(std::io::Error::other(format!(
+                "short send: {sent} of {} bytes",
+                self.tx.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads every queued reply, handing each to `on_reply`, which answers whether all
+    /// expected replies have now arrived. Returns once the queue is empty and `on_reply` said
+    /// so; waits up to [`ACK_WAIT`] for stragglers. `Ok(())` with `on_reply` never satisfied
+    /// means the wait timed out. Replies dropped by the kernel (`ENOBUFS`) are reported as an
+    /// error *after* the queue is drained, so the caller can still use the rest.
+    fn receive(&mut self, mut on_reply: impl FnMut(Reply) -> bool) -> Result<(), FirewallError> {
+        let mut done = false;
+        let mut problem: Option<FirewallError> = None;
+        let deadline = Instant::now() + ACK_WAIT;
+        loop {
+            self.rx.clear();
+            match self
+                .socket
+                .recv(&mut self.rx, libc::MSG_DONTWAIT | libc::MSG_TRUNC)
+            {
+                Ok(len) => {
+                    if len > self.rx.len() {
+                        problem = Some(FirewallError::Protocol(format!(
+                            "reply of {len} bytes truncated to {}",
+                            self.rx.len()
+                        )));
+                    }
+                    self.replies.clear();
+                    if let Err(e) = parse_replies(&self.rx, &mut self.replies) {
+                        problem = Some(FirewallError::Protocol(e));
+                    }
+                    for reply in self.replies.drain(..) {
+                        done |= on_reply(reply);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if done {
+                        break;
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || !self.wait_readable(left) {
+                        break;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    problem = Some(FirewallError::Protocol(
+                        "the kernel dropped acknowledgements (receive buffer overrun)".into(),
+                    ));
+                }
+                Err(e) => {
+                    problem = Some(FirewallError::io("receive from the kernel", &e));
+                    break;
+                }
+            }
+        }
+        problem.map_or(Ok(()), Err)
+    }
+
+    fn wait_readable(&self, timeout: Duration) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let rc = unsafe { libc::poll(&raw mut fd, 1, ms) };
+        rc > 0
+            || (rc < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted)
+    }
+
+    /// Runs `jobs` as one transaction and says what became of each.
+    fn transact(&mut self, jobs: &[Job<'_>]) -> Vec<Outcome> {
+        self.tx.clear();
+        let begin = bump(&mut self.seq);
+        batch_marker(&mut self.tx, NFNL_MSG_BATCH_BEGIN, begin);
+        let first = begin.wrapping_add(1);
+        // For each message: (job index, element index).
+        let mut owners: Vec<(usize, usize)> = Vec::new();
+        for (j, job) in jobs.iter().enumerate() {
+            for (e, element) in job.elements.iter().enumerate() {
+                let seq = bump(&mut self.seq);
+                let (msg, timeout) = match job.kind {
+                    Kind::Add { timeout_ms } => (NFT_MSG_NEWSETELEM, Some(timeout_ms)),
+                    Kind::Remove if self.destroy => (NFT_MSG_DESTROYSETELEM, None),
+                    Kind::Remove => (NFT_MSG_DELSETELEM, None),
+                };
+                setelem_msg(&mut self.tx, msg, seq, &self.table, element, timeout);
+                owners.push((j, e));
+            }
+        }
+        let end = bump(&mut self.seq);
+        batch_marker(&mut self.tx, NFNL_MSG_BATCH_END, end);
+
+        if let Err(e) = self.send() {
+            let error = FirewallError::io("send a batch to the kernel", &e);
+            return vec![Outcome::Io(error); jobs.len()];
+        }
+        let mut acks: Vec<Option<i32>> = vec![None; owners.len()];
+        let mut answered = 0usize;
+        let mut batch_errno = None;
+        let received = self.receive(|reply| {
+            if let Reply::Ack { seq, errno } = reply {
+                if seq == begin {
+                    if errno != 0 {
+                        batch_errno = Some(errno);
+                    }
+                } else if let Some(slot) = acks.get_mut(seq.wrapping_sub(first) as usize)
+                    && slot.is_none()
+                {
+                    *slot = Some(errno);
+                    answered += 1;
+                }
+            }
+            answered == acks.len() || batch_errno.is_some()
+        });
+
+        let any_error =
+            batch_errno.is_some() || acks.iter().any(|a| matches!(a, Some(e) if *e != 0));
+        let mut outcomes = vec![Outcome::Done; jobs.len()];
+        if let Err(e) = received {
+            // Something may be missing, so nothing is known for sure; the caller replays.
+            let why = e.to_string();
+            return vec![Outcome::Lost(why); jobs.len()];
+        }
+        for (k, &(j, e)) in owners.iter().enumerate() {
+            let outcome = &mut outcomes[j];
+            match acks[k] {
+                Some(0) => {}
+                Some(errno) => {
+                    if !matches!(outcome, Outcome::Refused { .. }) {
+                        *outcome = Outcome::Refused { errno, element: e };
+                    }
+                }
+                None => {
+                    if *outcome == Outcome::Done {
+                        *outcome = Outcome::Lost("no acknowledgement from the kernel".into());
+                    }
+                }
+            }
+        }
+        for outcome in &mut outcomes {
+            if *outcome == Outcome::Done && any_error {
+                *outcome = match batch_errno {
+                    Some(errno) => Outcome::BatchRefused(errno),
+                    None => Outcome::Aborted,
+                };
+            } else if matches!(outcome, Outcome::Lost(_))
+                && let Some(errno) = batch_errno
+            {
+                // BATCH_BEGIN was refused, so nothing else was even looked at.
+                *outcome = Outcome::BatchRefused(errno);
+            }
+        }
+        outcomes
+    }
+
+    fn run(&mut self, queue: &mpsc::Receiver<Request>) {
+        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+        while let Ok(first) = queue.recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            // An open whose caller stopped waiting would leave an untracked pinhole behind
+            // (until its timeout): skip it. Closes always run.
+            batch.retain(|r| !(matches!(r.kind, Kind::Add { .. }) && r.reply.is_closed()));
+            if !batch.is_empty() {
+                self.process(&mut batch);
+            }
+            batch.clear();
+        }
+        debug!(table = %self.table, "all firewall handles dropped; closing the netlink socket");
+    }
+
+    fn process(&mut self, batch: &mut Vec<Request>) {
+        let started = Instant::now();
+        let jobs: Vec<Job<'_>> = batch
+            .iter()
+            .map(|r| Job {
+                kind: r.kind,
+                elements: &r.elements,
+            })
+            .collect();
+        let messages: usize = batch.iter().map(|r| r.elements.len()).sum();
+        let outcomes = self.transact(&jobs);
+        drop(jobs);
+        let committed = outcomes.iter().all(|o| *o == Outcome::Done);
+        debug!(
+            requests = batch.len(),
+            messages,
+            committed,
+            micros = started.elapsed().as_micros() as u64,
+            "nftables batch"
+        );
+        if committed || batch.len() == 1 {
+            for (request, outcome) in batch.drain(..).zip(outcomes) {
+                self.finish(request, outcome);
+            }
+            return;
+        }
+        debug!(
+            requests = batch.len(),
+            "batch aborted; replaying each request alone to attribute errors"
+        );
+        for request in batch.drain(..) {
+            let outcome = self.transact_one(&request);
+            self.finish(request, outcome);
+        }
+    }
+
+    fn transact_one(&mut self, request: &Request) -> Outcome {
+        self.transact(&[Job {
+            kind: request.kind,
+            elements: &request.elements,
+        }])
+        .pop()
+        .unwrap_or_else(|| Outcome::Lost("empty transaction".into()))
+    }
+
+    fn finish(&mut self, request: Request, outcome: Outcome) {
+        let result = match (request.kind, outcome) {
+            (Kind::Remove, Outcome::Refused { errno, .. })
+                if self.destroy && (errno == libc::EINVAL || errno == libc::EOPNOTSUPP) =>
+            {
+                self.remove_with_delete(&request)
+            }
+            (kind, outcome) => self.interpret(kind, &request.elements, outcome),
+        };
+        if let Err(error) = &result {
+            debug!(pinhole = %request.pinhole, %error, "pinhole operation failed");
+        }
+        let _ = request.reply.send(result);
+    }
+
+    /// The fallback for kernels without `DESTROYSETELEM`: one delete per element, each in its
+    /// own transaction (a missing element would abort the others), ignoring `ENOENT`.
+    fn remove_with_delete(&mut self, request: &Request) -> Result<(), FirewallError> {
+        self.destroy = false;
+        let mut result = Ok(());
+        for element in request.elements.chunks(1) {
+            let outcome = self
+                .transact(&[Job {
+                    kind: Kind::Remove,
+                    elements: element,
+                }])
+                .pop()
+                .unwrap_or_else(|| Outcome::Lost("empty transaction".into()));
+            if let Err(e) = self.interpret(Kind::Remove, element, outcome) {
+                result = result.and(Err(e));
+            }
+        }
+        match &result {
+            Err(FirewallError::Kernel { errno, .. })
+                if *errno == libc::EINVAL || *errno == libc::EOPNOTSUPP =>
+            {
+                // Delete fails the same way: the request is bad, not the message type.
+                self.destroy = true;
+            }
+            _ => info!("kernel lacks NFT_MSG_DESTROYSETELEM (needs 6.3); using DELSETELEM"),
+        }
+        result
+    }
+
+    fn interpret(
+        &self,
+        kind: Kind,
+        elements: &[Element],
+        outcome: Outcome,
+    ) -> Result<(), FirewallError> {
+        let set = |element: usize| {
+            elements
+                .get(element)
+                .map_or("(unknown set)", |e| e.set)
+                .to_owned()
+        };
+        let adding = matches!(kind, Kind::Add { .. });
+        match outcome {
+            Outcome::Done => Ok(()),
+            // Removing: the element, its set or its whole table is gone. Either way the
+            // pinhole is not in the kernel, which is all close promises.
+            Outcome::Refused {
+                errno: libc::ENOENT,
+                ..
+            } if !adding => Ok(()),
+            Outcome::Refused { errno, element } => Err(match errno {
+                libc::EPERM => FirewallError::PermissionDenied,
+                libc::ENOENT => FirewallError::TableMissing {
+                    table: self.table.clone(),
+                    set: set(element),
+                },
+                libc::ENFILE | libc::ENOSPC | libc::E2BIG => {
+                    FirewallError::SetFull { set: set(element) }
+                }
+                libc::EEXIST | libc::EBUSY => FirewallError::Conflict { set: set(element) },
+                _ => {
+                    let what = if adding {
+                        format!("add an element to set {}", set(element))
+                    } else {
+                        format!("remove an element from set {}", set(element))
+                    };
+                    kernel_error(&what, errno)
+                }
+            }),
+            Outcome::BatchRefused(libc::EPERM) => Err(FirewallError::PermissionDenied),
+            Outcome::BatchRefused(errno) => Err(kernel_error("run a transaction", errno)),
+            Outcome::Aborted => Err(FirewallError::Protocol(
+                "transaction aborted by another request".into(),
+            )),
+            Outcome::Lost(why) => {
+                warn!(%why, "lost track of a pinhole operation");
+                Err(FirewallError::Protocol(why))
+            }
+            Outcome::Io(error) => Err(error),
+        }
+    }
+}
+
+/// The next sequence number.
+fn bump(seq: &mut u32) -> u32 {
+    *seq = seq.wrapping_add(1);
+    *seq
+}
+
+fn kernel_error(what: &str, errno: i32) -> FirewallError {
+    FirewallError::Kernel {
+        what: what.to_owned(),
+        errno,
+        message: std::io::Error::from_raw_os_error(errno).to_string(),
+    }
+}
+
+/// Raises a socket buffer: the privileged option first (may exceed the sysctl maximum), then
+/// the plain one. Failure only means smaller batches may overrun, which is handled.
+fn set_buffer(socket: &Socket, forced: libc::c_int, plain: libc::c_int, size: libc::c_int) {
+    for option in [forced, plain] {
+        // SAFETY: setsockopt with a pointer to a live c_int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+    debug!(size, "could not raise a netlink socket buffer");
+}
+
+#[cfg(test)]
+mod tests;
