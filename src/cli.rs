@@ -1,1 +1,216 @@
-//! placeholder
+//! Command-line interface: subcommands and the flags that override every config key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, LogFormat, Mode, PasvAddressPolicy};
+
+/// Userspace FTP application-level gateway: reads PORT/EPRT/227/229 on the control channel,
+/// rewrites them where NAT requires, and opens exact single-use nftables pinholes.
+#[derive(Debug, Parser)]
+#[command(name = "ftp-alg", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Subcommands,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Subcommands {
+    /// Run the gateway daemon (needs CAP_NET_ADMIN).
+    Run(Settings),
+    /// Validate a configuration and print the effective settings.
+    Check(Settings),
+    /// Print the nftables table the daemon would install.
+    Rules(Settings),
+}
+
+/// A config file plus flags; a flag overrides the file's value.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// TOML configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// One flag per config key.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Overrides {
+    /// Deployment mode [config: mode].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// LAN interface whose FTP traffic is intercepted; repeatable [config: lan_interfaces].
+    #[arg(long = "lan-interface", value_name = "IF")]
+    pub lan_interfaces: Vec<String>,
+    /// WAN interface [config: wan_interface].
+    #[arg(long, value_name = "IF")]
+    pub wan_interface: Option<String>,
+    /// WAN address announced in rewritten PORT/EPRT [config: wan_address].
+    #[arg(long, value_name = "IP")]
+    pub wan_address: Option<IpAddr>,
+    /// Listener for redirected control connections [config: listen].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Intercepted control port; repeatable [config: control_ports].
+    #[arg(long = "control-port", value_name = "PORT")]
+    pub control_ports: Vec<u16>,
+    /// Seconds an unused pinhole lives [config: pinhole.timeout_secs].
+    #[arg(long, value_name = "SECS")]
+    pub pinhole_timeout: Option<u64>,
+    /// Most pinholes per session [config: pinhole.max_per_session].
+    #[arg(long, value_name = "N")]
+    pub max_pinholes: Option<usize>,
+    /// Gateway ports for active mode, "low-high" [config: active.port_range].
+    #[arg(long, value_name = "LOW-HIGH")]
+    pub active_ports: Option<String>,
+    /// Policy for a 227 naming another host [config: passive.address_policy].
+    #[arg(long, value_enum)]
+    pub pasv_address_policy: Option<PasvAddressPolicy>,
+    /// Most concurrent sessions [config: limits.max_sessions].
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<usize>,
+    /// Longest control line in bytes [config: limits.max_line].
+    #[arg(long, value_name = "BYTES")]
+    pub max_line: Option<usize>,
+    /// Idle timeout of a control connection [config: limits.idle_timeout_secs].
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// Timeout connecting to the server [config: limits.connect_timeout_secs].
+    #[arg(long, value_name = "SECS")]
+    pub connect_timeout: Option<u64>,
+    /// Name of our nftables table [config: nftables.table].
+    #[arg(long, value_name = "NAME")]
+    pub table: Option<String>,
+    /// Conntrack mark on admitted data connections [config: nftables.ct_mark].
+    #[arg(long, value_name = "MARK", value_parser = parse_mark)]
+    pub ct_mark: Option<u32>,
+    /// Log format [config: log.format].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or debug [config: log.level].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("`{text}` is not a 32-bit mark (decimal or 0x-hex)"))
+}
+
+impl Settings {
+    /// The config file (or defaults) with the flags applied on top.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        self.overrides.apply(&mut config);
+        Ok(config)
+    }
+}
+
+impl Overrides {
+    /// Applies every flag that was given.
+    pub fn apply(&self, c: &mut Config) {
+        let o = self.clone();
+        if let Some(v) = o.mode {
+            c.mode = v;
+        }
+        if !o.lan_interfaces.is_empty() {
+            c.lan_interfaces = o.lan_interfaces;
+        }
+        if o.wan_interface.is_some() {
+            c.wan_interface = o.wan_interface;
+        }
+        if o.wan_address.is_some() {
+            c.wan_address = o.wan_address;
+        }
+        if let Some(v) = o.listen {
+            c.listen = v;
+        }
+        if !o.control_ports.is_empty() {
+            c.control_ports = o.control_ports;
+        }
+        if let Some(v) = o.pinhole_timeout {
+            c.pinhole.timeout_secs = v;
+        }
+        if let Some(v) = o.max_pinholes {
+            c.pinhole.max_per_session = v;
+        }
+        if let Some(v) = o.active_ports {
+            c.active.port_range = v;
+        }
+        if let Some(v) = o.pasv_address_policy {
+            c.passive.address_policy = v;
+        }
+        if let Some(v) = o.max_sessions {
+            c.limits.max_sessions = v;
+        }
+        if let Some(v) = o.max_line {
+            c.limits.max_line = v;
+        }
+        if let Some(v) = o.idle_timeout {
+            c.limits.idle_timeout_secs = v;
+        }
+        if let Some(v) = o.connect_timeout {
+            c.limits.connect_timeout_secs = v;
+        }
+        if let Some(v) = o.table {
+            c.nftables.table = v;
+        }
+        if let Some(v) = o.ct_mark {
+            c.nftables.ct_mark = v;
+        }
+        if let Some(v) = o.log_format {
+            c.log.format = v;
+        }
+        if let Some(v) = o.log_level {
+            c.log.level = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_flag_overrides_the_config_file() {
+        let cli = Cli::try_parse_from([
+            "ftp-alg",
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ftp-alg.toml"),
+            "--lan-interface",
+            "lan7",
+            "--pinhole-timeout",
+            "5",
+            "--ct-mark",
+            "0x10",
+        ])
+        .unwrap();
+        let Subcommands::Check(settings) = cli.command else {
+            panic!("parsed as another subcommand")
+        };
+        let config = settings.load().unwrap();
+        assert_eq!(config.lan_interfaces, vec!["lan7".to_string()]);
+        assert_eq!(config.pinhole.timeout_secs, 5);
+        assert_eq!(config.nftables.ct_mark, 0x10);
+        // Untouched keys keep the file's values.
+        assert_eq!(config.wan_interface.as_deref(), Some("eth0"));
+    }
+}

@@ -1,1 +1,450 @@
-//! placeholder
+//! The typed configuration: one struct, read from TOML, overridden by flags, validated once.
+//!
+//! Every key has an explicit default so that a config file only names what differs from it,
+//! and unknown keys are errors (a misspelt key silently ignored is a firewall hole nobody sees).
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong while loading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema; the message names line and key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (includes line, column and key).
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key.
+        key: &'static str,
+        /// Why, and what to do.
+        reason: String,
+    },
+}
+
+/// The deployment mode (see DESIGN.md "Deployment modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// LAN clients behind a masquerading gateway.
+    ClientNat,
+}
+
+/// What to do when a server's 227 names an address other than the server the client reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PasvAddressPolicy {
+    /// Replace it with the address the control connection actually reached (servers behind
+    /// their own NAT announce private addresses; this makes them work).
+    Rewrite,
+    /// Refuse the reply with a 425 to the client.
+    Refuse,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Deployment mode.
+    pub mode: Mode,
+    /// Interfaces whose FTP control traffic is intercepted (the LAN side).
+    pub lan_interfaces: Vec<String>,
+    /// The WAN interface (its address is announced in rewritten PORT/EPRT).
+    pub wan_interface: Option<String>,
+    /// The WAN address to announce; discovered from `wan_interface` when absent.
+    pub wan_address: Option<IpAddr>,
+    /// Where the proxy listens for redirected control connections.
+    pub listen: SocketAddr,
+    /// Destination ports that are intercepted as FTP control connections.
+    pub control_ports: Vec<u16>,
+    /// Pinhole settings.
+    pub pinhole: PinholeConfig,
+    /// Active-mode settings.
+    pub active: ActiveConfig,
+    /// Passive-mode settings.
+    pub passive: PassiveConfig,
+    /// Resource limits.
+    pub limits: Limits,
+    /// nftables naming.
+    pub nftables: NftablesConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Pinhole settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinholeConfig {
+    /// Seconds a pinhole waits for its connection before the kernel expires it.
+    pub timeout_secs: u64,
+    /// Most pinholes one session may hold open at once.
+    pub max_per_session: usize,
+}
+
+/// Active-mode (PORT/EPRT) settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveConfig {
+    /// Gateway ports handed out for rewritten PORT/EPRT, as "low-high".
+    pub port_range: String,
+}
+
+/// Passive-mode (PASV/EPSV) settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveConfig {
+    /// What to do with a 227 naming another address than the server's.
+    pub address_policy: PasvAddressPolicy,
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most concurrent sessions; more get `421`.
+    pub max_sessions: usize,
+    /// Longest accepted control line in bytes, terminator included.
+    pub max_line: usize,
+    /// Seconds a control connection may sit idle (never while a data channel is alive).
+    pub idle_timeout_secs: u64,
+    /// Seconds to wait for the server to accept the control connection.
+    pub connect_timeout_secs: u64,
+}
+
+/// nftables naming.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NftablesConfig {
+    /// Name of our own `inet` table.
+    pub table: String,
+    /// Conntrack mark set on admitted data connections; an admin's drop-policy forward chain
+    /// honours our pinholes with `ct mark <this> accept`.
+    pub ct_mark: u32,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// Filter in `tracing` EnvFilter syntax, e.g. `info` or `ftp_alg=debug`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::ClientNat,
+            lan_interfaces: Vec::new(),
+            wan_interface: None,
+            wan_address: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], 2121)),
+            control_ports: vec![21],
+            pinhole: PinholeConfig::default(),
+            active: ActiveConfig::default(),
+            passive: PassiveConfig::default(),
+            limits: Limits::default(),
+            nftables: NftablesConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for PinholeConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 30,
+            max_per_session: 8,
+        }
+    }
+}
+
+impl Default for ActiveConfig {
+    fn default() -> Self {
+        Self {
+            port_range: "40000-49999".into(),
+        }
+    }
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        Self {
+            address_policy: PasvAddressPolicy::Rewrite,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 4096,
+            max_line: 2048,
+            idle_timeout_secs: 900,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for NftablesConfig {
+    fn default() -> Self {
+        Self {
+            table: "ftp_alg".into(),
+            ct_mark: 0x2121,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a TOML file (not yet validated; see [`Config::validate`]).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })
+    }
+
+    /// Checks every value once; the returned settings are what the daemon runs with.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        if self.lan_interfaces.is_empty() {
+            return Err(invalid(
+                "lan_interfaces",
+                "name at least one LAN interface whose FTP traffic is intercepted, e.g. [\"eth1\"]",
+            ));
+        }
+        for name in self.lan_interfaces.iter().chain(&self.wan_interface) {
+            check_ifname(name)?;
+        }
+        if self.wan_interface.is_none() && self.wan_address.is_none() {
+            return Err(invalid(
+                "wan_interface",
+                "set wan_interface (its IPv4 address is discovered) or wan_address",
+            ));
+        }
+        if self.control_ports.is_empty() || self.control_ports.contains(&0) {
+            return Err(invalid(
+                "control_ports",
+                "list one or more TCP ports 1-65535, e.g. [21]",
+            ));
+        }
+        if self.listen.port() == 0 {
+            return Err(invalid(
+                "listen",
+                "the listener needs a fixed port, e.g. 0.0.0.0:2121",
+            ));
+        }
+        let active_ports = parse_port_range(&self.active.port_range)?;
+        if self.pinhole.timeout_secs == 0 || self.pinhole.timeout_secs > 3600 {
+            return Err(invalid("pinhole.timeout_secs", "must be 1..=3600 seconds"));
+        }
+        if self.pinhole.max_per_session == 0 {
+            return Err(invalid("pinhole.max_per_session", "must be at least 1"));
+        }
+        if self.limits.max_sessions == 0 {
+            return Err(invalid("limits.max_sessions", "must be at least 1"));
+        }
+        if !(64..=65536).contains(&self.limits.max_line) {
+            return Err(invalid(
+                "limits.max_line",
+                "must be 64..=65536 bytes (RFC 959 lines are short; 2048 is plenty)",
+            ));
+        }
+        if self.limits.idle_timeout_secs == 0 {
+            return Err(invalid("limits.idle_timeout_secs", "must be at least 1"));
+        }
+        if self.limits.connect_timeout_secs == 0 {
+            return Err(invalid("limits.connect_timeout_secs", "must be at least 1"));
+        }
+        if self.nftables.table.is_empty()
+            || self.nftables.table.len() > 32
+            || !self
+                .nftables
+                .table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(invalid(
+                "nftables.table",
+                "use 1-32 characters of [A-Za-z0-9_]",
+            ));
+        }
+        if self.nftables.ct_mark == 0 {
+            return Err(invalid(
+                "nftables.ct_mark",
+                "0 means \"no mark\"; pick a non-zero value not used by your own ruleset",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "`{}` is not a valid filter; try info or debug",
+                    self.log.level
+                ),
+            ));
+        }
+        Ok(Validated {
+            config: self.clone(),
+            active_ports,
+        })
+    }
+}
+
+/// A configuration that passed [`Config::validate`], with derived values.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The settings as given.
+    pub config: Config,
+    /// The parsed active port range.
+    pub active_ports: RangeInclusive<u16>,
+}
+
+impl Validated {
+    /// Pinhole timeout.
+    pub fn pinhole_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.pinhole.timeout_secs)
+    }
+    /// Idle timeout of a control connection.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.limits.idle_timeout_secs)
+    }
+    /// Timeout for connecting to the server.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.limits.connect_timeout_secs)
+    }
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+fn check_ifname(name: &str) -> Result<(), ConfigError> {
+    // IFNAMSIZ is 16 including the NUL; the name ends up quoted in an nft file.
+    if name.is_empty()
+        || name.len() > 15
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(invalid(
+            "lan_interfaces/wan_interface",
+            format!("`{name}` is not an interface name (1-15 of [A-Za-z0-9._-])"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses "low-high" into a port range above 1023.
+pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, ConfigError> {
+    let bad = || {
+        invalid(
+            "active.port_range",
+            format!("`{text}` is not \"low-high\" with 1024 <= low <= high <= 65535"),
+        )
+    };
+    let (lo, hi) = text.split_once('-').ok_or_else(bad)?;
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if lo < 1024 || lo > hi {
+        return Err(bad());
+    }
+    Ok(lo..=hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ftp-alg.toml");
+        let config = Config::from_file(&path).expect("example parses");
+        config.validate().expect("example validates");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_key_and_line() {
+        let err = Config::from_toml(
+            "lan_interfaces = [\"eth1\"]\nlan_interface = 3\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("lan_interface"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn missing_lan_interfaces_is_refused() {
+        let err = Config::default().validate().unwrap_err().to_string();
+        assert!(err.contains("lan_interfaces"), "{err}");
+    }
+
+    #[test]
+    fn port_range_below_1024_is_refused() {
+        assert!(parse_port_range("1000-2000").is_err());
+        assert!(parse_port_range("3000-2000").is_err());
+        assert!(parse_port_range("x").is_err());
+        assert_eq!(parse_port_range("40000-40010").unwrap(), 40000..=40010);
+    }
+
+    #[test]
+    fn interface_names_that_could_escape_the_nft_file_are_refused() {
+        let config = Config {
+            lan_interfaces: vec!["eth0\" accept".into()],
+            wan_address: Some("192.0.2.1".parse().unwrap()),
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

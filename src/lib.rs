@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod firewall;
 pub mod ftp;
 pub mod lab;

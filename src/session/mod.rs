@@ -1,1 +1,555 @@
-//! placeholder
+//! One FTP control connection: client bytes and server bytes go through the [`crate::ftp`]
+//! codecs, data-channel commands and replies are checked against the session's own addresses,
+//! pinholes are requested from the [`Firewall`], and a rewritten PORT or a 227/229 is released
+//! only after the kernel acknowledged its pinhole (otherwise the peer's SYN races the rule).
+//!
+//! Everything that is not a data-channel command or reply passes byte for byte.
+//! The session owns its pinholes: whatever is still open when it ends is removed.
+
+mod ports;
+mod refusal;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use crate::config::PasvAddressPolicy;
+use crate::firewall::{Firewall, Pinhole};
+use crate::ftp::{
+    self, Command, FrameError, Line, LineFramer, Reply, ReplyAssembler, ReplyEvent, Terminator,
+};
+
+pub use ports::PortAllocator;
+pub use refusal::Refusal;
+
+/// The addresses of one session, as the proxy found them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    /// The client's address (peer of the intercepted connection).
+    pub client: SocketAddr,
+    /// The server the client wanted (original destination).
+    pub server: SocketAddr,
+    /// Our own address on the connection to the server: what the server sees as its peer,
+    /// and so what a rewritten PORT/EPRT must announce.
+    pub upstream_local: SocketAddr,
+}
+
+/// Per-session policy, shared by all sessions (cheap to clone behind an `Arc`).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Lifetime of an unused pinhole.
+    pub pinhole_timeout: Duration,
+    /// Most pinholes a session may hold.
+    pub max_pinholes: usize,
+    /// What to do with a 227 that names another host.
+    pub pasv_address: PasvAddressPolicy,
+    /// Longest control line.
+    pub max_line: usize,
+    /// Idle timeout of the control connection (suspended while a transfer runs).
+    pub idle_timeout: Duration,
+}
+
+/// What a command that the server has not answered yet was, so that a 227/229 is only
+/// interpreted as the answer to the PASV/EPSV that asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Pasv,
+    Epsv,
+    /// ABOR may be answered by 426 and then 226.
+    Abor,
+    Other,
+}
+
+/// Most commands a client may have in flight (pipelined) before we stop reading it.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The client closed.
+    ClientClosed,
+    /// The server closed.
+    ServerClosed,
+    /// Nothing moved for the idle timeout.
+    IdleTimeout,
+    /// A socket error.
+    IoError,
+}
+
+/// One control connection in flight.
+pub struct Session<F> {
+    ends: Endpoints,
+    policy: Arc<Policy>,
+    firewall: Arc<F>,
+    ports: Arc<PortAllocator>,
+    client_lines: LineFramer,
+    server_lines: LineFramer,
+    replies: ReplyAssembler,
+    in_flight: VecDeque<Pending>,
+    greeted: bool,
+    transfer_running: bool,
+    pinholes: Vec<(Pinhole, Instant)>,
+}
+
+impl<F: Firewall> Session<F> {
+    /// A session for the given endpoints.
+    pub fn new(
+        ends: Endpoints,
+        policy: Arc<Policy>,
+        firewall: Arc<F>,
+        ports: Arc<PortAllocator>,
+    ) -> Self {
+        Self {
+            ends,
+            client_lines: LineFramer::new(policy.max_line),
+            server_lines: LineFramer::new(policy.max_line),
+            replies: ReplyAssembler::new(policy.max_line * 16),
+            policy,
+            firewall,
+            ports,
+            in_flight: VecDeque::new(),
+            greeted: false,
+            transfer_running: false,
+            pinholes: Vec::new(),
+        }
+    }
+
+    /// Relays until either side closes or the idle timeout fires, then removes every pinhole
+    /// the session still holds.
+    pub async fn run<C, S>(mut self, client: C, server: S) -> Ending
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let ending = self.relay(client, server).await;
+        self.close_all().await;
+        ending
+    }
+
+    async fn relay<C, S>(&mut self, client: C, server: S) -> Ending
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (mut client_r, mut client_w) = tokio::io::split(client);
+        let (mut server_r, mut server_w) = tokio::io::split(server);
+        let mut client_buf = vec![0u8; 4096];
+        let mut server_buf = vec![0u8; 4096];
+        let mut client_open = true;
+        loop {
+            let idle = if self.transfer_running {
+                // RFC 5382: the control connection sits idle during a long transfer.
+                Duration::from_secs(u64::from(u32::MAX))
+            } else {
+                self.policy.idle_timeout
+            };
+            let read_client = client_open && self.in_flight.len() < MAX_IN_FLIGHT;
+            let step = tokio::select! {
+                r = client_r.read(&mut client_buf), if read_client => Step::Client(r),
+                r = server_r.read(&mut server_buf) => Step::Server(r),
+                () = tokio::time::sleep(idle) => Step::Idle,
+            };
+            let result = match step {
+                Step::Client(Ok(0)) => {
+                    // Let the server see the close; keep relaying its last replies.
+                    client_open = false;
+                    let _ = server_w.shutdown().await;
+                    continue;
+                }
+                Step::Client(Ok(n)) => {
+                    self.client_lines.push(&client_buf[..n]);
+                    self.drain_client(&mut client_w, &mut server_w).await
+                }
+                Step::Server(Ok(0)) => {
+                    let _ = client_w.shutdown().await;
+                    return Ending::ServerClosed;
+                }
+                Step::Server(Ok(n)) => {
+                    self.server_lines.push(&server_buf[..n]);
+                    self.drain_server(&mut client_w).await
+                }
+                Step::Client(Err(e)) | Step::Server(Err(e)) => {
+                    debug!(error = %e, "control connection read failed");
+                    return Ending::IoError;
+                }
+                Step::Idle => {
+                    info!(timeout_s = idle.as_secs(), "idle timeout; closing session");
+                    let _ = client_w
+                        .write_all(&ftp::render_reply(
+                            421,
+                            "Idle timeout: closing control connection",
+                        ))
+                        .await;
+                    return Ending::IdleTimeout;
+                }
+            };
+            if let Err(e) = result {
+                debug!(error = %e, "control connection write failed");
+                return if client_open {
+                    Ending::IoError
+                } else {
+                    Ending::ClientClosed
+                };
+            }
+        }
+    }
+
+    /// Handles every complete line the client has sent.
+    async fn drain_client<CW, SW>(
+        &mut self,
+        client_w: &mut CW,
+        server_w: &mut SW,
+    ) -> std::io::Result<()>
+    where
+        CW: AsyncWrite + Unpin,
+        SW: AsyncWrite + Unpin,
+    {
+        while let Some(framed) = self.client_lines.next_line() {
+            let line = match framed {
+                Ok(line) => line,
+                Err(FrameError::TooLong { max }) => {
+                    warn!(max, "client sent an over-long line; dropped");
+                    client_w
+                        .write_all(&ftp::render_reply(
+                            500,
+                            &format!("Command line too long (limit {max} bytes); dropped"),
+                        ))
+                        .await?;
+                    continue;
+                }
+            };
+            match self.on_command(&line).await {
+                Verdict::Forward(bytes, pending) => {
+                    self.in_flight.push_back(pending);
+                    server_w.write_all(&bytes).await?;
+                }
+                Verdict::Answer(refusal) => {
+                    refusal.log();
+                    client_w.write_all(&refusal.reply()).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides what to do with one client line.
+    async fn on_command(&mut self, line: &Line) -> Verdict {
+        let text = line.text();
+        let verb = ftp::command_verb(&text).to_ascii_uppercase();
+        let command = match ftp::parse_command(&text) {
+            Ok(command) => command,
+            Err(e) => return Verdict::Answer(Refusal::Malformed { verb, error: e }),
+        };
+        let is_data_command = !matches!(command, Command::Other | Command::Auth(_));
+        if is_data_command && line.terminator() == Terminator::BareLf {
+            return Verdict::Answer(Refusal::BareLf { verb });
+        }
+        match command {
+            Command::Port(announced) => self.on_active(SocketAddr::V4(announced), false).await,
+            Command::Eprt(announced) => self.on_active(announced, true).await,
+            Command::Pasv => Verdict::Forward(line.raw().to_vec(), Pending::Pasv),
+            Command::Epsv(_) => Verdict::Forward(line.raw().to_vec(), Pending::Epsv),
+            Command::Lprt | Command::Lpsv => Verdict::Answer(Refusal::LongAddress { verb }),
+            Command::Auth(_) => Verdict::Answer(Refusal::Tls),
+            Command::Other if verb == b"ABOR" => {
+                Verdict::Forward(line.raw().to_vec(), Pending::Abor)
+            }
+            Command::Other => Verdict::Forward(line.raw().to_vec(), Pending::Other),
+        }
+    }
+
+    /// PORT/EPRT: check, allocate a gateway port, map it to the client, pinhole it, and only
+    /// then release the rewritten command.
+    async fn on_active(&mut self, announced: SocketAddr, extended: bool) -> Verdict {
+        let verb = if extended { "EPRT" } else { "PORT" };
+        if announced.ip() != self.ends.client.ip() {
+            return Verdict::Answer(Refusal::Bounce {
+                verb,
+                announced: announced.ip(),
+                client: self.ends.client.ip(),
+            });
+        }
+        if announced.port() < 1024 {
+            return Verdict::Answer(Refusal::PrivilegedPort {
+                verb,
+                port: announced.port(),
+            });
+        }
+        let gateway = self.ends.upstream_local.ip();
+        if !same_family(gateway, announced.ip()) {
+            return Verdict::Answer(Refusal::Family { verb });
+        }
+        if let Some(refusal) = self.make_room() {
+            return Verdict::Answer(refusal);
+        }
+        let server = self.ends.server.ip();
+        let Some(lease) = self.ports.allocate(server) else {
+            return Verdict::Answer(Refusal::PortsExhausted);
+        };
+        let pinhole = Pinhole::Active {
+            server,
+            gateway,
+            gateway_port: lease,
+            client: announced.ip(),
+            client_port: announced.port(),
+        };
+        if let Err(refusal) = self.open(pinhole).await {
+            self.ports.release(server, lease);
+            return Verdict::Answer(refusal);
+        }
+        let public = SocketAddr::new(gateway, lease);
+        let bytes = match public {
+            SocketAddr::V4(v4) if !extended => ftp::render_port(v4),
+            _ => ftp::render_eprt(public),
+        };
+        info!(
+            command = verb,
+            client = %announced,
+            announced = %public,
+            "active data channel: pinhole open, rewritten command released"
+        );
+        Verdict::Forward(bytes, Pending::Other)
+    }
+
+    /// Handles every complete line the server has sent.
+    async fn drain_server<CW>(&mut self, client_w: &mut CW) -> std::io::Result<()>
+    where
+        CW: AsyncWrite + Unpin,
+    {
+        while let Some(framed) = self.server_lines.next_line() {
+            let line = match framed {
+                Ok(line) => line,
+                Err(FrameError::TooLong { max }) => {
+                    warn!(max, "server sent an over-long reply line; dropped");
+                    client_w
+                        .write_all(&ftp::render_reply(
+                            451,
+                            &format!("ftp-alg: the server's reply line exceeded {max} bytes and was dropped"),
+                        ))
+                        .await?;
+                    continue;
+                }
+            };
+            let event = match self.replies.push_line(line) {
+                Ok(event) => event,
+                Err(e) => {
+                    warn!(error = %e, "server reply refused");
+                    client_w
+                        .write_all(&ftp::render_reply(451, &format!("ftp-alg: {e}")))
+                        .await?;
+                    continue;
+                }
+            };
+            match event {
+                ReplyEvent::Pending => {}
+                ReplyEvent::Forward(line) => {
+                    // A line that completes a reply (single-line, or the last of a multi-line).
+                    if !self.replies.in_multiline() {
+                        self.track_reply(reply_code(line.raw()));
+                    }
+                    client_w.write_all(line.raw()).await?;
+                }
+                ReplyEvent::Complete(reply) => {
+                    let expected = self.track_reply(reply.code());
+                    let bytes = self.on_passive_reply(&reply, expected).await;
+                    client_w.write_all(&bytes).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Updates the in-flight queue with one complete reply; returns what it answered.
+    fn track_reply(&mut self, code: Option<u16>) -> Option<Pending> {
+        let code = code?;
+        if code < 200 {
+            if (100..200).contains(&code) && self.greeted {
+                self.transfer_running = true;
+            }
+            return None;
+        }
+        self.transfer_running = false;
+        if !self.greeted {
+            // The greeting (220, or 421/120 …) answers no command.
+            self.greeted = true;
+            return None;
+        }
+        let front = *self.in_flight.front()?;
+        if front == Pending::Abor && code == 426 {
+            // The aborted transfer's own reply; ABOR's 226 follows.
+            return Some(front);
+        }
+        self.in_flight.pop_front()
+    }
+
+    /// A complete 227/229: interpret it only if it answers our PASV/EPSV.
+    async fn on_passive_reply(&mut self, reply: &Reply, answered: Option<Pending>) -> Vec<u8> {
+        let code = reply.code();
+        let expected = matches!(
+            (code, answered),
+            (Some(227), Some(Pending::Pasv)) | (Some(229), Some(Pending::Epsv))
+        );
+        if !expected {
+            warn!(
+                code,
+                "unsolicited 227/229 from the server; forwarded without a pinhole"
+            );
+            return reply.raw();
+        }
+        let server = self.ends.server.ip();
+        let (announced_ip, port) = if code == Some(227) {
+            match ftp::parse_227(reply) {
+                Ok(addr) => (Some(IpAddr::V4(*addr.ip())), addr.port()),
+                Err(e) => {
+                    return Refusal::MalformedReply {
+                        code: 227,
+                        error: e.to_string(),
+                    }
+                    .logged_reply();
+                }
+            }
+        } else {
+            match ftp::parse_229(reply) {
+                Ok(port) => (None, port),
+                Err(e) => {
+                    return Refusal::MalformedReply {
+                        code: 229,
+                        error: e.to_string(),
+                    }
+                    .logged_reply();
+                }
+            }
+        };
+        let mut rewrite = false;
+        if let Some(ip) = announced_ip
+            && ip != server
+        {
+            match self.policy.pasv_address {
+                PasvAddressPolicy::Refuse => {
+                    return Refusal::ForeignPassive {
+                        announced: ip,
+                        server,
+                    }
+                    .logged_reply();
+                }
+                PasvAddressPolicy::Rewrite => {
+                    warn!(
+                        announced = %ip,
+                        server = %server,
+                        "server announced another address in 227; rewriting to the server's"
+                    );
+                    rewrite = true;
+                }
+            }
+        }
+        if port < 1024 {
+            return Refusal::PrivilegedPassivePort { port }.logged_reply();
+        }
+        if let Some(refusal) = self.make_room() {
+            return refusal.logged_reply();
+        }
+        let pinhole = Pinhole::Passive {
+            client: self.ends.client.ip(),
+            server,
+            port,
+        };
+        if let Err(refusal) = self.open(pinhole).await {
+            return refusal.logged_reply();
+        }
+        info!(
+            code,
+            data = %SocketAddr::new(server, port),
+            "passive data channel: pinhole open, reply released"
+        );
+        match (rewrite, server) {
+            (true, IpAddr::V4(v4)) => ftp::rewrite_227(reply, SocketAddrV4::new(v4, port)),
+            _ => reply.raw(),
+        }
+    }
+
+    /// Forgets pinholes the kernel has expired by now and refuses when still at the limit.
+    fn make_room(&mut self) -> Option<Refusal> {
+        let timeout = self.policy.pinhole_timeout;
+        let ports = &self.ports;
+        self.pinholes.retain(|(pinhole, opened)| {
+            let live = opened.elapsed() < timeout;
+            if !live {
+                release_port(ports, pinhole);
+            }
+            live
+        });
+        (self.pinholes.len() >= self.policy.max_pinholes).then_some(Refusal::TooManyPinholes {
+            max: self.policy.max_pinholes,
+        })
+    }
+
+    async fn open(&mut self, pinhole: Pinhole) -> Result<(), Refusal> {
+        let started = Instant::now();
+        match self
+            .firewall
+            .open(pinhole, self.policy.pinhole_timeout)
+            .await
+        {
+            Ok(()) => {
+                debug!(%pinhole, micros = started.elapsed().as_micros() as u64, "pinhole acknowledged");
+                self.pinholes.push((pinhole, Instant::now()));
+                Ok(())
+            }
+            Err(error) => Err(Refusal::Firewall {
+                error: error.to_string(),
+            }),
+        }
+    }
+
+    async fn close_all(&mut self) {
+        for (pinhole, _) in std::mem::take(&mut self.pinholes) {
+            if let Err(e) = self.firewall.close(pinhole).await {
+                warn!(%pinhole, error = %e, "could not remove pinhole at session end");
+            }
+            release_port(&self.ports, &pinhole);
+        }
+    }
+}
+
+fn release_port(ports: &PortAllocator, pinhole: &Pinhole) {
+    if let Pinhole::Active {
+        server,
+        gateway_port,
+        ..
+    } = *pinhole
+    {
+        ports.release(server, gateway_port);
+    }
+}
+
+fn same_family(a: IpAddr, b: IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+}
+
+/// The reply code at the start of a raw line, if it has one.
+fn reply_code(raw: &[u8]) -> Option<u16> {
+    let digits = raw.get(..3)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // A continuation line of a multi-line reply is never passed here (see `drain_server`).
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+enum Verdict {
+    Forward(Vec<u8>, Pending),
+    Answer(Refusal),
+}
+
+enum Step {
+    Client(std::io::Result<usize>),
+    Server(std::io::Result<usize>),
+    Idle,
+}
+
+#[cfg(test)]
+mod tests;

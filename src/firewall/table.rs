@@ -1,0 +1,141 @@
+//! The base table: rendered from `rules/ftp-alg.nft`, loaded and removed with `nft -f`.
+//!
+//! Loading happens once at start (and again if an admin deletes the table under us), so
+//! spawning `nft` is fine here; the per-transfer pinholes never go this way (see `netlink`).
+//! The load is atomic: "add table; delete table; table { … }" in one transaction replaces a
+//! stale copy left by a crash together with every pinhole it still held.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// The rules template shipped in `rules/`.
+pub const TEMPLATE: &str = include_str!("../../rules/ftp-alg.nft");
+
+/// Everything the base table is parameterised by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseTable {
+    /// Table name (family `inet`).
+    pub table: String,
+    /// LAN interfaces whose control connections are intercepted.
+    pub lan_interfaces: Vec<String>,
+    /// Intercepted destination ports.
+    pub control_ports: Vec<u16>,
+    /// The proxy's listening port (redirect target).
+    pub listen_port: u16,
+    /// Conntrack mark set on admitted data connections.
+    pub ct_mark: u32,
+}
+
+/// A failure to load or remove the base table.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TableError {
+    /// `nft` could not be started.
+    #[error("cannot run `nft` ({0}); install the nftables package")]
+    Spawn(std::io::Error),
+    /// `nft` refused the ruleset.
+    #[error("nft refused the table: {0}")]
+    Nft(String),
+}
+
+impl BaseTable {
+    /// The nft text of the table, as it will be loaded.
+    pub fn render(&self) -> String {
+        let quoted: Vec<String> = self
+            .lan_interfaces
+            .iter()
+            .map(|name| format!("\"{name}\""))
+            .collect();
+        let ports: Vec<String> = self.control_ports.iter().map(u16::to_string).collect();
+        TEMPLATE
+            .replace("@TABLE@", &self.table)
+            .replace("@LAN_INTERFACES@", &quoted.join(", "))
+            .replace("@CONTROL_PORTS@", &ports.join(", "))
+            .replace("@LISTEN_PORT@", &self.listen_port.to_string())
+            .replace("@CT_MARK@", &format!("{:#x}", self.ct_mark))
+    }
+
+    /// Loads the table atomically, replacing any existing table of the same name.
+    pub fn install(&self) -> Result<(), TableError> {
+        let script = format!(
+            "table inet {t}\ndelete table inet {t}\n{body}",
+            t = self.table,
+            body = self.render()
+        );
+        run_nft(&["-f", "-"], Some(&script))
+    }
+
+    /// Deletes the table; a table that is already gone is not an error.
+    pub fn remove(&self) -> Result<(), TableError> {
+        let script = format!("table inet {t}\ndelete table inet {t}\n", t = self.table);
+        run_nft(&["-f", "-"], Some(&script))
+    }
+
+    /// Whether the table currently exists in the kernel.
+    pub fn exists(&self) -> Result<bool, TableError> {
+        match run_nft(&["list", "table", "inet", &self.table], None) {
+            Ok(()) => Ok(true),
+            Err(TableError::Nft(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<(), TableError> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(TableError::Spawn)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).map_err(TableError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(TableError::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(TableError::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> BaseTable {
+        BaseTable {
+            table: "ftp_alg".into(),
+            lan_interfaces: vec!["lan0".into(), "lan1".into()],
+            control_ports: vec![21, 2121],
+            listen_port: 3121,
+            ct_mark: 0x2121,
+        }
+    }
+
+    #[test]
+    fn rendered_table_fills_every_placeholder() {
+        let text = table().render();
+        assert!(!text.contains('@') || !text.contains("@TABLE@"));
+        for placeholder in [
+            "@TABLE@",
+            "@LAN_INTERFACES@",
+            "@CONTROL_PORTS@",
+            "@LISTEN_PORT@",
+            "@CT_MARK@",
+        ] {
+            assert!(!text.contains(placeholder), "{placeholder} left in {text}");
+        }
+        assert!(text.contains("iifname { \"lan0\", \"lan1\" }"));
+        assert!(text.contains("tcp dport { 21, 2121 }"));
+        assert!(text.contains("redirect to :3121"));
+        assert!(text.contains("ct mark set 0x2121"));
+    }
+}

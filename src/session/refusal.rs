@@ -1,0 +1,180 @@
+//! Everything a session refuses, with the FTP reply the sender gets and the log line we write.
+//!
+//! One enum so that every refusal has both: a user-facing reply that says what was wrong and
+//! what to do, and a warning that names the session (the session span is active when logged).
+
+use std::net::IpAddr;
+
+use tracing::warn;
+
+use crate::ftp::{self, CommandError};
+
+/// A refused command or reply.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A data-channel command that does not parse.
+    Malformed {
+        /// The command verb, upper-cased.
+        verb: Vec<u8>,
+        /// The parser's reason.
+        error: CommandError,
+    },
+    /// A data-channel command terminated by a bare LF.
+    BareLf {
+        /// The command verb.
+        verb: Vec<u8>,
+    },
+    /// PORT/EPRT naming another host than the client (FTP bounce, RFC 2577).
+    Bounce {
+        /// PORT or EPRT.
+        verb: &'static str,
+        /// The address it named.
+        announced: IpAddr,
+        /// The client's real address.
+        client: IpAddr,
+    },
+    /// PORT/EPRT naming a port below 1024.
+    PrivilegedPort {
+        /// PORT or EPRT.
+        verb: &'static str,
+        /// The port.
+        port: u16,
+    },
+    /// A command of the wrong address family for this control connection.
+    Family {
+        /// The command.
+        verb: &'static str,
+    },
+    /// LPRT/LPSV (RFC 1639).
+    LongAddress {
+        /// The command.
+        verb: Vec<u8>,
+    },
+    /// AUTH TLS/SSL: the ALG cannot read an encrypted control channel.
+    Tls,
+    /// A 227/229 that does not parse.
+    MalformedReply {
+        /// 227 or 229.
+        code: u16,
+        /// Why.
+        error: String,
+    },
+    /// A 227 naming another host than the server (policy `refuse`).
+    ForeignPassive {
+        /// What it named.
+        announced: IpAddr,
+        /// The server the client is talking to.
+        server: IpAddr,
+    },
+    /// A 227/229 naming a port below 1024.
+    PrivilegedPassivePort {
+        /// The port.
+        port: u16,
+    },
+    /// The session holds as many pinholes as allowed.
+    TooManyPinholes {
+        /// The limit.
+        max: usize,
+    },
+    /// No free gateway port for an active data connection.
+    PortsExhausted,
+    /// The kernel refused the pinhole.
+    Firewall {
+        /// The firewall's error text.
+        error: String,
+    },
+}
+
+impl Refusal {
+    /// The FTP reply for the side that sent the refused line.
+    pub fn reply(&self) -> Vec<u8> {
+        let (code, text) = match self {
+            Self::Malformed { verb, error } => (
+                501,
+                format!("Syntax error in {}: {error}", String::from_utf8_lossy(verb)),
+            ),
+            Self::BareLf { verb } => (
+                500,
+                format!(
+                    "{} must end with CRLF; refused by ftp-alg",
+                    String::from_utf8_lossy(verb)
+                ),
+            ),
+            Self::Bounce {
+                verb,
+                announced,
+                client,
+            } => (
+                501,
+                format!(
+                    "{verb} refused: {announced} is not your own address ({client}); third-party transfers are not allowed"
+                ),
+            ),
+            Self::PrivilegedPort { verb, port } => (
+                501,
+                format!("{verb} refused: port {port} is below 1024; use a port above 1023"),
+            ),
+            Self::Family { verb } => (
+                522,
+                format!("{verb} refused: wrong address family for this connection, use (1)"),
+            ),
+            Self::LongAddress { verb } => (
+                502,
+                format!(
+                    "{} is not supported through ftp-alg; use EPRT/EPSV",
+                    String::from_utf8_lossy(verb)
+                ),
+            ),
+            Self::Tls => (
+                534,
+                "ftp-alg cannot inspect TLS on this gateway; continue with plain FTP".into(),
+            ),
+            Self::MalformedReply { code, error } => (
+                425,
+                format!(
+                    "Can't open data connection: the server's {code} reply is malformed ({error})"
+                ),
+            ),
+            Self::ForeignPassive { announced, server } => (
+                425,
+                format!(
+                    "Can't open data connection: the server announced {announced}, not its own address {server}"
+                ),
+            ),
+            Self::PrivilegedPassivePort { port } => (
+                425,
+                format!("Can't open data connection: the server announced port {port}, below 1024"),
+            ),
+            Self::TooManyPinholes { max } => (
+                425,
+                format!(
+                    "Can't open data connection: {max} already pending in this session; use or abort them first"
+                ),
+            ),
+            Self::PortsExhausted => (
+                425,
+                "Can't open data connection: no free gateway port; try passive mode or retry later"
+                    .into(),
+            ),
+            Self::Firewall { error } => (
+                425,
+                format!("Can't open data connection: firewall error: {error}"),
+            ),
+        };
+        ftp::render_reply(code, &text)
+    }
+
+    /// Writes the log line for this refusal.
+    pub fn log(&self) {
+        let reply = self.reply();
+        let reply = String::from_utf8_lossy(&reply);
+        warn!(reply = reply.trim_end(), "refused");
+    }
+
+    /// Logs and returns the reply.
+    pub fn logged_reply(&self) -> Vec<u8> {
+        self.log();
+        self.reply()
+    }
+}

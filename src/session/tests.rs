@@ -1,0 +1,512 @@
+//! Session behaviour against the in-memory firewall: what is forwarded, what is refused,
+//! which pinholes exist, and in which order things happen.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::firewall::fake::FakeFirewall;
+
+const CLIENT: &str = "10.0.0.2:50000";
+const SERVER: &str = "203.0.113.2:21";
+const GATEWAY: &str = "203.0.113.1:40001";
+
+struct Harness {
+    client: DuplexStream,
+    server: DuplexStream,
+    firewall: Arc<FakeFirewall>,
+    ports: Arc<PortAllocator>,
+    session: JoinHandle<Ending>,
+}
+
+fn policy() -> Policy {
+    Policy {
+        pinhole_timeout: Duration::from_secs(30),
+        max_pinholes: 4,
+        pasv_address: PasvAddressPolicy::Rewrite,
+        max_line: 512,
+        idle_timeout: Duration::from_secs(60),
+    }
+}
+
+fn start() -> Harness {
+    start_with(policy(), FakeFirewall::default())
+}
+
+fn start_with(policy: Policy, firewall: FakeFirewall) -> Harness {
+    let (client, client_side) = tokio::io::duplex(1 << 16);
+    let (server, server_side) = tokio::io::duplex(1 << 16);
+    let firewall = Arc::new(firewall);
+    let ports = Arc::new(PortAllocator::new(40000..=40099));
+    let ends = Endpoints {
+        client: CLIENT.parse().unwrap(),
+        server: SERVER.parse().unwrap(),
+        upstream_local: GATEWAY.parse().unwrap(),
+    };
+    let session = Session::new(ends, Arc::new(policy), firewall.clone(), ports.clone());
+    let session = tokio::spawn(session.run(client_side, server_side));
+    Harness {
+        client,
+        server,
+        firewall,
+        ports,
+        session,
+    }
+}
+
+/// Reads exactly `n` bytes or fails after a second.
+async fn read_n(stream: &mut DuplexStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut buf))
+        .await
+        .expect("timed out waiting for bytes")
+        .expect("stream closed");
+    buf
+}
+
+/// Reads one CRLF line.
+async fn read_line(stream: &mut DuplexStream) -> String {
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        line.extend(read_n(stream, 1).await);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// Asserts that nothing arrives within a short time.
+async fn assert_silent(stream: &mut DuplexStream) {
+    let mut buf = [0u8; 1];
+    let got = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
+    assert!(got.is_err(), "expected silence, got {:?}", got);
+}
+
+impl Harness {
+    async fn greet(&mut self) {
+        self.server.write_all(b"220 hello\r\n").await.unwrap();
+        assert_eq!(read_line(&mut self.client).await, "220 hello\r\n");
+    }
+
+    async fn client_says(&mut self, bytes: &[u8]) {
+        self.client.write_all(bytes).await.unwrap();
+    }
+
+    async fn server_says(&mut self, bytes: &[u8]) {
+        self.server.write_all(bytes).await.unwrap();
+    }
+
+    async fn finish(self) -> Arc<FakeFirewall> {
+        drop(self.client);
+        drop(self.server);
+        tokio::time::timeout(Duration::from_secs(1), self.session)
+            .await
+            .expect("session did not end")
+            .unwrap();
+        self.firewall
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+#[tokio::test]
+async fn pasv_reply_opens_an_exact_pinhole_and_is_forwarded_unchanged() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PASV\r\n").await;
+    assert_eq!(read_line(&mut h.server).await, "PASV\r\n");
+    let reply = "227 Entering Passive Mode (203,0,113,2,117,48).\r\n";
+    h.server_says(reply.as_bytes()).await;
+    assert_eq!(read_line(&mut h.client).await, reply);
+    assert_eq!(
+        h.firewall.live(),
+        vec![Pinhole::Passive {
+            client: ip("10.0.0.2"),
+            server: ip("203.0.113.2"),
+            port: 117 * 256 + 48,
+        }]
+    );
+    let firewall = h.finish().await;
+    assert!(
+        firewall.live().is_empty(),
+        "pinholes left after the session"
+    );
+}
+
+#[tokio::test]
+async fn epsv_reply_opens_a_pinhole_to_the_server_address() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"EPSV\r\n").await;
+    read_line(&mut h.server).await;
+    let reply = "229 Entering Extended Passive Mode (|||30001|)\r\n";
+    h.server_says(reply.as_bytes()).await;
+    assert_eq!(read_line(&mut h.client).await, reply);
+    assert_eq!(
+        h.firewall.live(),
+        vec![Pinhole::Passive {
+            client: ip("10.0.0.2"),
+            server: ip("203.0.113.2"),
+            port: 30001,
+        }]
+    );
+}
+
+#[tokio::test]
+async fn reply_is_released_only_after_the_kernel_acknowledged_the_pinhole() {
+    let firewall = FakeFirewall::default();
+    firewall.set_open_delay(Duration::from_millis(300));
+    let mut h = start_with(policy(), firewall);
+    h.greet().await;
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 ok (203,0,113,2,117,48)\r\n").await;
+    // Still waiting for the ACK: nothing may reach the client yet.
+    assert_silent(&mut h.client).await;
+    assert!(h.firewall.live().is_empty());
+    assert_eq!(
+        read_line(&mut h.client).await,
+        "227 ok (203,0,113,2,117,48)\r\n"
+    );
+    assert_eq!(h.firewall.live().len(), 1);
+}
+
+#[tokio::test]
+async fn pasv_naming_another_host_is_rewritten_to_the_server_by_default() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 Entering Passive Mode (172,17,0,5,117,48)\r\n")
+        .await;
+    assert_eq!(
+        read_line(&mut h.client).await,
+        "227 Entering Passive Mode (203,0,113,2,117,48)\r\n"
+    );
+    assert_eq!(
+        h.firewall.live(),
+        vec![Pinhole::Passive {
+            client: ip("10.0.0.2"),
+            server: ip("203.0.113.2"),
+            port: 117 * 256 + 48,
+        }]
+    );
+}
+
+#[tokio::test]
+async fn pasv_naming_a_third_host_is_refused_under_the_refuse_policy() {
+    let mut h = start_with(
+        Policy {
+            pasv_address: PasvAddressPolicy::Refuse,
+            ..policy()
+        },
+        FakeFirewall::default(),
+    );
+    h.greet().await;
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 Entering Passive Mode (198,51,100,7,117,48)\r\n")
+        .await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("425 "), "{line}");
+    assert!(line.contains("198.51.100.7"), "{line}");
+    assert!(h.firewall.live().is_empty());
+}
+
+#[tokio::test]
+async fn pasv_with_a_privileged_port_is_refused() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 Entering Passive Mode (203,0,113,2,0,22)\r\n")
+        .await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("425 ") && line.contains("22"), "{line}");
+    assert!(h.firewall.live().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_227_gets_a_425_and_no_pinhole() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 Entering Passive Mode (203,0,113,999,117,48)\r\n")
+        .await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("425 "), "{line}");
+    assert!(h.firewall.live().is_empty());
+}
+
+#[tokio::test]
+async fn unsolicited_227_opens_nothing() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"NOOP\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 Entering Passive Mode (203,0,113,2,117,48)\r\n")
+        .await;
+    read_line(&mut h.client).await;
+    assert!(h.firewall.live().is_empty());
+}
+
+#[tokio::test]
+async fn a_227_inside_a_multiline_reply_of_another_code_opens_nothing() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    // The 227 line is a continuation line of a 500 reply, which answers the PASV.
+    let text = b"500-Oops\r\n227 Entering Passive Mode (203,0,113,2,117,48)\r\n500 no\r\n";
+    h.server_says(text).await;
+    assert_eq!(read_n(&mut h.client, text.len()).await, text);
+    assert!(h.firewall.live().is_empty());
+}
+
+#[tokio::test]
+async fn pipelined_commands_keep_the_227_matched_to_its_pasv() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"NOOP\r\nPASV\r\n").await;
+    assert_eq!(read_n(&mut h.server, 12).await, b"NOOP\r\nPASV\r\n");
+    h.server_says(b"200 ok\r\n227 Entering Passive Mode (203,0,113,2,117,48)\r\n")
+        .await;
+    read_line(&mut h.client).await;
+    read_line(&mut h.client).await;
+    assert_eq!(h.firewall.live().len(), 1);
+}
+
+#[tokio::test]
+async fn port_is_rewritten_to_the_gateway_and_mapped_to_the_client() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
+    let forwarded = read_line(&mut h.server).await;
+    let live = h.firewall.live();
+    let [
+        Pinhole::Active {
+            server,
+            gateway,
+            gateway_port,
+            client,
+            client_port,
+        },
+    ] = live[..]
+    else {
+        panic!("expected one active pinhole, got {live:?}")
+    };
+    assert_eq!(server, ip("203.0.113.2"));
+    assert_eq!(gateway, ip("203.0.113.1"));
+    assert_eq!(client, ip("10.0.0.2"));
+    assert_eq!(client_port, 195 * 256 + 80);
+    assert!((40000..=40099).contains(&gateway_port));
+    assert_eq!(
+        forwarded,
+        format!(
+            "PORT 203,0,113,1,{},{}\r\n",
+            gateway_port >> 8,
+            gateway_port & 0xff
+        )
+    );
+    let ports = h.ports.clone();
+    let firewall = h.finish().await;
+    assert!(firewall.live().is_empty());
+    assert_eq!(ports.leased(), 0, "gateway port not returned");
+}
+
+#[tokio::test]
+async fn eprt_is_rewritten_to_the_gateway() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"EPRT |1|10.0.0.2|50001|\r\n").await;
+    let forwarded = read_line(&mut h.server).await;
+    let live = h.firewall.live();
+    let [Pinhole::Active { gateway_port, .. }] = live[..] else {
+        panic!("expected one active pinhole, got {live:?}")
+    };
+    assert_eq!(
+        forwarded,
+        format!("EPRT |1|203.0.113.1|{gateway_port}|\r\n")
+    );
+}
+
+#[tokio::test]
+async fn port_naming_a_third_host_is_refused_as_a_bounce() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PORT 198,51,100,7,0,80\r\nPORT 198,51,100,7,195,80\r\n")
+        .await;
+    let first = read_line(&mut h.client).await;
+    let second = read_line(&mut h.client).await;
+    assert!(first.starts_with("501 "), "{first}");
+    assert!(
+        second.starts_with("501 ") && second.contains("198.51.100.7"),
+        "{second}"
+    );
+    assert_silent(&mut h.server).await;
+    assert!(h.firewall.live().is_empty());
+}
+
+#[tokio::test]
+async fn port_below_1024_is_refused() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PORT 10,0,0,2,0,25\r\n").await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("501 ") && line.contains("25"), "{line}");
+    assert_silent(&mut h.server).await;
+    assert!(h.firewall.live().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_port_gets_501() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PORT 10,0,0,256,195,80\r\n").await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("501 "), "{line}");
+    assert_silent(&mut h.server).await;
+}
+
+#[tokio::test]
+async fn port_inside_another_commands_argument_is_not_interpreted() {
+    let mut h = start();
+    h.greet().await;
+    let text = b"NOOP PORT 10,0,0,2,195,80\r\n";
+    h.client_says(text).await;
+    assert_eq!(read_n(&mut h.server, text.len()).await, text);
+    assert!(h.firewall.live().is_empty());
+}
+
+#[tokio::test]
+async fn port_split_at_every_byte_still_works_once() {
+    let mut h = start();
+    h.greet().await;
+    for byte in b"PORT 10,0,0,2,195,80\r\n" {
+        h.client_says(&[*byte]).await;
+        tokio::task::yield_now().await;
+    }
+    let line = read_line(&mut h.server).await;
+    assert!(line.starts_with("PORT 203,0,113,1,"), "{line}");
+    assert_eq!(h.firewall.live().len(), 1);
+}
+
+#[tokio::test]
+async fn port_ended_by_a_bare_lf_is_refused() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PORT 10,0,0,2,195,80\n").await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("500 "), "{line}");
+    assert!(h.firewall.live().is_empty());
+}
+
+#[tokio::test]
+async fn over_long_line_gets_500_and_is_not_forwarded() {
+    let mut h = start();
+    h.greet().await;
+    let mut long = b"SITE ".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 2000));
+    long.extend(b"\r\nNOOP\r\n");
+    h.client_says(&long).await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("500 "), "{line}");
+    assert_eq!(read_line(&mut h.server).await, "NOOP\r\n");
+}
+
+#[tokio::test]
+async fn other_bytes_pass_unchanged_including_telnet_sequences() {
+    let mut h = start();
+    h.greet().await;
+    let text = b"USER anonymous\r\n\xff\xf4\xff\xf2ABOR\r\nSTAT  x y \r\n";
+    h.client_says(text).await;
+    assert_eq!(read_n(&mut h.server, text.len()).await, text);
+    let reply = b"331-a\r\n  b\r\n331 c\r\n";
+    h.server_says(reply).await;
+    assert_eq!(read_n(&mut h.client, reply.len()).await, reply);
+}
+
+#[tokio::test]
+async fn lprt_and_auth_tls_get_clear_refusals() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"LPRT 4,4,10,0,0,2,2,195,80\r\nAUTH TLS\r\n")
+        .await;
+    assert!(read_line(&mut h.client).await.starts_with("502 "));
+    assert!(read_line(&mut h.client).await.starts_with("534 "));
+    assert_silent(&mut h.server).await;
+}
+
+#[tokio::test]
+async fn firewall_failure_gets_425_and_the_session_survives() {
+    let firewall = FakeFirewall::default();
+    firewall.fail_next_open();
+    let mut h = start_with(policy(), firewall);
+    h.greet().await;
+    h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("425 "), "{line}");
+    assert_eq!(h.ports.leased(), 0);
+    h.client_says(b"PORT 10,0,0,2,195,81\r\n").await;
+    assert!(
+        read_line(&mut h.server)
+            .await
+            .starts_with("PORT 203,0,113,1,")
+    );
+}
+
+#[tokio::test]
+async fn pinholes_per_session_are_capped() {
+    let mut h = start_with(
+        Policy {
+            max_pinholes: 2,
+            ..policy()
+        },
+        FakeFirewall::default(),
+    );
+    h.greet().await;
+    for port in [50001, 50002] {
+        h.client_says(format!("EPRT |1|10.0.0.2|{port}|\r\n").as_bytes())
+            .await;
+        read_line(&mut h.server).await;
+    }
+    h.client_says(b"EPRT |1|10.0.0.2|50003|\r\n").await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("425 "), "{line}");
+    assert_eq!(h.firewall.live().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_closes_with_421_but_not_during_a_transfer() {
+    let mut h = start_with(
+        Policy {
+            idle_timeout: Duration::from_secs(5),
+            ..policy()
+        },
+        FakeFirewall::default(),
+    );
+    h.greet().await;
+    h.client_says(b"RETR big\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"150 Opening data connection\r\n").await;
+    read_line(&mut h.client).await;
+    // A long transfer: the control channel is silent far beyond the idle timeout.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    h.server_says(b"226 done\r\n").await;
+    assert_eq!(read_line(&mut h.client).await, "226 done\r\n");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("421 "), "{line}");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(1), h.session)
+            .await
+            .unwrap()
+            .unwrap(),
+        Ending::IdleTimeout
+    );
+}
