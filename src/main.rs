@@ -1,5 +1,7 @@
 //! The `ftp-alg` binary: parse arguments, set up logging, dispatch. No protocol logic here.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use ftp_alg::cli::{Cli, Subcommands};
@@ -43,6 +45,7 @@ fn init_logging(settings: &Validated) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match settings.config.log.format {
         LogFormat::Text => builder.init(),
