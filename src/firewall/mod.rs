@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub use fake::FakeFirewall;
-pub use netlink::NftFirewall;
+pub use netlink::{FirewallStats, NftFirewall};
 
 /// One data connection the firewall is asked to admit, exactly once, for a bounded time.
 ///

@@ -583,7 +583,15 @@ async fn concurrent_opens_are_batched_and_all_installed() {
             }
         }
     };
+    let before = fw.stats();
     run(true).await;
+    let stats = fw.stats();
+    assert_eq!(stats.requests - before.requests, 1000);
+    assert!(
+        stats.transactions - before.transactions < 1000,
+        "no batching: {stats:?}"
+    );
+    assert_eq!(stats.replays, 0);
     assert_eq!(ns.count(T, "passive_pin"), 500);
     for set in ["active_dnat", "active_once", "active_pin"] {
         assert_eq!(ns.count(T, set), 500, "{set}");
@@ -639,6 +647,132 @@ async fn errors_in_a_batch_are_attributed_to_their_own_request() {
     fw.open(first, LONG).await.expect("re-open");
 }
 
+/// Runs `f` on a thread inside `ns` with a backend of its own and no queue in front, so the
+/// test decides exactly what goes into each batch.
+fn with_backend<R, F>(ns: &Netns, f: F) -> R
+where
+    R: Send + 'static,
+    F: FnOnce(&mut Backend) -> R + Send + 'static,
+{
+    let path = ns.path();
+    std::thread::spawn(move || {
+        enter_netns(&path).expect("enter the namespace");
+        let mut backend = Backend::open(T.into(), Arc::default()).expect("open the backend");
+        f(&mut backend)
+    })
+    .join()
+    .expect("backend thread")
+}
+
+type Answer = oneshot::Receiver<Result<(), FirewallError>>;
+
+fn request(kind: Kind, pinhole: Pinhole) -> (Request, Answer) {
+    let (reply, answer) = oneshot::channel();
+    let adding = matches!(kind, Kind::Add { .. });
+    let elements = elements(&pinhole, adding).expect("elements");
+    let request = Request {
+        kind,
+        pinhole,
+        elements,
+        reply,
+    };
+    (request, answer)
+}
+
+/// Processes `ops` as one batch; returns each answer.
+fn run_batch(backend: &mut Backend, ops: &[(Kind, Pinhole)]) -> Vec<Result<(), FirewallError>> {
+    let (mut batch, answers): (Vec<_>, Vec<_>) =
+        ops.iter().map(|&(kind, p)| request(kind, p)).unzip();
+    backend.process(&mut batch);
+    answers
+        .into_iter()
+        .map(|mut a| a.try_recv().expect("answered"))
+        .collect()
+}
+
+const ADD: Kind = Kind::Add { timeout_ms: 60_000 };
+
+#[test]
+fn one_bad_request_does_not_sink_the_rest_of_its_batch() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let first = active("203.0.113.2", "198.51.100.1", 40000, "10.0.0.2", 50000);
+    let clash = active("203.0.113.2", "198.51.100.1", 40000, "10.0.0.3", 50000);
+    let ok1 = passive("10.0.0.2", "203.0.113.2", 30001);
+    let ok2 = active("203.0.113.2", "198.51.100.1", 40002, "10.0.0.4", 50000);
+    let never = passive("10.0.0.9", "203.0.113.2", 30009);
+    let (answers, counters) = with_backend(&ns, move |backend| {
+        assert_eq!(run_batch(backend, &[(ADD, first)]), vec![Ok(())]);
+        let answers = run_batch(
+            backend,
+            &[(ADD, ok1), (ADD, clash), (ADD, ok2), (Kind::Remove, never)],
+        );
+        (answers, backend.counters.clone())
+    });
+    assert_eq!(
+        answers,
+        vec![
+            Ok(()),
+            Err(FirewallError::Conflict {
+                set: "active_dnat".into()
+            }),
+            Ok(()),
+            Ok(()),
+        ]
+    );
+    // 1 + the failed batch + 4 replays.
+    assert_eq!(counters.transactions.load(Ordering::Relaxed), 6);
+    assert_eq!(counters.replays.load(Ordering::Relaxed), 1);
+    assert_eq!(ns.count(T, "passive_pin"), 1);
+    assert_eq!(ns.count(T, "active_pin"), 2);
+    let dnat = ns.list(T, "active_dnat");
+    assert!(
+        dnat.contains(": 10.0.0.2 . 50000") && dnat.contains(": 10.0.0.4 . 50000"),
+        "{dnat}"
+    );
+    assert!(!dnat.contains("10.0.0.3"), "{dnat}");
+}
+
+#[test]
+fn close_falls_back_to_delete_on_a_kernel_without_destroy() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let a = active("203.0.113.2", "198.51.100.1", 40000, "10.0.0.2", 50000);
+    let b = active("203.0.113.2", "198.51.100.1", 40001, "10.0.0.2", 50001);
+    let p = passive("10.0.0.2", "203.0.113.2", 30000);
+    let consume = |ns: &Netns, port: u16| {
+        let element = format!("{{ 203.0.113.2 . 198.51.100.1 . {port} }}");
+        ns.nft(
+            &["delete", "element", "inet", T, "active_once", &element],
+            None,
+        )
+        .expect("consume");
+    };
+    with_backend(&ns, move |backend| {
+        assert_eq!(
+            run_batch(backend, &[(ADD, a), (ADD, b), (ADD, p)]),
+            vec![Ok(()); 3]
+        );
+    });
+    consume(&ns, 40000);
+    consume(&ns, 40001);
+    let destroy = with_backend(&ns, move |backend| {
+        // An unknown message type, as a kernel older than 6.3 sees DESTROYSETELEM.
+        backend.destroy_msg = 200;
+        assert_eq!(run_batch(backend, &[(Kind::Remove, a)]), vec![Ok(())]);
+        assert!(!backend.destroy, "did not switch to DELSETELEM");
+        // Deletes in one batch, two of them partly gone already.
+        let answers = run_batch(backend, &[(Kind::Remove, b), (Kind::Remove, p)]);
+        assert_eq!(answers, vec![Ok(()); 2]);
+        assert_eq!(run_batch(backend, &[(Kind::Remove, a)]), vec![Ok(())]);
+        backend.destroy
+    });
+    assert!(!destroy);
+    for set in ["passive_pin", "active_dnat", "active_once", "active_pin"] {
+        assert_eq!(ns.count(T, set), 0, "{set}: {}", ns.list(T, set));
+    }
+}
+
 /// Drops CAP_NET_ADMIN from this thread's effective set (capabilities are per thread).
 fn drop_net_admin() -> std::io::Result<()> {
     #[repr(C)]
@@ -691,70 +825,97 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-/// `cargo test --release -- --ignored pinhole_latency`: open latency (ACK awaited), one at a
-/// time and with many callers at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark; run with --ignored pinhole_latency"]
-async fn pinhole_latency() {
-    const N: u32 = 10_000;
-    let Some(ns) = Netns::new() else { return };
-    ns.load(T, 1 << 20);
-    let fw = ns.start(T);
-    let pinhole = |i: u32, base: u32| Pinhole::Passive {
-        client: IpAddr::from((0x0a00_0000 + base + i).to_be_bytes()),
-        server: ip("203.0.113.2"),
-        port: 30000,
-    };
-
-    let mut sequential = Vec::with_capacity(N as usize);
-    let started = Instant::now();
-    for i in 0..N {
-        let t = Instant::now();
-        fw.open(pinhole(i, 0), LONG).await.expect("open");
-        sequential.push(t.elapsed());
-    }
-    let seq_total = started.elapsed();
-
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..N)
-        .map(|i| {
+/// Opens (or closes) `pinholes` from `callers` concurrent tasks, each awaiting its ACK
+/// before its next call; returns every call's latency.
+async fn drive(
+    fw: &NftFirewall,
+    pinholes: Vec<Pinhole>,
+    callers: usize,
+    open: bool,
+) -> Vec<Duration> {
+    let per = pinholes.len().div_ceil(callers);
+    let tasks: Vec<_> = pinholes
+        .chunks(per)
+        .map(|chunk| {
             let fw = fw.clone();
-            let p = pinhole(i, N);
+            let chunk = chunk.to_vec();
             tokio::spawn(async move {
-                let t = Instant::now();
-                fw.open(p, LONG).await.expect("open");
-                t.elapsed()
+                let mut times = Vec::with_capacity(chunk.len());
+                for p in chunk {
+                    let t = Instant::now();
+                    if open {
+                        fw.open(p, LONG).await.expect("open");
+                    } else {
+                        fw.close(p).await.expect("close");
+                    }
+                    times.push(t.elapsed());
+                }
+                times
             })
         })
         .collect();
-    let mut concurrent = Vec::with_capacity(N as usize);
+    let mut all = Vec::with_capacity(pinholes.len());
     for task in tasks {
-        concurrent.push(task.await.expect("join"));
+        all.extend(task.await.expect("join"));
     }
-    let conc_total = started.elapsed();
+    all
+}
 
-    let mut closes = Vec::with_capacity(N as usize);
-    for i in 0..N {
-        let t = Instant::now();
-        fw.close(pinhole(i, 0)).await.expect("close");
-        closes.push(t.elapsed());
-    }
-    assert_eq!(ns.count(T, "passive_pin"), N as usize);
+/// `cargo test --release -- --ignored pinhole_latency`: open latency (ACK awaited) one at a
+/// time, from 64 callers at once, and as one burst of 10,000 simultaneous calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run with --ignored pinhole_latency"]
+async fn pinhole_latency() {
+    const N: usize = 10_000;
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1 << 20);
+    let fw = ns.start(T);
+    let mut next = 0u32;
+    let mut fresh = |n: usize| -> Vec<Pinhole> {
+        (0..n)
+            .map(|_| {
+                next += 1;
+                Pinhole::Passive {
+                    client: IpAddr::from((0x0a00_0000 + next).to_be_bytes()),
+                    server: ip("203.0.113.2"),
+                    port: 30000,
+                }
+            })
+            .collect()
+    };
+    let report =
+        |name: &str, mut samples: Vec<Duration>, total: Duration, before: FirewallStats| {
+            let after = fw.stats();
+            let tx = after.transactions - before.transactions;
+            let kernel = (after.kernel_time - before.kernel_time).as_secs_f64() * 1e6;
+            samples.sort();
+            say(&format!(
+                "pinhole_latency: {name:<22} n={N} p50={:>8.1} us  p99={:>8.1} us  max={:>8.1} us  \
+             {:>7.0} ops/s  {tx} transactions, {:.1} us kernel each",
+                percentile(&samples, 0.50),
+                percentile(&samples, 0.99),
+                percentile(&samples, 1.0),
+                N as f64 / total.as_secs_f64(),
+                kernel / tx.max(1) as f64,
+            ));
+        };
 
-    for (name, samples, total) in [
-        ("sequential open", &mut sequential, Some(seq_total)),
-        ("concurrent open", &mut concurrent, Some(conc_total)),
-        ("sequential close", &mut closes, None),
-    ] {
-        samples.sort();
-        let rate = total.map_or(String::new(), |t| {
-            format!(", {:.0} opens/s", f64::from(N) / t.as_secs_f64())
-        });
-        say(&format!(
-            "pinhole_latency: {name}: n={N} p50={:.1} us p99={:.1} us max={:.1} us{rate}",
-            percentile(samples, 0.50),
-            percentile(samples, 0.99),
-            percentile(samples, 1.0),
-        ));
-    }
+    let sequential = fresh(N);
+    let (before, t) = (fw.stats(), Instant::now());
+    let times = drive(&fw, sequential.clone(), 1, true).await;
+    report("sequential open", times, t.elapsed(), before);
+
+    let (before, t) = (fw.stats(), Instant::now());
+    let times = drive(&fw, fresh(N), 64, true).await;
+    report("open, 64 callers", times, t.elapsed(), before);
+
+    let (before, t) = (fw.stats(), Instant::now());
+    let times = drive(&fw, fresh(N), N, true).await;
+    report("open, burst of 10000", times, t.elapsed(), before);
+
+    let (before, t) = (fw.stats(), Instant::now());
+    let times = drive(&fw, sequential, 1, false).await;
+    report("sequential close", times, t.elapsed(), before);
+
+    assert_eq!(ns.count(T, "passive_pin"), 2 * N);
 }
