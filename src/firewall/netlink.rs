@@ -850,18 +850,19 @@ impl Backend {
                     Err(_) => break,
                 }
             }
-            // An open whose caller stopped waiting would leave an untracked pinhole behind
-            // (until its timeout): skip it. Closes always run.
-            batch.retain(|r| !(matches!(r.kind, Kind::Add { .. }) && r.reply.is_closed()));
-            if !batch.is_empty() {
-                self.process(&mut batch);
-            }
+            self.process(&mut batch);
             batch.clear();
         }
         debug!(table = %self.table, "all firewall handles dropped; closing the netlink socket");
     }
 
     fn process(&mut self, batch: &mut Vec<Request>) {
+        // An open whose caller stopped waiting would leave an untracked pinhole behind (until
+        // its timeout): skip it. Closes always run.
+        batch.retain(|r| !(matches!(r.kind, Kind::Add { .. }) && r.reply.is_closed()));
+        if batch.is_empty() {
+            return;
+        }
         let started = Instant::now();
         let jobs: Vec<Job<'_>> = batch
             .iter()
@@ -993,6 +994,7 @@ impl Backend {
                     table: self.table.clone(),
                     set: set(element),
                 },
+                // A set at its `size` answers ENFILE ("Too many open files in system").
                 libc::ENFILE | libc::ENOSPC | libc::E2BIG => {
                     FirewallError::SetFull { set: set(element) }
                 }

@@ -734,6 +734,27 @@ fn one_bad_request_does_not_sink_the_rest_of_its_batch() {
 }
 
 #[test]
+fn an_open_whose_caller_gave_up_is_not_installed() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let abandoned = passive("10.0.0.2", "203.0.113.2", 30000);
+    let wanted = passive("10.0.0.2", "203.0.113.2", 30001);
+    let answer = with_backend(&ns, move |backend| {
+        let (gone, answer) = request(ADD, abandoned);
+        drop(answer);
+        let (kept, mut answer) = request(ADD, wanted);
+        backend.process(&mut vec![gone, kept]);
+        answer.try_recv().expect("answered")
+    });
+    assert_eq!(answer, Ok(()));
+    let listed = ns.list(T, "passive_pin");
+    assert!(
+        listed.contains(". 30001 ") && !listed.contains(". 30000 "),
+        "{listed}"
+    );
+}
+
+#[test]
 fn close_falls_back_to_delete_on_a_kernel_without_destroy() {
     let Some(ns) = Netns::new() else { return };
     ns.load(T, 1024);
