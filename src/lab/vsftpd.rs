@@ -1,0 +1,283 @@
+//! vsftpd (Debian's) as the lab's FTP server, with its protocol log as the witness of which
+//! command a client really sent.
+//!
+//! The FTP account: a system user `ftpalg` with a *locked* system password and a `nologin`
+//! shell, so it cannot log in anywhere else on the host. vsftpd authenticates through a PAM
+//! service of the lab's own (`/etc/pam.d/ftp-alg-lab`) that admits exactly that user; the
+//! password sent by the clients ([`FTP_PASSWORD`]) is therefore not checked. This keeps a
+//! well-known password out of `/etc/shadow` of whatever machine runs the tests.
+
+use std::fs;
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::error::{LabError, Result};
+use super::netns::{ADMIN_TIMEOUT, Netns};
+use super::process::{ServiceChild, run_bounded};
+use super::scratch::ScratchDir;
+use super::topology::SERVER_IP;
+
+/// The FTP login of the lab's servers.
+pub const FTP_USER: &str = "ftpalg";
+/// The password the lab's clients send.
+pub const FTP_PASSWORD: &str = "ftpalg-lab";
+/// vsftpd's passive port range.
+pub const VSFTPD_PASV_PORTS: (u16, u16) = (30000, 30100);
+/// The lab's PAM service for vsftpd.
+const PAM_SERVICE: &str = "ftp-alg-lab";
+const PAM_CONFIG: &str = "# Written by the ftp-alg test lab: vsftpd in the lab's namespaces admits only the\n\
+# lab user ftpalg (locked system password, nologin shell); no other service uses this file.\n\
+auth required pam_succeed_if.so quiet user = ftpalg\n\
+auth required pam_permit.so\n\
+account required pam_succeed_if.so quiet user = ftpalg\n\
+account required pam_permit.so\n\
+session required pam_permit.so\n";
+
+/// Creates the lab's FTP user and PAM service if missing. Idempotent, safe across processes
+/// running it at once.
+pub fn ensure_ftp_user() -> Result<(u32, u32)> {
+    static ONCE: Mutex<Option<(u32, u32)>> = Mutex::new(None);
+    let mut done = ONCE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(ids) = *done {
+        return Ok(ids);
+    }
+    let pam_path = Path::new("/etc/pam.d").join(PAM_SERVICE);
+    if fs::read_to_string(&pam_path).ok().as_deref() != Some(PAM_CONFIG) {
+        // Write-then-rename so that a concurrent vsftpd never reads half a file.
+        let tmp = pam_path.with_extension(format!("tmp{}", std::process::id()));
+        fs::write(&tmp, PAM_CONFIG)
+            .and_then(|()| fs::rename(&tmp, &pam_path))
+            .map_err(|e| LabError::io(format!("writing {}", pam_path.display()), e))?;
+    }
+    if user_ids()?.is_none() {
+        let mut add = Command::new("useradd");
+        add.args([
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--comment",
+            "ftp-alg test lab",
+            FTP_USER,
+        ]);
+        let run = run_bounded(add, None, ADMIN_TIMEOUT)?;
+        // 9 = "already exists": another test process won the race, which is fine.
+        let code = run.output.status.code();
+        if code != Some(0) && code != Some(9) && user_ids()?.is_none() {
+            return Err(LabError::CommandFailed {
+                command: format!("useradd {FTP_USER}"),
+                status: run.output.status.to_string(),
+                stderr: String::from_utf8_lossy(&run.output.stderr)
+                    .trim()
+                    .to_owned(),
+            });
+        }
+    }
+    let ids = user_ids()?
+        .ok_or_else(|| LabError::Unavailable(format!("user {FTP_USER} missing after useradd")))?;
+    *done = Some(ids);
+    Ok(ids)
+}
+
+fn user_ids() -> Result<Option<(u32, u32)>> {
+    let mut uid = Command::new("id");
+    uid.args(["-u", FTP_USER]);
+    let uid = run_bounded(uid, None, ADMIN_TIMEOUT)?;
+    if !uid.output.status.success() {
+        return Ok(None);
+    }
+    let mut gid = Command::new("id");
+    gid.args(["-g", FTP_USER]);
+    let gid = run_bounded(gid, None, ADMIN_TIMEOUT)?;
+    let parse = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().parse::<u32>().ok();
+    Ok(parse(&uid.output.stdout).zip(parse(&gid.output.stdout)))
+}
+
+/// A vsftpd listening on 203.0.113.2:21 in the server namespace.
+#[derive(Debug)]
+pub struct Vsftpd {
+    // Field order: the process goes before its directory.
+    child: ServiceChild,
+    root: PathBuf,
+    log: PathBuf,
+    ids: (u32, u32),
+    _dir: ScratchDir,
+}
+
+impl Vsftpd {
+    /// Writes a config into a scratch dir and starts vsftpd inside `ns`; returns once it listens.
+    pub fn start(ns: &Netns) -> Result<Self> {
+        let ids = ensure_ftp_user()?;
+        let dir = ScratchDir::new("vsftpd")?;
+        let root = dir.subdir("root")?;
+        std::os::unix::fs::chown(&root, Some(ids.0), Some(ids.1))
+            .map_err(|e| LabError::io(format!("chown {}", root.display()), e))?;
+        let log = dir.path().join("vsftpd.log");
+        let conf = dir.path().join("vsftpd.conf");
+        fs::write(&conf, config(&root, &log))
+            .map_err(|e| LabError::io(format!("writing {}", conf.display()), e))?;
+        let conf_arg = conf.to_string_lossy().into_owned();
+        let mut child = ns.spawn("vsftpd", &["vsftpd", &conf_arg])?;
+        wait_listening(ns, &mut child, 21)?;
+        Ok(Self {
+            child,
+            root,
+            log,
+            ids,
+            _dir: dir,
+        })
+    }
+
+    /// Where the server keeps the user's files (its login directory).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(SERVER_IP, 21)
+    }
+
+    /// Puts `data` into the login directory as `name`, readable by the FTP user.
+    pub fn put_file(&self, name: &str, data: &[u8]) -> Result<PathBuf> {
+        let path = self.root.join(name);
+        fs::write(&path, data)
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+        std::os::unix::fs::chown(&path, Some(self.ids.0), Some(self.ids.1))
+            .map_err(|e| LabError::io(format!("chown {}", path.display()), e))?;
+        Ok(path)
+    }
+
+    /// The protocol log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every FTP command the server received, in order, as logged (`"PORT 203,0,113,1,..."`).
+    pub fn commands(&self) -> Vec<String> {
+        parse_commands(&self.log_text())
+    }
+
+    /// Every reply the server sent, in order, as logged.
+    pub fn replies(&self) -> Vec<String> {
+        parse_quoted_after(&self.log_text(), "FTP response: ")
+    }
+
+    /// vsftpd's own stdout/stderr (it prints `500 OOPS` there when it refuses to start).
+    pub fn output(&self) -> String {
+        self.child.output()
+    }
+}
+
+/// Waits until something listens on TCP `port` inside `ns`, or `child` exits.
+pub(crate) fn wait_listening(ns: &Netns, child: &mut ServiceChild, port: u16) -> Result<()> {
+    let timeout = Duration::from_secs(10);
+    let start = Instant::now();
+    let filter = format!("sport = :{port}");
+    loop {
+        let out = ns.exec(&["ss", "-Hltn", &filter])?;
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_status() {
+            return Err(LabError::NotReady {
+                what: format!("server in {} (exited: {status})", ns.name()),
+                timeout,
+                output: child.output(),
+            });
+        }
+        if start.elapsed() > timeout {
+            return Err(LabError::NotReady {
+                what: format!("server in {}", ns.name()),
+                timeout,
+                output: child.output(),
+            });
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn config(root: &Path, log: &Path) -> String {
+    let (pasv_min, pasv_max) = VSFTPD_PASV_PORTS;
+    format!(
+        "# ftp-alg test lab\n\
+         listen=YES\n\
+         listen_ipv6=NO\n\
+         listen_address={SERVER_IP}\n\
+         listen_port=21\n\
+         background=NO\n\
+         anonymous_enable=NO\n\
+         local_enable=YES\n\
+         write_enable=YES\n\
+         local_umask=022\n\
+         file_open_mode=0644\n\
+         local_root={root}\n\
+         pam_service_name={PAM_SERVICE}\n\
+         secure_chroot_dir=/var/run/vsftpd/empty\n\
+         seccomp_sandbox=NO\n\
+         ssl_enable=NO\n\
+         connect_from_port_20=YES\n\
+         port_enable=YES\n\
+         pasv_enable=YES\n\
+         pasv_min_port={pasv_min}\n\
+         pasv_max_port={pasv_max}\n\
+         connect_timeout=5\n\
+         accept_timeout=5\n\
+         data_connection_timeout=20\n\
+         idle_session_timeout=60\n\
+         dirmessage_enable=NO\n\
+         ftpd_banner=ftp-alg lab vsftpd\n\
+         syslog_enable=NO\n\
+         xferlog_enable=YES\n\
+         xferlog_std_format=NO\n\
+         log_ftp_protocol=YES\n\
+         vsftpd_log_file={log}\n",
+        root = root.display(),
+        log = log.display(),
+    )
+}
+
+/// The commands in a vsftpd protocol log: lines like
+/// `... [ftpalg] FTP command: Client "203.0.113.1", "PORT 203,0,113,1,156,65"`.
+pub fn parse_commands(log: &str) -> Vec<String> {
+    parse_quoted_after(log, "FTP command: ")
+}
+
+fn parse_quoted_after(log: &str, marker: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|line| {
+            let rest = &line[line.find(marker)? + marker.len()..];
+            // Client "<ip>", "<text>"
+            let text = rest.split_once("\", \"")?.1;
+            Some(text.strip_suffix('"').unwrap_or(text).to_owned())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_commands;
+
+    #[test]
+    fn commands_are_read_from_the_protocol_log() {
+        let log = "Fri Nov 22 01:00:00 2024 [pid 7] CONNECT: Client \"203.0.113.1\"\n\
+                   Fri Nov 22 01:00:00 2024 [pid 7] FTP command: Client \"203.0.113.1\", \"USER ftpalg\"\n\
+                   Fri Nov 22 01:00:00 2024 [pid 7] [ftpalg] FTP response: Client \"203.0.113.1\", \"230 Login successful.\"\n\
+                   Fri Nov 22 01:00:00 2024 [pid 8] [ftpalg] FTP command: Client \"203.0.113.1\", \"PORT 203,0,113,1,156,65\"\n";
+        assert_eq!(
+            parse_commands(log),
+            vec![
+                "USER ftpalg".to_owned(),
+                "PORT 203,0,113,1,156,65".to_owned()
+            ]
+        );
+    }
+}
