@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, LogFormat, Mode, PasvAddressPolicy};
+use crate::config::{Config, ConfigError, LogFormat, Mode, PasvAddressPolicy, TlsPolicy};
 
 /// Userspace FTP application-level gateway: reads PORT/EPRT/227/229 on the control channel,
 /// rewrites them where NAT requires, and opens exact single-use nftables pinholes.
@@ -74,6 +74,28 @@ pub struct Overrides {
     /// Most concurrent sessions [config: limits.max_sessions].
     #[arg(long, value_name = "N")]
     pub max_sessions: Option<usize>,
+    /// Most concurrent sessions per client address [config: limits.max_sessions_per_client].
+    #[arg(long, value_name = "N")]
+    pub max_sessions_per_client: Option<usize>,
+    /// New sessions per second per client address
+    /// [config: limits.new_sessions_per_second_per_client].
+    #[arg(long, value_name = "N")]
+    pub new_sessions_per_second: Option<u32>,
+    /// Only allow this command verb (repeatable) [config: commands.allow].
+    #[arg(long = "allow-command", value_name = "VERB")]
+    pub allow_commands: Vec<String>,
+    /// Refuse this command verb with 502 (repeatable) [config: commands.deny].
+    #[arg(long = "deny-command", value_name = "VERB")]
+    pub deny_commands: Vec<String>,
+    /// Replace the server's greeting [config: commands.mask_banner].
+    #[arg(long)]
+    pub mask_banner: bool,
+    /// Replace the server's SYST reply [config: commands.mask_syst].
+    #[arg(long)]
+    pub mask_syst: bool,
+    /// What to do with AUTH TLS/SSL [config: tls.auth].
+    #[arg(long, value_enum)]
+    pub tls_auth: Option<TlsPolicy>,
     /// Longest control line in bytes [config: limits.max_line].
     #[arg(long, value_name = "BYTES")]
     pub max_line: Option<usize>,
@@ -153,6 +175,23 @@ impl Overrides {
         }
         if let Some(v) = o.max_sessions {
             c.limits.max_sessions = v;
+        }
+        if let Some(v) = o.max_sessions_per_client {
+            c.limits.max_sessions_per_client = v;
+        }
+        if let Some(v) = o.new_sessions_per_second {
+            c.limits.new_sessions_per_second_per_client = v;
+        }
+        if !o.allow_commands.is_empty() {
+            c.commands.allow = o.allow_commands;
+        }
+        if !o.deny_commands.is_empty() {
+            c.commands.deny = o.deny_commands;
+        }
+        c.commands.mask_banner |= o.mask_banner;
+        c.commands.mask_syst |= o.mask_syst;
+        if let Some(v) = o.tls_auth {
+            c.tls.auth = v;
         }
         if let Some(v) = o.max_line {
             c.limits.max_line = v;

@@ -59,6 +59,17 @@ pub enum PasvAddressPolicy {
     Refuse,
 }
 
+/// What to do with `AUTH TLS`/`AUTH SSL` (FTPS), whose control channel the ALG cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsPolicy {
+    /// Answer `534` so that clients which allow it fall back to plain FTP.
+    Refuse,
+    /// Forward it; once the server accepts, relay the encrypted bytes untouched. No data
+    /// connection of that session can be opened by the ALG (logged as such).
+    Passthrough,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -93,10 +104,44 @@ pub struct Config {
     pub passive: PassiveConfig,
     /// Resource limits.
     pub limits: Limits,
+    /// Command policy.
+    pub commands: CommandPolicy,
+    /// FTPS policy.
+    pub tls: TlsConfig,
     /// nftables naming.
     pub nftables: NftablesConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Which commands pass, and what the server may reveal about itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandPolicy {
+    /// If not empty, only these verbs pass (plus the data-channel commands the ALG handles).
+    pub allow: Vec<String>,
+    /// Verbs refused with `502`, e.g. ["SITE", "DELE"].
+    pub deny: Vec<String>,
+    /// Replace the server's greeting with a neutral `220 FTP server ready`.
+    pub mask_banner: bool,
+    /// Replace the server's SYST reply with `215 UNIX Type: L8`.
+    pub mask_syst: bool,
+}
+
+/// FTPS settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `refuse` (default) or `passthrough`.
+    pub auth: TlsPolicy,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            auth: TlsPolicy::Refuse,
+        }
+    }
 }
 
 /// Pinhole settings.
@@ -131,6 +176,10 @@ pub struct PassiveConfig {
 pub struct Limits {
     /// Most concurrent sessions; more get `421`.
     pub max_sessions: usize,
+    /// Most concurrent sessions from one client address; more get `421`.
+    pub max_sessions_per_client: usize,
+    /// New sessions per second one client address may open (burst of the same size).
+    pub new_sessions_per_second_per_client: u32,
     /// Longest accepted control line in bytes, terminator included.
     pub max_line: usize,
     /// Seconds a control connection may sit idle (never while a data channel is alive).
@@ -173,6 +222,8 @@ impl Default for Config {
             active: ActiveConfig::default(),
             passive: PassiveConfig::default(),
             limits: Limits::default(),
+            commands: CommandPolicy::default(),
+            tls: TlsConfig::default(),
             nftables: NftablesConfig::default(),
             log: LogConfig::default(),
         }
@@ -208,6 +259,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_sessions: 4096,
+            max_sessions_per_client: 64,
+            new_sessions_per_second_per_client: 20,
             max_line: 2048,
             idle_timeout_secs: 900,
             connect_timeout_secs: 10,
@@ -289,6 +342,31 @@ impl Config {
         }
         if self.limits.max_sessions == 0 {
             return Err(invalid("limits.max_sessions", "must be at least 1"));
+        }
+        if self.limits.max_sessions_per_client == 0 {
+            return Err(invalid(
+                "limits.max_sessions_per_client",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.new_sessions_per_second_per_client == 0 {
+            return Err(invalid(
+                "limits.new_sessions_per_second_per_client",
+                "must be at least 1",
+            ));
+        }
+        for (key, verbs) in [
+            ("commands.allow", &self.commands.allow),
+            ("commands.deny", &self.commands.deny),
+        ] {
+            if let Some(bad) = verbs.iter().find(|v| {
+                v.is_empty() || v.len() > 8 || !v.bytes().all(|b| b.is_ascii_alphabetic())
+            }) {
+                return Err(invalid(
+                    key,
+                    format!("`{bad}` is not an FTP command verb (1-8 letters)"),
+                ));
+            }
         }
         if !(64..=65536).contains(&self.limits.max_line) {
             return Err(invalid(

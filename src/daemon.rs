@@ -74,9 +74,16 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
         pasv_address: c.passive.address_policy,
         max_line: c.limits.max_line,
         idle_timeout: settings.idle_timeout(),
+        allow: verbs(&c.commands.allow),
+        deny: verbs(&c.commands.deny),
+        mask_banner: c.commands.mask_banner,
+        mask_syst: c.commands.mask_syst,
+        tls: c.tls.auth,
     });
     let proxy_settings = ProxySettings {
         max_sessions: c.limits.max_sessions,
+        max_sessions_per_client: c.limits.max_sessions_per_client,
+        new_sessions_per_second_per_client: c.limits.new_sessions_per_second_per_client,
         connect_timeout: settings.connect_timeout(),
         upstream_source,
         policy,
@@ -114,4 +121,10 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
     table.remove()?;
     info!("table removed; bye");
     Ok(())
+}
+
+fn verbs(list: &[String]) -> Vec<Vec<u8>> {
+    list.iter()
+        .map(|v| v.to_ascii_uppercase().into_bytes())
+        .collect()
 }

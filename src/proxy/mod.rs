@@ -5,11 +5,12 @@
 //! [`Session`](crate::session::Session).
 
 mod interfaces;
+mod limits;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
@@ -22,6 +23,7 @@ use crate::ftp;
 use crate::session::{Endpoints, Policy, PortAllocator, Session};
 
 pub use interfaces::{InterfaceError, first_address};
+pub use limits::{Admission, ClientLimiter, Rejection};
 
 /// A failure of the proxy's own sockets.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,10 @@ pub enum ProxyError {
 pub struct ProxySettings {
     /// Most concurrent sessions.
     pub max_sessions: usize,
+    /// Most concurrent sessions per client address.
+    pub max_sessions_per_client: usize,
+    /// New sessions per second per client address.
+    pub new_sessions_per_second_per_client: u32,
     /// Timeout for connecting to the server.
     pub connect_timeout: Duration,
     /// Source address for upstream connections (the gateway's WAN address), if fixed.
@@ -75,6 +81,10 @@ pub async fn serve<F: Firewall>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(settings.max_sessions));
+    let limiter = Arc::new(ClientLimiter::new(
+        settings.max_sessions_per_client,
+        settings.new_sessions_per_second_per_client,
+    ));
     let next_id = AtomicU64::new(1);
     let local = listener.local_addr().ok();
     let mut sessions = tokio::task::JoinSet::new();
@@ -93,7 +103,11 @@ pub async fn serve<F: Firewall>(
             }
         };
         let id = next_id.fetch_add(1, Ordering::Relaxed);
+        if id.is_multiple_of(1024) {
+            limiter.prune(Instant::now());
+        }
         let permit = slots.clone().try_acquire_owned();
+        let admission = limiter.admit(peer.ip(), Instant::now());
         let settings = settings.clone();
         let firewall = firewall.clone();
         let ports = ports.clone();
@@ -111,6 +125,14 @@ pub async fn serve<F: Firewall>(
                     )
                     .await;
                     return;
+                };
+                let _admission = match admission {
+                    Ok(admission) => admission,
+                    Err(rejection) => {
+                        warn!(%rejection, "client over its limit; refused");
+                        refuse(client, &format!("Refused: {rejection}")).await;
+                        return;
+                    }
                 };
                 handle(client, peer, local, settings, firewall, ports).await;
             }

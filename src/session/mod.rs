@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
-use crate::config::PasvAddressPolicy;
+use crate::config::{PasvAddressPolicy, TlsPolicy};
 use crate::firewall::{Firewall, Pinhole};
 use crate::ftp::{
     self, Command, FrameError, Line, LineFramer, Reply, ReplyAssembler, ReplyEvent, Terminator,
@@ -51,6 +51,26 @@ pub struct Policy {
     pub max_line: usize,
     /// Idle timeout of the control connection (suspended while a transfer runs).
     pub idle_timeout: Duration,
+    /// Command verbs (upper case) allowed; empty allows all.
+    pub allow: Vec<Vec<u8>>,
+    /// Command verbs (upper case) refused with `502`.
+    pub deny: Vec<Vec<u8>>,
+    /// Replace the server's greeting.
+    pub mask_banner: bool,
+    /// Replace the server's SYST reply.
+    pub mask_syst: bool,
+    /// What to do with AUTH TLS/SSL.
+    pub tls: TlsPolicy,
+}
+
+impl Policy {
+    /// Whether the command policy lets `verb` (upper case) through.
+    fn permits(&self, verb: &[u8]) -> bool {
+        if self.deny.iter().any(|v| v == verb) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|v| v == verb)
+    }
 }
 
 /// What a command that the server has not answered yet was, so that a 227/229 is only
@@ -61,7 +81,19 @@ enum Pending {
     Epsv,
     /// ABOR may be answered by 426 and then 226.
     Abor,
+    /// SYST, whose answer may be masked.
+    Syst,
+    /// AUTH forwarded under the passthrough policy: a 234 switches to raw relaying.
+    Auth,
     Other,
+}
+
+/// A reply being replaced as it streams by (its lines are dropped, the stand-in is sent when
+/// it completes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mask {
+    Greeting,
+    Syst,
 }
 
 /// Most commands a client may have in flight (pipelined) before we stop reading it.
@@ -78,6 +110,15 @@ pub enum Ending {
     IdleTimeout,
     /// A socket error.
     IoError,
+    /// FTPS passthrough: the encrypted session was relayed until one side closed.
+    TlsPassthrough,
+}
+
+/// Why the line-by-line relay stopped.
+enum Stop {
+    Ended(Ending),
+    /// The server accepted AUTH under the passthrough policy.
+    Passthrough,
 }
 
 /// One control connection in flight.
@@ -92,6 +133,7 @@ pub struct Session<F> {
     in_flight: VecDeque<Pending>,
     greeted: bool,
     transfer_running: bool,
+    masking: Option<Mask>,
     pinholes: Vec<(Pinhole, Instant)>,
 }
 
@@ -114,6 +156,7 @@ impl<F: Firewall> Session<F> {
             in_flight: VecDeque::new(),
             greeted: false,
             transfer_running: false,
+            masking: None,
             pinholes: Vec::new(),
         }
     }
@@ -125,18 +168,65 @@ impl<F: Firewall> Session<F> {
         C: AsyncRead + AsyncWrite + Unpin,
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let ending = self.relay(client, server).await;
+        let (mut client_r, mut client_w) = tokio::io::split(client);
+        let (mut server_r, mut server_w) = tokio::io::split(server);
+        let stop = self
+            .relay(&mut client_r, &mut client_w, &mut server_r, &mut server_w)
+            .await;
+        // Pinholes go first: nothing of this session may outlive it in the kernel.
         self.close_all().await;
-        ending
+        match stop {
+            Stop::Ended(ending) => ending,
+            Stop::Passthrough => {
+                let mut client = client_r.unsplit(client_w);
+                let mut server = server_r.unsplit(server_w);
+                self.passthrough(&mut client, &mut server).await
+            }
+        }
     }
 
-    async fn relay<C, S>(&mut self, client: C, server: S) -> Ending
+    /// FTPS: relays the encrypted bytes untouched until either side closes.
+    async fn passthrough<C, S>(&mut self, client: &mut C, server: &mut S) -> Ending
     where
         C: AsyncRead + AsyncWrite + Unpin,
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let (mut client_r, mut client_w) = tokio::io::split(client);
-        let (mut server_r, mut server_w) = tokio::io::split(server);
+        warn!(
+            "TLS passthrough: control channel encrypted; ftp-alg cannot open this session's \
+             data connections (they need a static rule for the server's passive range)"
+        );
+        // Bytes that arrived behind the AUTH line belong to the TLS handshake.
+        let early_client = self.client_lines.take_partial();
+        let early_server = self.server_lines.take_partial();
+        let flushed = async {
+            if let Some(line) = early_client {
+                server.write_all(line.raw()).await?;
+            }
+            if let Some(line) = early_server {
+                client.write_all(line.raw()).await?;
+            }
+            tokio::io::copy_bidirectional(client, server).await
+        };
+        match flushed.await {
+            Ok((up, down)) => debug!(up, down, "TLS passthrough ended"),
+            Err(e) => debug!(error = %e, "TLS passthrough ended with an error"),
+        }
+        Ending::TlsPassthrough
+    }
+
+    async fn relay<CR, CW, SR, SW>(
+        &mut self,
+        client_r: &mut CR,
+        client_w: &mut CW,
+        server_r: &mut SR,
+        server_w: &mut SW,
+    ) -> Stop
+    where
+        CR: AsyncRead + Unpin,
+        CW: AsyncWrite + Unpin,
+        SR: AsyncRead + Unpin,
+        SW: AsyncWrite + Unpin,
+    {
         let mut client_buf = vec![0u8; 4096];
         let mut server_buf = vec![0u8; 4096];
         let mut client_open = true;
@@ -147,7 +237,9 @@ impl<F: Firewall> Session<F> {
             } else {
                 self.policy.idle_timeout
             };
-            let read_client = client_open && self.in_flight.len() < MAX_IN_FLIGHT;
+            let read_client = client_open
+                && self.in_flight.len() < MAX_IN_FLIGHT
+                && self.in_flight.back() != Some(&Pending::Auth);
             let step = tokio::select! {
                 r = client_r.read(&mut client_buf), if read_client => Step::Client(r),
                 r = server_r.read(&mut server_buf) => Step::Server(r),
@@ -162,19 +254,23 @@ impl<F: Firewall> Session<F> {
                 }
                 Step::Client(Ok(n)) => {
                     self.client_lines.push(&client_buf[..n]);
-                    self.drain_client(&mut client_w, &mut server_w).await
+                    self.drain_client(client_w, server_w).await
                 }
                 Step::Server(Ok(0)) => {
                     let _ = client_w.shutdown().await;
-                    return Ending::ServerClosed;
+                    return Stop::Ended(Ending::ServerClosed);
                 }
                 Step::Server(Ok(n)) => {
                     self.server_lines.push(&server_buf[..n]);
-                    self.drain_server(&mut client_w).await
+                    match self.drain_server(client_w).await {
+                        Ok(true) => return Stop::Passthrough,
+                        Ok(false) => Ok(()),
+                        Err(e) => Err(e),
+                    }
                 }
                 Step::Client(Err(e)) | Step::Server(Err(e)) => {
                     debug!(error = %e, "control connection read failed");
-                    return Ending::IoError;
+                    return Stop::Ended(Ending::IoError);
                 }
                 Step::Idle => {
                     info!(timeout_s = idle.as_secs(), "idle timeout; closing session");
@@ -184,16 +280,16 @@ impl<F: Firewall> Session<F> {
                             "Idle timeout: closing control connection",
                         ))
                         .await;
-                    return Ending::IdleTimeout;
+                    return Stop::Ended(Ending::IdleTimeout);
                 }
             };
             if let Err(e) = result {
                 debug!(error = %e, "control connection write failed");
-                return if client_open {
+                return Stop::Ended(if client_open {
                     Ending::IoError
                 } else {
                     Ending::ClientClosed
-                };
+                });
             }
         }
     }
@@ -245,6 +341,9 @@ impl<F: Firewall> Session<F> {
             Err(e) => return Verdict::Answer(Refusal::Malformed { verb, error: e }),
         };
         let is_data_command = !matches!(command, Command::Other | Command::Auth(_));
+        if !is_data_command && !verb.is_empty() && !self.policy.permits(&verb) {
+            return Verdict::Answer(Refusal::Denied { verb });
+        }
         if is_data_command && line.terminator() == Terminator::BareLf {
             return Verdict::Answer(Refusal::BareLf { verb });
         }
@@ -254,7 +353,16 @@ impl<F: Firewall> Session<F> {
             Command::Pasv => Verdict::Forward(line.raw().to_vec(), Pending::Pasv),
             Command::Epsv(_) => Verdict::Forward(line.raw().to_vec(), Pending::Epsv),
             Command::Lprt | Command::Lpsv => Verdict::Answer(Refusal::LongAddress { verb }),
-            Command::Auth(_) => Verdict::Answer(Refusal::Tls),
+            Command::Auth(_) => match self.policy.tls {
+                TlsPolicy::Refuse => Verdict::Answer(Refusal::Tls),
+                TlsPolicy::Passthrough => {
+                    info!("AUTH forwarded under the TLS passthrough policy");
+                    Verdict::Forward(line.raw().to_vec(), Pending::Auth)
+                }
+            },
+            Command::Other if verb == b"SYST" => {
+                Verdict::Forward(line.raw().to_vec(), Pending::Syst)
+            }
             Command::Other if verb == b"ABOR" => {
                 Verdict::Forward(line.raw().to_vec(), Pending::Abor)
             }
@@ -315,8 +423,9 @@ impl<F: Firewall> Session<F> {
         Verdict::Forward(bytes, Pending::Other)
     }
 
-    /// Handles every complete line the server has sent.
-    async fn drain_server<CW>(&mut self, client_w: &mut CW) -> std::io::Result<()>
+    /// Handles every complete line the server has sent; `Ok(true)` when the server accepted
+    /// AUTH under the passthrough policy and the relay must switch to raw bytes.
+    async fn drain_server<CW>(&mut self, client_w: &mut CW) -> std::io::Result<bool>
     where
         CW: AsyncWrite + Unpin,
     {
@@ -334,6 +443,7 @@ impl<F: Firewall> Session<F> {
                     continue;
                 }
             };
+            let starts_reply = !self.replies.in_multiline();
             let event = match self.replies.push_line(line) {
                 Ok(event) => event,
                 Err(e) => {
@@ -347,11 +457,29 @@ impl<F: Firewall> Session<F> {
             match event {
                 ReplyEvent::Pending => {}
                 ReplyEvent::Forward(line) => {
-                    // A line that completes a reply (single-line, or the last of a multi-line).
-                    if !self.replies.in_multiline() {
-                        self.track_reply(reply_code(line.raw()));
+                    if starts_reply {
+                        self.masking = self.mask_for_next_reply();
                     }
-                    client_w.write_all(line.raw()).await?;
+                    let completes = !self.replies.in_multiline();
+                    let code = reply_code(line.raw());
+                    let answered = if completes {
+                        self.track_reply(code)
+                    } else {
+                        None
+                    };
+                    match self.masking {
+                        None => client_w.write_all(line.raw()).await?,
+                        Some(mask) if completes => {
+                            self.masking = None;
+                            if let Some(code) = code {
+                                client_w.write_all(&masked_reply(mask, code)).await?;
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                    if answered == Some(Pending::Auth) && code == Some(234) {
+                        return Ok(true);
+                    }
                 }
                 ReplyEvent::Complete(reply) => {
                     let expected = self.track_reply(reply.code());
@@ -360,7 +488,16 @@ impl<F: Firewall> Session<F> {
                 }
             }
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Whether the reply that starts now is one the policy replaces.
+    fn mask_for_next_reply(&self) -> Option<Mask> {
+        if !self.greeted {
+            return self.policy.mask_banner.then_some(Mask::Greeting);
+        }
+        (self.policy.mask_syst && self.in_flight.front() == Some(&Pending::Syst))
+            .then_some(Mask::Syst)
     }
 
     /// Updates the in-flight queue with one complete reply; returns what it answered.
@@ -524,6 +661,17 @@ fn release_port(ports: &PortAllocator, pinhole: &Pinhole) {
     {
         ports.release(server, gateway_port);
     }
+}
+
+/// The stand-in for a masked reply: same code, neutral text.
+fn masked_reply(mask: Mask, code: u16) -> Vec<u8> {
+    let text = match (mask, code) {
+        (Mask::Greeting, 220) => "FTP server ready",
+        (Mask::Syst, 215) => "UNIX Type: L8",
+        (Mask::Greeting, _) => "Service not available",
+        (Mask::Syst, _) => "SYST not available",
+    };
+    ftp::render_reply(code, text)
 }
 
 fn same_family(a: IpAddr, b: IpAddr) -> bool {

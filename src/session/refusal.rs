@@ -53,6 +53,11 @@ pub enum Refusal {
     },
     /// AUTH TLS/SSL: the ALG cannot read an encrypted control channel.
     Tls,
+    /// A verb the command policy refuses.
+    Denied {
+        /// The verb, upper-cased.
+        verb: Vec<u8>,
+    },
     /// A 227/229 that does not parse.
     MalformedReply {
         /// 227 or 229.
@@ -129,6 +134,13 @@ impl Refusal {
             Self::Tls => (
                 534,
                 "ftp-alg cannot inspect TLS on this gateway; continue with plain FTP".into(),
+            ),
+            Self::Denied { verb } => (
+                502,
+                format!(
+                    "{} is not allowed through this gateway",
+                    String::from_utf8_lossy(verb)
+                ),
             ),
             Self::MalformedReply { code, error } => (
                 425,

@@ -30,6 +30,11 @@ fn policy() -> Policy {
         pasv_address: PasvAddressPolicy::Rewrite,
         max_line: 512,
         idle_timeout: Duration::from_secs(60),
+        allow: Vec::new(),
+        deny: Vec::new(),
+        mask_banner: false,
+        mask_syst: false,
+        tls: TlsPolicy::Refuse,
     }
 }
 
@@ -509,4 +514,87 @@ async fn idle_timeout_closes_with_421_but_not_during_a_transfer() {
             .unwrap(),
         Ending::IdleTimeout
     );
+}
+
+#[tokio::test]
+async fn denied_commands_get_502_and_are_not_forwarded() {
+    let mut h = start_with(
+        Policy {
+            deny: vec![b"SITE".to_vec(), b"DELE".to_vec()],
+            ..policy()
+        },
+        FakeFirewall::default(),
+    );
+    h.greet().await;
+    h.client_says(b"site chmod 777 x\r\nDELE y\r\nNOOP\r\n")
+        .await;
+    assert!(read_line(&mut h.client).await.starts_with("502 SITE"));
+    assert!(read_line(&mut h.client).await.starts_with("502 DELE"));
+    assert_eq!(read_line(&mut h.server).await, "NOOP\r\n");
+}
+
+#[tokio::test]
+async fn an_allow_list_refuses_everything_else_but_data_commands_still_work() {
+    let mut h = start_with(
+        Policy {
+            allow: vec![b"USER".to_vec(), b"PASS".to_vec()],
+            ..policy()
+        },
+        FakeFirewall::default(),
+    );
+    h.greet().await;
+    h.client_says(b"USER a\r\nMKD x\r\nPASV\r\n").await;
+    assert_eq!(read_line(&mut h.server).await, "USER a\r\n");
+    assert!(read_line(&mut h.client).await.starts_with("502 MKD"));
+    assert_eq!(read_line(&mut h.server).await, "PASV\r\n");
+}
+
+#[tokio::test]
+async fn banner_and_syst_are_masked_when_asked() {
+    let mut h = start_with(
+        Policy {
+            mask_banner: true,
+            mask_syst: true,
+            ..policy()
+        },
+        FakeFirewall::default(),
+    );
+    h.server_says(b"220-vsFTPd 3.0.3 on host.example\r\n220 welcome\r\n")
+        .await;
+    assert_eq!(read_line(&mut h.client).await, "220 FTP server ready\r\n");
+    h.client_says(b"SYST\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"215 UNIX Type: L8 (vsFTPd 3.0.3)\r\n").await;
+    assert_eq!(read_line(&mut h.client).await, "215 UNIX Type: L8\r\n");
+    // Other replies are untouched.
+    h.client_says(b"NOOP\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"200 NOOP ok (vsFTPd)\r\n").await;
+    assert_eq!(read_line(&mut h.client).await, "200 NOOP ok (vsFTPd)\r\n");
+}
+
+#[tokio::test]
+async fn tls_passthrough_relays_raw_bytes_after_234_and_opens_nothing() {
+    let mut h = start_with(
+        Policy {
+            tls: TlsPolicy::Passthrough,
+            ..policy()
+        },
+        FakeFirewall::default(),
+    );
+    h.greet().await;
+    h.client_says(b"AUTH TLS\r\n").await;
+    assert_eq!(read_line(&mut h.server).await, "AUTH TLS\r\n");
+    h.server_says(b"234 AUTH TLS ok\r\n").await;
+    assert_eq!(read_line(&mut h.client).await, "234 AUTH TLS ok\r\n");
+    // Binary (TLS-like) bytes, including something that looks like a PORT, pass untouched.
+    let hello = b"\x16\x03\x01\x00\xffPORT 10,0,0,2,195,80\r\n\x00";
+    h.client_says(hello).await;
+    assert_eq!(read_n(&mut h.server, hello.len()).await, hello);
+    let reply = b"227 (203,0,113,2,117,48)\r\n";
+    h.server_says(reply).await;
+    assert_eq!(read_n(&mut h.client, reply.len()).await, reply);
+    assert!(h.firewall.live().is_empty());
+    let firewall = h.finish().await;
+    assert!(firewall.opened().is_empty());
 }
