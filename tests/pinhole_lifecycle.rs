@@ -1,0 +1,207 @@
+//! The life of a pinhole in the real kernel: single use, survival of a retransmitted SYN,
+//! replacement of a stale table left by a crash, and a clean `421` when the server cannot be
+//! reached. Each test builds its own client — NAT gateway — server lab (strict firewall).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{alg_binary, assert_clean_shutdown, assert_pinholes_drained};
+use ftp_alg::lab::raw_client::{RawFtp, parse_227};
+use ftp_alg::lab::{
+    AlgDaemon, AlgOptions, ClientNatLab, ClientNatOptions, DataMode, FTP_PASSWORD, FTP_USER,
+    SERVER_IP, Vsftpd, nft,
+};
+
+fn strict_lab() -> ClientNatLab {
+    ClientNatLab::build(ClientNatOptions::default()).expect("building the lab")
+}
+
+fn start_alg(lab: &ClientNatLab, extra: &[&str]) -> AlgDaemon {
+    let mut options = AlgOptions::new(alg_binary());
+    options.extra_args = extra.iter().map(|s| s.to_string()).collect();
+    AlgDaemon::start(&lab.gateway, &options).expect("starting ftp-alg")
+}
+
+fn server_addr(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(SERVER_IP, port)
+}
+
+fn counter(lab: &ClientNatLab, ns_is_server: bool, table: &str, name: &str) -> u64 {
+    let ns = if ns_is_server {
+        &lab.server
+    } else {
+        &lab.gateway
+    };
+    let out = ns
+        .exec_ok(&["nft", "list", "counter", "inet", table, name])
+        .expect("listing a counter");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in {text}"))
+}
+
+#[test]
+fn a_passive_pinhole_admits_one_connection_and_a_second_is_dropped() {
+    require_lab!("vsftpd");
+    let lab = strict_lab();
+    let server = Vsftpd::start(&lab.server).expect("vsftpd");
+    server.put_file("one.bin", &[7u8; 4096]).expect("file");
+    let alg = start_alg(&lab, &[]);
+    let outcome = lab
+        .client
+        .run_in(move || -> Result<(bool, bool), String> {
+            let mut ftp = RawFtp::connect(server_addr(21)).map_err(|e| e.to_string())?;
+            ftp.login(FTP_USER, FTP_PASSWORD)
+                .map_err(|e| e.to_string())?;
+            let reply = ftp.command("PASV").map_err(|e| e.to_string())?;
+            let data = parse_227(&reply.text).ok_or(format!("no 227: {}", reply.text))?;
+            let timeout = Duration::from_secs(2);
+            let first = TcpStream::connect_timeout(&SocketAddr::V4(data), timeout);
+            // The pinhole is consumed: a second SYN to the same port must not get through
+            // (it would reach vsftpd and be answered if it did).
+            let second = TcpStream::connect_timeout(&SocketAddr::V4(data), timeout);
+            Ok((first.is_ok(), second.is_ok()))
+        })
+        .expect("client thread")
+        .expect("client");
+    assert_eq!(
+        outcome,
+        (true, false),
+        "(first, second) connection admitted\n{}",
+        alg.output()
+    );
+    assert_eq!(counter(&lab, false, nft::ALG_TABLE, "passive_admitted"), 1);
+    drop(server);
+    assert_pinholes_drained(&lab, &alg);
+    assert_clean_shutdown(&lab, alg);
+}
+
+#[test]
+fn a_retransmitted_syn_of_an_admitted_connection_still_gets_through() {
+    require_lab!("vsftpd");
+    let lab = strict_lab();
+    // The server drops the first SYN of every data connection, so the client must
+    // retransmit it — after the first SYN has already consumed the pinhole.
+    lab.server
+        .exec_stdin_ok(
+            &["nft", "-f", "-"],
+            b"table inet lossy {
+                set seen { type ipv4_addr . inet_service; flags dynamic,timeout; }
+                counter dropped { }
+                chain input {
+                    type filter hook input priority filter; policy accept;
+                    tcp dport 30000-30100 tcp flags syn ip saddr . tcp dport != @seen \
+                        add @seen { ip saddr . tcp dport timeout 60s } counter name dropped drop
+                }
+            }\n",
+        )
+        .expect("lossy server table");
+    let server = Vsftpd::start(&lab.server).expect("vsftpd");
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    server.put_file("file.bin", &payload).expect("file");
+    let alg = start_alg(&lab, &[]);
+    let started = Instant::now();
+    let got = lab
+        .client
+        .run_in(|| -> Result<Vec<u8>, String> {
+            let mut ftp = RawFtp::connect(server_addr(21)).map_err(|e| e.to_string())?;
+            ftp.login(FTP_USER, FTP_PASSWORD)
+                .map_err(|e| e.to_string())?;
+            ftp.retr(DataMode::Pasv, "file.bin")
+                .map_err(|e| format!("{e}\n{}", ftp.transcript()))
+        })
+        .expect("client thread");
+    let got = got.unwrap_or_else(|e| panic!("transfer failed: {e}\n{}", alg.output()));
+    assert_eq!(got, payload);
+    assert_eq!(
+        counter(&lab, true, "lossy", "dropped"),
+        1,
+        "the first SYN was not dropped: the test proves nothing"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "no retransmission happened"
+    );
+    drop(server);
+    assert_pinholes_drained(&lab, &alg);
+    assert_clean_shutdown(&lab, alg);
+}
+
+#[test]
+fn a_stale_table_from_a_crash_is_replaced_at_start_with_its_pinholes() {
+    require_lab!();
+    let lab = strict_lab();
+    // What a crashed daemon leaves: our table, with a live pinhole in it.
+    let rules = std::process::Command::new(alg_binary())
+        .args([
+            "rules",
+            "--lan-interface",
+            "lan0",
+            "--wan-address",
+            "203.0.113.1",
+        ])
+        .output()
+        .expect("ftp-alg rules");
+    assert!(rules.status.success());
+    lab.gateway
+        .exec_stdin_ok(&["nft", "-f", "-"], &rules.stdout)
+        .expect("loading a stale table");
+    lab.gateway
+        .exec_ok(&[
+            "nft",
+            "add element inet ftp_alg passive_pin { 10.0.0.2 . 198.51.100.9 . 4444 timeout 1h }",
+        ])
+        .expect("stale pinhole");
+    assert!(!nft::alg_leftover_pinholes(&lab.gateway).unwrap().is_empty());
+    let alg = start_alg(&lab, &[]);
+    assert!(
+        nft::alg_leftover_pinholes(&lab.gateway).unwrap().is_empty(),
+        "the stale pinhole survived the restart"
+    );
+    assert_clean_shutdown(&lab, alg);
+}
+
+#[test]
+fn an_unreachable_server_gets_421_and_leaves_nothing() {
+    require_lab!();
+    let lab = strict_lab();
+    // Nothing listens on the server (RST), and 203.0.113.77 does not exist (timeout).
+    let alg = start_alg(&lab, &["--connect-timeout", "2"]);
+    let replies = lab
+        .client
+        .run_in(|| {
+            [21u16, 21]
+                .iter()
+                .zip([SERVER_IP, "203.0.113.77".parse().unwrap()])
+                .map(|(port, ip)| {
+                    let mut stream = TcpStream::connect_timeout(
+                        &SocketAddr::V4(SocketAddrV4::new(ip, *port)),
+                        Duration::from_secs(5),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(8)))
+                        .map_err(|e| e.to_string())?;
+                    let mut text = String::new();
+                    stream
+                        .read_to_string(&mut text)
+                        .map_err(|e| e.to_string())?;
+                    let _ = stream.write_all(b"QUIT\r\n");
+                    Ok(text)
+                })
+                .collect::<Vec<Result<String, String>>>()
+        })
+        .expect("client thread");
+    for reply in replies {
+        let reply = reply.unwrap_or_else(|e| panic!("no reply: {e}\n{}", alg.output()));
+        assert!(reply.starts_with("421 "), "expected 421, got {reply:?}");
+    }
+    assert_pinholes_drained(&lab, &alg);
+    assert_clean_shutdown(&lab, alg);
+}
