@@ -92,7 +92,7 @@ fn client_nat_control_without_alg_vsftpd_active_fails_passive_works() {
     require_lab!("vsftpd", "lftp", "curl");
     let lab = ClientNatLab::build(ClientNatOptions {
         outbound_open: true,
-        kernel_helper: false,
+        ..ClientNatOptions::default()
     })
     .expect("lab");
     let (payload, payload_sha) = random_payload();
@@ -129,7 +129,7 @@ fn client_nat_control_without_alg_libunftp_active_fails_passive_works() {
     require_lab!();
     let lab = ClientNatLab::build(ClientNatOptions {
         outbound_open: true,
-        kernel_helper: false,
+        ..ClientNatOptions::default()
     })
     .expect("lab");
     let (payload, payload_sha) = random_payload();

@@ -130,6 +130,11 @@ impl AlgDaemon {
         self.child.try_status()
     }
 
+    /// SIGKILL: simulates a crash (the daemon gets no chance to clean up).
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        self.child.kill()
+    }
+
     /// SIGTERM and wait up to `grace`; `None` if it had to be killed.
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
         self.child.terminate(grace)

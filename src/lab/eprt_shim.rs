@@ -127,7 +127,16 @@ fn keep_replies_local(ns: &Netns, upstream_port: u16) -> Result<()> {
         ns.ip(&[
             "rule", "add", "pref", "1000", "ipproto", "tcp", "sport", &table, "lookup", &table,
         ])?;
-        ns.ip(&["route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", &table])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            &table,
+        ])?;
     }
     Ok(())
 }

@@ -249,6 +249,12 @@ impl ServiceChild {
         None
     }
 
+    /// SIGKILLs the process and its group at once (a crash, as far as the program can tell).
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        self.kill_group_now();
+        self.status
+    }
+
     fn kill_group_now(&mut self) {
         kill_group(&self.child, libc::SIGKILL);
         if self.status.is_none() {

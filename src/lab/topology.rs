@@ -40,6 +40,9 @@ pub struct ClientNatOptions {
     /// Attach the kernel's own FTP helper (`ct helper` "ftp" + nf_nat_ftp) to LAN→WAN :21,
     /// as the baseline the ALG is compared with.
     pub kernel_helper: bool,
+    /// Leave the coexistence line (`ct mark 0x2121 accept`) out of the admin's forward chain,
+    /// to show that it is what admits the ALG's data connections.
+    pub omit_alg_mark_line: bool,
 }
 
 /// Three namespaces wired as a client behind a masquerading gateway.
@@ -153,7 +156,9 @@ pub fn gateway_ruleset(options: ClientNatOptions) -> String {
          \t\tiifname \"lan0\" oifname \"wan0\" tcp dport 21 accept\n",
     );
     // The one documented coexistence line: ftp-alg marks the data connections it admits.
-    let _ = writeln!(rules, "\t\tct mark {ALG_CT_MARK:#x} accept");
+    if !options.omit_alg_mark_line {
+        let _ = writeln!(rules, "\t\tct mark {ALG_CT_MARK:#x} accept");
+    }
     if options.outbound_open {
         rules.push_str("\t\tiifname \"lan0\" oifname \"wan0\" accept\n");
     }

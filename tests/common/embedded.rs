@@ -17,8 +17,8 @@ use std::fs::File;
 use std::io::Write as _;
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ftp_alg::lab::{
@@ -75,11 +75,18 @@ impl slog::Drain for CollectLog {
     type Ok = ();
     type Err = slog::Never;
 
-    fn log(&self, record: &slog::Record<'_>, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
         let mut line = format!("{} {}", record.level().as_short_str(), record.msg());
         let _ = slog::KV::serialize(&record.kv(), record, &mut KvText(&mut line));
         let _ = slog::KV::serialize(values, record, &mut KvText(&mut line));
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(line);
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(line);
         Ok(())
     }
 }
@@ -207,7 +214,10 @@ impl EmbeddedServer {
 
     /// libunftp's own log so far.
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner).join("\n")
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .join("\n")
     }
 
     /// Every command line that reached the server side, in order.

@@ -17,6 +17,18 @@ use sha2::{Digest, Sha256};
 /// Returns from the test (skip) or panics (CI) when the lab or `programs` are unavailable.
 #[macro_export]
 macro_rules! require_lab {
+    (programs: $programs:expr) => {
+        match ftp_alg::lab::preflight::gate($programs) {
+            ftp_alg::lab::preflight::Gate::Ready => {}
+            ftp_alg::lab::preflight::Gate::Skip(why) => {
+                eprintln!("SKIPPED (not CI): {why}");
+                return;
+            }
+            ftp_alg::lab::preflight::Gate::Fail(why) => {
+                panic!("CI=true requires the namespace lab, but: {why}");
+            }
+        }
+    };
     ($($program:expr),* $(,)?) => {
         match ftp_alg::lab::preflight::gate(&[$($program),*]) {
             ftp_alg::lab::preflight::Gate::Ready => {}
