@@ -70,16 +70,13 @@ fn client_nat_lab_wires_addresses_and_keeps_the_server_blind_to_the_lan() {
         "server must have no route to the LAN: {}",
         String::from_utf8_lossy(&route.stdout)
     );
-    let ping = lab
-        .client
-        .exec(&["ping", "-c", "1", "-W", "2", "203.0.113.1"]);
     // ping may be missing; the route check above is the point. When present, the gateway answers.
-    if let Ok(out) = ping {
-        if out.status.code() != Some(127)
-            && !String::from_utf8_lossy(&out.stderr).contains("No such file")
-        {
-            assert!(out.status.success(), "client cannot reach the gateway");
-        }
+    if ftp_alg::lab::preflight::has_program("ping") {
+        let ping = lab
+            .client
+            .exec(&["ping", "-c", "1", "-W", "2", "203.0.113.1"])
+            .expect("ping");
+        assert!(ping.status.success(), "client cannot reach the gateway");
     }
     let rules = ftp_alg::lab::nft::ruleset(&lab.gateway);
     assert!(rules.contains("ct mark 0x00002121 accept"), "{rules}");

@@ -178,7 +178,7 @@ pub fn curl(ns: &Netns, mode: DataMode, plan: &TransferPlan) -> Result<SessionRe
 /// The fields after `@@ <OP>` on the marker line for `op`.
 fn marker(transcript: &str, op: FtpOp) -> Option<Vec<&str>> {
     transcript.lines().find_map(|line| {
-        let mut fields = line.trim().split_whitespace();
+        let mut fields = line.split_whitespace();
         (fields.next()? == MARK && fields.next()? == op.command()).then(|| fields.collect())
     })
 }

@@ -218,7 +218,11 @@ fn pids_of(name: &str) -> Vec<i32> {
 
 /// Kills what runs in the namespace (by pid) and deletes it. Best effort: used from Drop.
 fn delete_namespace(name: &str) {
-    for pid in pids_of(name) {
+    let own = i32::try_from(std::process::id()).unwrap_or(-1);
+    for pid in pids_of(name)
+        .into_iter()
+        .filter(|&pid| pid != own && pid > 1)
+    {
         // SAFETY: plain syscall; these pids live in a namespace only the lab uses.
         unsafe {
             libc::kill(pid, libc::SIGKILL);

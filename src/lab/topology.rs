@@ -77,6 +77,9 @@ impl ClientNatLab {
             options,
         };
         lab.wire()?;
+        if options.kernel_helper {
+            load_ftp_helper_modules();
+        }
         lab.gateway
             .exec_stdin_ok(&["nft", "-f", "-"], gateway_ruleset(options).as_bytes())?;
         Ok(lab)
@@ -134,6 +137,20 @@ impl ClientNatLab {
     /// The options it was built with.
     pub fn options(&self) -> ClientNatOptions {
         self.options
+    }
+}
+
+/// Best effort: the kernel's FTP helper modules. Often built in (as on the machine these tests
+/// were written on) or auto-loaded when the `ct helper` object is created; `modprobe` may be
+/// missing altogether. Loading a module is host-wide but changes no behaviour by itself: helpers
+/// are attached only by explicit rules (automatic assignment is off since Linux 4.7).
+fn load_ftp_helper_modules() {
+    if super::preflight::has_program("modprobe") {
+        for module in ["nf_conntrack_ftp", "nf_nat_ftp"] {
+            let mut cmd = std::process::Command::new("modprobe");
+            cmd.args(["-q", module]);
+            let _ = super::process::run_bounded(cmd, None, super::netns::ADMIN_TIMEOUT);
+        }
     }
 }
 
