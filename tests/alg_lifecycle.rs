@@ -13,11 +13,24 @@ use common::{
 use ftp_alg::lab::{AlgDaemon, AlgOptions, ClientNatLab, ClientNatOptions, DataMode, FtpOp, nft};
 
 /// Stale pinholes as a crashed daemon would leave them (long timeouts, so they cannot expire
-/// during the test).
-const STALE_ELEMENTS: [&str; 2] = [
-    "add element inet ftp_alg passive_pin { 10.0.0.2 . 203.0.113.2 . 31000 timeout 600s }",
-    "add element inet ftp_alg active_dnat { 203.0.113.2 . 203.0.113.1 . 40000 timeout 600s : 10.0.0.2 . 50000 }",
-];
+/// during the test): one passive pinhole and one active-mode DNAT mapping.
+fn stale_elements() -> Vec<String> {
+    let dnat_map = nft::ALG_PINHOLE_OBJECTS
+        .iter()
+        .find(|(kind, name)| *kind == "map" && name.contains("dnat") && !name.ends_with('6'))
+        .map(|(_, name)| *name)
+        .expect("the ALG has an IPv4 DNAT map");
+    vec![
+        format!(
+            "add element inet {} passive_pin {{ 10.0.0.2 . 203.0.113.2 . 31000 timeout 600s }}",
+            nft::ALG_TABLE
+        ),
+        format!(
+            "add element inet {} {dnat_map} {{ 203.0.113.2 . 203.0.113.1 . 40000 timeout 600s : 10.0.0.2 . 50000 }}",
+            nft::ALG_TABLE
+        ),
+    ]
+}
 
 #[test]
 fn alg_replaces_a_stale_table_left_by_a_crash() {
@@ -28,7 +41,7 @@ fn alg_replaces_a_stale_table_left_by_a_crash() {
     let options = AlgOptions::new(alg_binary());
 
     let mut crashed = AlgDaemon::start(&lab.gateway, &options).expect("first ftp-alg");
-    for element in STALE_ELEMENTS {
+    for element in stale_elements() {
         lab.gateway
             .exec_stdin_ok(&["nft", "-f", "-"], element.as_bytes())
             .unwrap_or_else(|e| {
@@ -103,6 +116,11 @@ fn admin_firewall_without_the_coexistence_line_blocks_alg_data_connections() {
         report.none_ok(),
         "the data connection passed a drop-policy chain that does not honour the ALG's mark:\n{report}\n{}",
         nft::ruleset(&lab.gateway)
+    );
+    let seen = server.commands();
+    assert!(
+        seen.iter().any(|c| c == "PASV"),
+        "the session failed before the data path: {seen:?}"
     );
     assert_clean_shutdown(&lab, alg);
 }

@@ -52,6 +52,18 @@ fn all_fail(lab: &ClientNatLab, server: &LabServer, runs: &[(Peers, DataMode)]) 
         eprintln!("without ALG (expected to fail): {report}");
         expect_failure(report, &log);
     }
+    // They must fail on the data path, not earlier (a login failure would prove nothing).
+    for (_, mode) in runs {
+        let wanted = runs.iter().filter(|(_, m)| m == mode).count();
+        let seen = log
+            .iter()
+            .filter(|c| c.to_ascii_uppercase().starts_with(mode.command()))
+            .count();
+        assert!(
+            seen >= wanted,
+            "{mode} reached the server {seen} times for {wanted} sessions: they failed before the data path\n--- server saw: {log:?}\n{reports:#?}"
+        );
+    }
 }
 
 /// Full LIST/RETR/STOR sessions in `modes` that must work, content checked.

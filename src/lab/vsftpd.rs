@@ -2,7 +2,8 @@
 //! command a client really sent.
 //!
 //! The FTP account: a system user `ftpalg` with a *locked* system password and a `nologin`
-//! shell, so it cannot log in anywhere else on the host. vsftpd authenticates through a PAM
+//! shell, so it cannot log in anywhere else on the host. Its home is `/`: vsftpd always
+//! `chdir`s to the home directory before `local_root`, so the home must exist. vsftpd authenticates through a PAM
 //! service of the lab's own (`/etc/pam.d/ftp-alg-lab`) that admits exactly that user; the
 //! password sent by the clients ([`FTP_PASSWORD`]) is therefore not checked. This keeps a
 //! well-known password out of `/etc/shadow` of whatever machine runs the tests.
@@ -61,7 +62,7 @@ pub fn ensure_ftp_user() -> Result<(u32, u32)> {
             "--system",
             "--no-create-home",
             "--home-dir",
-            "/nonexistent",
+            "/",
             "--shell",
             "/usr/sbin/nologin",
             "--comment",
@@ -81,10 +82,36 @@ pub fn ensure_ftp_user() -> Result<(u32, u32)> {
             });
         }
     }
+    ensure_home_exists()?;
     let ids = user_ids()?
         .ok_or_else(|| LabError::Unavailable(format!("user {FTP_USER} missing after useradd")))?;
     *done = Some(ids);
     Ok(ids)
+}
+
+/// An account made by an older lab (home `/nonexistent`) gets `/` as home.
+fn ensure_home_exists() -> Result<()> {
+    let mut getent = Command::new("getent");
+    getent.args(["passwd", FTP_USER]);
+    let entry = run_bounded(getent, None, ADMIN_TIMEOUT)?;
+    let entry = String::from_utf8_lossy(&entry.output.stdout).into_owned();
+    let home = entry.trim().split(':').nth(5).unwrap_or("");
+    if !home.is_empty() && Path::new(home).is_dir() {
+        return Ok(());
+    }
+    let mut usermod = Command::new("usermod");
+    usermod.args(["--home", "/", FTP_USER]);
+    let run = run_bounded(usermod, None, ADMIN_TIMEOUT)?;
+    if run.output.status.success() {
+        return Ok(());
+    }
+    Err(LabError::CommandFailed {
+        command: format!("usermod --home / {FTP_USER}"),
+        status: run.output.status.to_string(),
+        stderr: String::from_utf8_lossy(&run.output.stderr)
+            .trim()
+            .to_owned(),
+    })
 }
 
 fn user_ids() -> Result<Option<(u32, u32)>> {
