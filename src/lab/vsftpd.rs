@@ -48,6 +48,13 @@ pub fn ensure_ftp_user() -> Result<(u32, u32)> {
     if let Some(ids) = *done {
         return Ok(ids);
     }
+    // Test processes run in parallel (nextest: one process per test): serialize the account
+    // set-up across processes, or a half-created account can be seen.
+    let lock_path = std::env::temp_dir().join("ftp-alg-lab-account.lock");
+    let lock = fs::File::create(&lock_path)
+        .map_err(|e| LabError::io(format!("creating {}", lock_path.display()), e))?;
+    lock.lock()
+        .map_err(|e| LabError::io(format!("locking {}", lock_path.display()), e))?;
     let pam_path = Path::new("/etc/pam.d").join(PAM_SERVICE);
     if fs::read_to_string(&pam_path).ok().as_deref() != Some(PAM_CONFIG) {
         // Write-then-rename so that a concurrent vsftpd never reads half a file.
