@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, LogFormat, Mode, PasvAddressPolicy, TlsPolicy};
+use crate::config::{
+    Config, ConfigError, LogFormat, Mode, PasvAddressPolicy, ReverseConfig, TlsPolicy,
+};
 
 /// Userspace FTP application-level gateway: reads PORT/EPRT/227/229 on the control channel,
 /// rewrites them where NAT requires, and opens exact single-use nftables pinholes.
@@ -56,6 +58,22 @@ pub struct Overrides {
     /// Listener for redirected control connections [config: listen].
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
+    /// IPv6 listener for redirected control connections [config: listen6].
+    #[arg(long, value_name = "[ADDR]:PORT")]
+    pub listen6: Option<SocketAddr>,
+    /// Do not intercept IPv6 [config: listen6 unset].
+    #[arg(long, conflicts_with = "listen6")]
+    pub no_ipv6: bool,
+    /// Publish a server: PUBLIC=BACKEND, e.g. 203.0.113.1:21=198.51.100.2:21; repeatable
+    /// [config: [[reverse]]].
+    #[arg(long = "reverse", value_name = "PUBLIC=BACKEND", value_parser = parse_reverse)]
+    pub reverse: Vec<ReverseConfig>,
+    /// Mark for routed mode's policy routing [config: routing.fwmark].
+    #[arg(long, value_name = "MARK", value_parser = parse_mark)]
+    pub routing_fwmark: Option<u32>,
+    /// Routing table for routed mode [config: routing.table].
+    #[arg(long, value_name = "N")]
+    pub routing_table: Option<u32>,
     /// Intercepted control port; repeatable [config: control_ports].
     #[arg(long = "control-port", value_name = "PORT")]
     pub control_ports: Vec<u16>,
@@ -119,6 +137,20 @@ pub struct Overrides {
     pub log_level: Option<String>,
 }
 
+fn parse_reverse(text: &str) -> Result<ReverseConfig, String> {
+    let (listen, backend) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not PUBLIC=BACKEND"))?;
+    let parse = |part: &str| {
+        part.parse::<SocketAddr>()
+            .map_err(|_| format!("`{part}` is not an address:port ([v6]:port for IPv6)"))
+    };
+    Ok(ReverseConfig {
+        listen: parse(listen)?,
+        backend: parse(backend)?,
+    })
+}
+
 fn parse_mark(text: &str) -> Result<u32, String> {
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(hex, 16),
@@ -157,6 +189,21 @@ impl Overrides {
         }
         if let Some(v) = o.listen {
             c.listen = v;
+        }
+        if o.listen6.is_some() {
+            c.listen6 = o.listen6;
+        }
+        if o.no_ipv6 {
+            c.listen6 = None;
+        }
+        if !o.reverse.is_empty() {
+            c.reverse = o.reverse;
+        }
+        if let Some(v) = o.routing_fwmark {
+            c.routing.fwmark = v;
+        }
+        if let Some(v) = o.routing_table {
+            c.routing.table = v;
         }
         if !o.control_ports.is_empty() {
             c.control_ports = o.control_ports;

@@ -46,6 +46,8 @@ pub enum ConfigError {
 pub enum Mode {
     /// LAN clients behind a masquerading gateway.
     ClientNat,
+    /// A stateful firewall without NAT: the client's own address is kept toward the server.
+    Routed,
 }
 
 /// What to do when a server's 227 names an address other than the server the client reached.
@@ -92,8 +94,16 @@ pub struct Config {
     pub wan_interface: Option<String>,
     /// The WAN address to announce; discovered from `wan_interface` when absent.
     pub wan_address: Option<IpAddr>,
-    /// Where the proxy listens for redirected control connections.
+    /// Where the proxy listens for redirected IPv4 control connections.
     pub listen: SocketAddr,
+    /// Where it listens for redirected IPv6 control connections (same port as `listen`;
+    /// none: IPv6 is not intercepted).
+    pub listen6: Option<SocketAddr>,
+    /// Published servers (`reverse` mode): each listens on a public address and port and
+    /// forwards to its backend.
+    pub reverse: Vec<ReverseConfig>,
+    /// Policy routing for `routed` mode (transparent upstream connections).
+    pub routing: RoutingConfig,
     /// Destination ports that are intercepted as FTP control connections.
     pub control_ports: Vec<u16>,
     /// Pinhole settings.
@@ -140,6 +150,35 @@ impl Default for TlsConfig {
     fn default() -> Self {
         Self {
             auth: TlsPolicy::Refuse,
+        }
+    }
+}
+
+/// One published server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseConfig {
+    /// The public address and port clients connect to (on the gateway).
+    pub listen: SocketAddr,
+    /// The server behind the gateway.
+    pub backend: SocketAddr,
+}
+
+/// Policy routing that delivers the server's replies to transparent upstream sockets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Packet mark of replies to our transparent sockets.
+    pub fwmark: u32,
+    /// Routing table holding the `local` default route for marked packets.
+    pub table: u32,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            fwmark: 0x2122,
+            table: 2121,
         }
     }
 }
@@ -217,6 +256,9 @@ impl Default for Config {
             wan_interface: None,
             wan_address: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 2121)),
+            listen6: Some(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 2121))),
+            reverse: Vec::new(),
+            routing: RoutingConfig::default(),
             control_ports: vec![21],
             pinhole: PinholeConfig::default(),
             active: ActiveConfig::default(),
@@ -306,25 +348,69 @@ impl Config {
 
     /// Checks every value once; the returned settings are what the daemon runs with.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
-        if self.lan_interfaces.is_empty() {
+        if self.lan_interfaces.is_empty() && self.reverse.is_empty() {
             return Err(invalid(
                 "lan_interfaces",
-                "name at least one LAN interface whose FTP traffic is intercepted, e.g. [\"eth1\"]",
+                "name at least one LAN interface whose FTP traffic is intercepted, e.g. [\"eth1\"], or publish a server with [[reverse]]",
             ));
         }
         for name in self.lan_interfaces.iter().chain(&self.wan_interface) {
             check_ifname(name)?;
         }
-        if self.wan_interface.is_none() && self.wan_address.is_none() {
+        if self.mode == Mode::ClientNat
+            && !self.lan_interfaces.is_empty()
+            && self.wan_interface.is_none()
+            && self.wan_address.is_none()
+        {
             return Err(invalid(
                 "wan_interface",
-                "set wan_interface (its IPv4 address is discovered) or wan_address",
+                "client-nat needs wan_interface (its IPv4 address is discovered) or wan_address",
+            ));
+        }
+        if let Some(listen6) = self.listen6
+            && (!listen6.is_ipv6() || listen6.port() != self.listen.port())
+        {
+            return Err(invalid(
+                "listen6",
+                "must be an IPv6 address with the same port as `listen`, e.g. \"[::]:2121\" (the redirect names one port)",
+            ));
+        }
+        for (i, published) in self.reverse.iter().enumerate() {
+            if published.listen.is_ipv4() != published.backend.is_ipv4() {
+                return Err(invalid(
+                    "reverse.backend",
+                    format!(
+                        "entry {}: listen and backend must be of the same address family",
+                        i + 1
+                    ),
+                ));
+            }
+            if published.listen.port() == 0 || published.backend.port() == 0 {
+                return Err(invalid(
+                    "reverse.listen",
+                    format!("entry {}: ports must not be 0", i + 1),
+                ));
+            }
+        }
+        if self.routing.fwmark == 0
+            || self.routing.table == 0
+            || self.routing.table >= 252 && self.routing.table <= 255
+        {
+            return Err(invalid(
+                "routing",
+                "fwmark must be non-zero and table a free routing table number (not 0 or 252-255)",
             ));
         }
         if self.control_ports.is_empty() || self.control_ports.contains(&0) {
             return Err(invalid(
                 "control_ports",
                 "list one or more TCP ports 1-65535, e.g. [21]",
+            ));
+        }
+        if !self.listen.is_ipv4() {
+            return Err(invalid(
+                "listen",
+                "must be an IPv4 address and port; IPv6 goes in listen6",
             ));
         }
         if self.listen.port() == 0 {

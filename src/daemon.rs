@@ -7,11 +7,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::config::Mode;
 use crate::config::Validated;
+use crate::firewall::routing::{RoutingError, TransparentRouting};
 use crate::firewall::table::{BaseTable, TableError};
 use crate::firewall::{FirewallError, NftFirewall};
-use crate::proxy::{self, InterfaceError, ProxyError, ProxySettings};
-use crate::session::{Policy, PortAllocator};
+use crate::proxy::{self, InterfaceError, ProxyError, ProxySettings, Service};
+use crate::session::{Policy, PortAllocator, Topology};
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,9 @@ pub enum DaemonError {
     /// The netlink socket could not be opened.
     #[error(transparent)]
     Firewall(#[from] FirewallError),
+    /// Policy routing for routed mode could not be installed.
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -43,6 +48,7 @@ pub fn base_table(settings: &Validated) -> BaseTable {
         control_ports: c.control_ports.clone(),
         listen_port: c.listen.port(),
         ct_mark: c.nftables.ct_mark,
+        route_mark: c.routing.fwmark,
     }
 }
 
@@ -58,13 +64,44 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
     // Listen first: the redirect must never point at a closed port.
-    let listener = proxy::bind(c.listen)?;
+    let mut listeners = Vec::new();
+    if !c.lan_interfaces.is_empty() {
+        let topology = match c.mode {
+            Mode::ClientNat => Topology::ClientNat,
+            Mode::Routed => Topology::Routed,
+        };
+        for addr in std::iter::once(c.listen).chain(c.listen6) {
+            listeners.push((proxy::bind(addr)?, Service::Intercept(topology)));
+        }
+    }
+    for published in &c.reverse {
+        listeners.push((
+            proxy::bind(published.listen)?,
+            Service::Reverse {
+                backend: published.backend,
+            },
+        ));
+    }
     let table = base_table(&settings);
     table.install()?;
+    let routing =
+        (c.mode == Mode::Routed && !c.lan_interfaces.is_empty()).then_some(TransparentRouting {
+            fwmark: c.routing.fwmark,
+            table: c.routing.table,
+        });
+    if let Some(routing) = routing
+        && let Err(e) = routing.install()
+    {
+        let _ = table.remove();
+        return Err(e.into());
+    }
     let firewall = match NftFirewall::start(&c.nftables.table) {
         Ok(firewall) => Arc::new(firewall),
         Err(e) => {
             let _ = table.remove();
+            if let Some(routing) = routing {
+                routing.remove();
+            }
             return Err(e.into());
         }
     };
@@ -90,7 +127,9 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
     };
     let ports = Arc::new(PortAllocator::new(settings.active_ports.clone()));
     info!(
-        listen = %c.listen,
+        listeners = listeners.len(),
+        mode = ?c.mode,
+        reverse = c.reverse.len(),
         table = %c.nftables.table,
         wan = ?upstream_source,
         lan = ?c.lan_interfaces,
@@ -99,7 +138,7 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
 
     let (stop, stopped) = watch::channel(false);
     let serving = tokio::spawn(proxy::serve(
-        listener,
+        listeners,
         proxy_settings,
         firewall,
         ports,
@@ -117,6 +156,9 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
         .is_err()
     {
         warn!("sessions still open at exit; their control connections are closed");
+    }
+    if let Some(routing) = routing {
+        routing.remove();
     }
     table.remove()?;
     info!("table removed; bye");

@@ -145,11 +145,11 @@ mod tests {
     use super::*;
 
     fn passive(port: u16) -> Pinhole {
-        Pinhole::Passive {
-            client: "10.0.0.2".parse().expect("address"),
-            server: "203.0.113.2".parse().expect("address"),
+        Pinhole::passive(
+            "10.0.0.2".parse().expect("address"),
+            "203.0.113.2".parse().expect("address"),
             port,
-        }
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -199,11 +199,11 @@ mod tests {
             .expect("close of a consumed pinhole");
         fw.close(passive(1)).await.expect("second close");
         assert_eq!(fw.closed().len(), 2);
-        let mixed = Pinhole::Passive {
-            client: "10.0.0.2".parse().expect("address"),
-            server: "2001:db8::2".parse().expect("address"),
-            port: 1,
-        };
+        let mixed = Pinhole::passive(
+            "10.0.0.2".parse().expect("address"),
+            "2001:db8::2".parse().expect("address"),
+            1,
+        );
         assert_eq!(
             fw.open(mixed, Duration::from_secs(1)).await,
             Err(FirewallError::MixedFamilies(mixed))

@@ -16,6 +16,7 @@
 
 pub mod fake;
 mod netlink;
+pub mod routing;
 pub mod table;
 
 use std::fmt;
@@ -26,79 +27,102 @@ use std::time::Duration;
 pub use fake::FakeFirewall;
 pub use netlink::{FirewallStats, NftFirewall};
 
+/// Which side opens the data connection (selects the pinhole set and its counter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// PORT/EPRT: the server connects to the client.
+    Active,
+    /// PASV/EPSV: the client connects to the server.
+    Passive,
+}
+
 /// One data connection the firewall is asked to admit, exactly once, for a bounded time.
 ///
-/// All addresses of a pinhole must be of one family (IPv4-mapped IPv6 addresses count as
-/// IPv4: they are stored in the IPv4 sets, which is where such packets are seen).
+/// `from` opens a connection to `via` (the address announced in the rewritten PORT/EPRT or
+/// 227/229) which the gateway DNATs to `to`; without `via` it connects to `to` directly. With
+/// `snat` its source is rewritten on the way to `to` (a published server must see the
+/// gateway as its peer). Kernel objects, all with the pinhole's timeout:
+///
+/// - `via`: `from . via : to` in map `dnat_to(6)` and `from . via` in set `dnat_once(6)` (the
+///   DNAT applies to one connection);
+/// - always: `from . to` in set `active_pin(6)` or `passive_pin(6)` (the forward accept,
+///   after DNAT, consumed by the first connection);
+/// - `snat`: `from . to : snat` in map `snat_to(6)`.
+///
+/// All addresses must be of one family (IPv4-mapped IPv6 addresses count as IPv4: they are
+/// stored in the IPv4 sets, which is where such packets are seen).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Pinhole {
-    /// `client -> server:port`, passive mode (the client opens the data connection).
-    ///
-    /// Kernel object: an element `client . server . port` of set `passive_pin(6)`.
-    Passive {
-        /// The client that will connect.
-        client: IpAddr,
-        /// The server it connects to.
-        server: IpAddr,
-        /// The server's announced data port.
-        port: u16,
-    },
-    /// `server -> gateway:gateway_port`, DNATed to `client:client_port` (active mode).
-    ///
-    /// Kernel objects: `server . gateway . gateway_port : client . client_port` in map
-    /// `active_dnat(6)`, `server . gateway . gateway_port` in set `active_once(6)` (the DNAT
-    /// applies once), `server . client . client_port` in set `active_pin(6)` (the forward
-    /// accept, after DNAT).
-    Active {
-        /// The FTP server, which opens the data connection.
-        server: IpAddr,
-        /// The gateway address the rewritten PORT/EPRT announced.
-        gateway: IpAddr,
-        /// The gateway port the rewritten PORT/EPRT announced.
-        gateway_port: u16,
-        /// The client the connection is forwarded to.
-        client: IpAddr,
-        /// The port the client announced.
-        client_port: u16,
-    },
+pub struct Pinhole {
+    /// Who opens the data connection.
+    pub direction: Direction,
+    /// The address that opens it.
+    pub from: IpAddr,
+    /// Where it is finally delivered.
+    pub to: SocketAddr,
+    /// The address it is opened to, DNATed to `to` (none: it is opened to `to`).
+    pub via: Option<SocketAddr>,
+    /// Source address toward `to`, if rewritten.
+    pub snat: Option<IpAddr>,
 }
 
 impl Pinhole {
+    /// Passive mode without NAT in the data path of the ALG: `client -> server:port`.
+    pub fn passive(client: IpAddr, server: IpAddr, port: u16) -> Self {
+        Self {
+            direction: Direction::Passive,
+            from: client,
+            to: SocketAddr::new(server, port),
+            via: None,
+            snat: None,
+        }
+    }
+
+    /// Active mode behind client NAT: `server -> gateway:gateway_port`, DNATed to
+    /// `client:client_port`.
+    pub fn active(
+        server: IpAddr,
+        gateway: IpAddr,
+        gateway_port: u16,
+        client: IpAddr,
+        client_port: u16,
+    ) -> Self {
+        Self {
+            direction: Direction::Active,
+            from: server,
+            to: SocketAddr::new(client, client_port),
+            via: Some(SocketAddr::new(gateway, gateway_port)),
+            snat: None,
+        }
+    }
+
     /// Whether all addresses are of one family (IPv4-mapped IPv6 counted as IPv4).
     pub fn is_single_family(&self) -> bool {
         let v4 = |ip: IpAddr| ip.to_canonical().is_ipv4();
-        match *self {
-            Self::Passive { client, server, .. } => v4(client) == v4(server),
-            Self::Active {
-                server,
-                gateway,
-                client,
-                ..
-            } => v4(server) == v4(gateway) && v4(server) == v4(client),
-        }
+        let family = v4(self.from);
+        v4(self.to.ip()) == family
+            && self.via.is_none_or(|via| v4(via.ip()) == family)
+            && self.snat.is_none_or(|ip| v4(ip) == family)
+    }
+
+    /// Whether the pinhole is in the IPv6 sets.
+    pub fn is_ipv6(&self) -> bool {
+        !self.from.to_canonical().is_ipv4()
     }
 }
 
 impl fmt::Display for Pinhole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Self::Passive {
-                client,
-                server,
-                port,
-            } => write!(f, "passive {client} -> {}", SocketAddr::new(server, port)),
-            Self::Active {
-                server,
-                gateway,
-                gateway_port,
-                client,
-                client_port,
-            } => write!(
-                f,
-                "active {server} -> {} => {}",
-                SocketAddr::new(gateway, gateway_port),
-                SocketAddr::new(client, client_port)
-            ),
+        let direction = match self.direction {
+            Direction::Active => "active",
+            Direction::Passive => "passive",
+        };
+        write!(f, "{direction} {}", self.from)?;
+        if let Some(snat) = self.snat {
+            write!(f, " (as {snat})")?;
+        }
+        match self.via {
+            Some(via) => write!(f, " -> {via} => {}", self.to),
+            None => write!(f, " -> {}", self.to),
         }
     }
 }
@@ -223,19 +247,15 @@ mod tests {
 
     #[test]
     fn display_is_readable_for_both_families() {
-        let p = Pinhole::Passive {
-            client: ip("10.0.0.2"),
-            server: ip("203.0.113.2"),
-            port: 30000,
-        };
+        let p = Pinhole::passive(ip("10.0.0.2"), ip("203.0.113.2"), 30000);
         assert_eq!(p.to_string(), "passive 10.0.0.2 -> 203.0.113.2:30000");
-        let a = Pinhole::Active {
-            server: ip("2001:db8::2"),
-            gateway: ip("2001:db8::1"),
-            gateway_port: 40000,
-            client: ip("fd00::2"),
-            client_port: 50000,
-        };
+        let a = Pinhole::active(
+            ip("2001:db8::2"),
+            ip("2001:db8::1"),
+            40000,
+            ip("fd00::2"),
+            50000,
+        );
         assert_eq!(
             a.to_string(),
             "active 2001:db8::2 -> [2001:db8::1]:40000 => [fd00::2]:50000"
@@ -244,25 +264,11 @@ mod tests {
 
     #[test]
     fn families_are_checked_with_mapped_addresses_as_ipv4() {
-        let mixed = Pinhole::Passive {
-            client: ip("10.0.0.2"),
-            server: ip("2001:db8::2"),
-            port: 1,
-        };
+        let mixed = Pinhole::passive(ip("10.0.0.2"), ip("2001:db8::2"), 1);
         assert!(!mixed.is_single_family());
-        let mapped = Pinhole::Passive {
-            client: ip("10.0.0.2"),
-            server: ip("::ffff:203.0.113.2"),
-            port: 1,
-        };
+        let mapped = Pinhole::passive(ip("10.0.0.2"), ip("::ffff:203.0.113.2"), 1);
         assert!(mapped.is_single_family());
-        let active = Pinhole::Active {
-            server: ip("203.0.113.2"),
-            gateway: ip("203.0.113.1"),
-            gateway_port: 1,
-            client: ip("fd00::2"),
-            client_port: 2,
-        };
+        let active = Pinhole::active(ip("203.0.113.2"), ip("203.0.113.1"), 1, ip("fd00::2"), 2);
         assert!(!active.is_single_family());
     }
 }

@@ -44,7 +44,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::{Firewall, FirewallError, Pinhole};
+use super::{Direction, Firewall, FirewallError, Pinhole};
 
 /// Most requests (pinholes) sent in one nf_tables transaction. An active-mode pinhole is
 /// three messages, so a full batch is at most 768 messages and as many ACKs.
@@ -338,56 +338,48 @@ fn elements(pinhole: &Pinhole, with_data: bool) -> Result<Vec<Element>, Firewall
         }
         bytes
     };
-    Ok(match *pinhole {
-        Pinhole::Passive {
-            client,
-            server,
-            port,
-        } => {
-            let v6 = !client.to_canonical().is_ipv4();
-            vec![Element {
-                set: if v6 { "passive_pin6" } else { "passive_pin" },
-                key: key(&[Part::Addr(client), Part::Addr(server), Part::Port(port)]),
-                data: None,
-            }]
-        }
-        Pinhole::Active {
-            server,
-            gateway,
-            gateway_port,
-            client,
-            client_port,
-        } => {
-            let v6 = !server.to_canonical().is_ipv4();
-            let outside = key(&[
-                Part::Addr(server),
-                Part::Addr(gateway),
-                Part::Port(gateway_port),
-            ]);
-            let target = key(&[Part::Addr(client), Part::Port(client_port)]);
-            vec![
-                Element {
-                    set: if v6 { "active_dnat6" } else { "active_dnat" },
-                    key: outside.clone(),
-                    data: with_data.then_some(target),
-                },
-                Element {
-                    set: if v6 { "active_once6" } else { "active_once" },
-                    key: outside,
-                    data: None,
-                },
-                Element {
-                    set: if v6 { "active_pin6" } else { "active_pin" },
-                    key: key(&[
-                        Part::Addr(server),
-                        Part::Addr(client),
-                        Part::Port(client_port),
-                    ]),
-                    data: None,
-                },
-            ]
-        }
-    })
+    let v6 = pinhole.is_ipv6();
+    let set = |v4: &'static str, v6name: &'static str| if v6 { v6name } else { v4 };
+    let to = key(&[
+        Part::Addr(pinhole.from),
+        Part::Addr(pinhole.to.ip()),
+        Part::Port(pinhole.to.port()),
+    ]);
+    let mut out = Vec::with_capacity(4);
+    if let Some(via) = pinhole.via {
+        let outside = key(&[
+            Part::Addr(pinhole.from),
+            Part::Addr(via.ip()),
+            Part::Port(via.port()),
+        ]);
+        out.push(Element {
+            set: set("dnat_to", "dnat_to6"),
+            key: outside.clone(),
+            data: with_data
+                .then(|| key(&[Part::Addr(pinhole.to.ip()), Part::Port(pinhole.to.port())])),
+        });
+        out.push(Element {
+            set: set("dnat_once", "dnat_once6"),
+            key: outside,
+            data: None,
+        });
+    }
+    if let Some(snat) = pinhole.snat {
+        out.push(Element {
+            set: set("snat_to", "snat_to6"),
+            key: to.clone(),
+            data: with_data.then(|| key(&[Part::Addr(snat)])),
+        });
+    }
+    out.push(Element {
+        set: match pinhole.direction {
+            Direction::Active => set("active_pin", "active_pin6"),
+            Direction::Passive => set("passive_pin", "passive_pin6"),
+        },
+        key: to,
+        data: None,
+    });
+    Ok(out)
 }
 
 enum Part {

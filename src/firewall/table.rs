@@ -24,6 +24,8 @@ pub struct BaseTable {
     pub listen_port: u16,
     /// Conntrack mark set on admitted data connections.
     pub ct_mark: u32,
+    /// Packet mark of replies to transparent upstream sockets (routed mode).
+    pub route_mark: u32,
 }
 
 /// A failure to load or remove the base table.
@@ -47,12 +49,19 @@ impl BaseTable {
             .map(|name| format!("\"{name}\""))
             .collect();
         let ports: Vec<String> = self.control_ports.iter().map(u16::to_string).collect();
-        TEMPLATE
+        // Without LAN interfaces (only published servers) nothing is intercepted.
+        let template: String = TEMPLATE
+            .lines()
+            .filter(|line| !self.lan_interfaces.is_empty() || !line.contains("@LAN_INTERFACES@"))
+            .flat_map(|line| [line, "\n"])
+            .collect();
+        template
             .replace("@TABLE@", &self.table)
             .replace("@LAN_INTERFACES@", &quoted.join(", "))
             .replace("@CONTROL_PORTS@", &ports.join(", "))
             .replace("@LISTEN_PORT@", &self.listen_port.to_string())
             .replace("@CT_MARK@", &format!("{:#x}", self.ct_mark))
+            .replace("@ROUTE_MARK@", &format!("{:#x}", self.route_mark))
     }
 
     /// Loads the table atomically, replacing any existing table of the same name.
@@ -117,7 +126,19 @@ mod tests {
             control_ports: vec![21, 2121],
             listen_port: 3121,
             ct_mark: 0x2121,
+            route_mark: 0x2122,
         }
+    }
+
+    #[test]
+    fn without_lan_interfaces_nothing_is_redirected() {
+        let text = BaseTable {
+            lan_interfaces: Vec::new(),
+            ..table()
+        }
+        .render();
+        assert!(!text.contains("redirect"), "{text}");
+        assert!(text.contains("set passive_pin"));
     }
 
     #[test]
@@ -130,6 +151,7 @@ mod tests {
             "@CONTROL_PORTS@",
             "@LISTEN_PORT@",
             "@CT_MARK@",
+            "@ROUTE_MARK@",
         ] {
             assert!(!text.contains(placeholder), "{placeholder} left in {text}");
         }

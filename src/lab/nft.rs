@@ -6,13 +6,19 @@ use super::netns::Netns;
 /// The ALG's table (family `inet`).
 pub const ALG_TABLE: &str = "ftp_alg";
 
-/// The IPv4 pinhole sets and maps of the ALG's table that must be empty once sessions ended:
+/// The pinhole sets and maps of the ALG's table that must be empty once sessions ended:
 /// `(kind, name)` with kind `"set"` or `"map"`.
-pub const ALG_PINHOLE_OBJECTS: [(&str, &str); 4] = [
+pub const ALG_PINHOLE_OBJECTS: [(&str, &str); 10] = [
     ("set", "passive_pin"),
     ("set", "active_pin"),
-    ("set", "active_once"),
-    ("map", "active_dnat"),
+    ("set", "dnat_once"),
+    ("map", "dnat_to"),
+    ("map", "snat_to"),
+    ("set", "passive_pin6"),
+    ("set", "active_pin6"),
+    ("set", "dnat_once6"),
+    ("map", "dnat_to6"),
+    ("map", "snat_to6"),
 ];
 
 /// Whether table `family name` exists in `ns`.

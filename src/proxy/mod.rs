@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::firewall::Firewall;
 use crate::ftp;
-use crate::session::{Endpoints, Policy, PortAllocator, Session};
+use crate::session::{Endpoints, Policy, PortAllocator, Session, Topology};
 
 pub use interfaces::{InterfaceError, first_address};
 pub use limits::{Admission, ClientLimiter, Rejection};
@@ -39,7 +39,19 @@ pub enum ProxyError {
     },
 }
 
-/// What the proxy needs besides its listener.
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Redirected control connections; the server is their original destination.
+    Intercept(Topology),
+    /// A published server: every connection goes to `backend`.
+    Reverse {
+        /// The server behind the gateway.
+        backend: SocketAddr,
+    },
+}
+
+/// What the proxy needs besides its listeners.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     /// Most concurrent sessions.
@@ -50,13 +62,14 @@ pub struct ProxySettings {
     pub new_sessions_per_second_per_client: u32,
     /// Timeout for connecting to the server.
     pub connect_timeout: Duration,
-    /// Source address for upstream connections (the gateway's WAN address), if fixed.
+    /// Source address for intercepted IPv4 upstream connections (the WAN address), if fixed.
     pub upstream_source: Option<IpAddr>,
     /// Per-session policy.
     pub policy: Arc<Policy>,
 }
 
-/// Binds the listener (with IP_FREEBIND so it may start before its address is up).
+/// Binds a listener (IP_FREEBIND, so it may start before its address is up; IPv6 sockets
+/// are IPv6-only so that an IPv4 listener on the same port can coexist).
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     let make = || -> std::io::Result<TcpListener> {
         let socket = match addr {
@@ -64,34 +77,80 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
         };
         socket.set_reuseaddr(true)?;
-        SockRef::from(&socket).set_freebind_v4(true)?;
+        let sock = SockRef::from(&socket);
+        match addr {
+            SocketAddr::V4(_) => sock.set_freebind_v4(true)?,
+            SocketAddr::V6(_) => {
+                sock.set_only_v6(true)?;
+                sock.set_freebind_v6(true)?;
+            }
+        }
         socket.bind(addr)?;
         socket.listen(1024)
     };
     make().map_err(|source| ProxyError::Bind { addr, source })
 }
 
-/// Accepts intercepted control connections until `shutdown` turns true, then waits for the
-/// running sessions to end (each removes its own pinholes).
-pub async fn serve<F: Firewall>(
-    listener: TcpListener,
+/// Shared state of all listeners.
+struct Shared<F> {
     settings: ProxySettings,
     firewall: Arc<F>,
     ports: Arc<PortAllocator>,
+    slots: Arc<Semaphore>,
+    limiter: Arc<ClientLimiter>,
+    next_id: AtomicU64,
+}
+
+/// Accepts on every listener until `shutdown` turns true, then waits for the running
+/// sessions to end (each removes its own pinholes).
+pub async fn serve<F: Firewall>(
+    listeners: Vec<(TcpListener, Service)>,
+    settings: ProxySettings,
+    firewall: Arc<F>,
+    ports: Arc<PortAllocator>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let shared = Arc::new(Shared {
+        slots: Arc::new(Semaphore::new(settings.max_sessions)),
+        limiter: Arc::new(ClientLimiter::new(
+            settings.max_sessions_per_client,
+            settings.new_sessions_per_second_per_client,
+        )),
+        settings,
+        firewall,
+        ports,
+        next_id: AtomicU64::new(1),
+    });
+    let mut loops = tokio::task::JoinSet::new();
+    for (listener, service) in listeners {
+        loops.spawn(accept_loop(
+            listener,
+            service,
+            shared.clone(),
+            shutdown.clone(),
+        ));
+    }
+    while loops.join_next().await.is_some() {}
+    let max = u32::try_from(shared.settings.max_sessions).unwrap_or(u32::MAX);
+    let running = max as usize - shared.slots.available_permits().min(max as usize);
+    info!(
+        sessions = running,
+        "no longer accepting; waiting for sessions to end"
+    );
+    // Every session holds a permit: all permits back means all sessions ended.
+    let _ = shared.slots.acquire_many(max).await;
+}
+
+async fn accept_loop<F: Firewall>(
+    listener: TcpListener,
+    service: Service,
+    shared: Arc<Shared<F>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(settings.max_sessions));
-    let limiter = Arc::new(ClientLimiter::new(
-        settings.max_sessions_per_client,
-        settings.new_sessions_per_second_per_client,
-    ));
-    let next_id = AtomicU64::new(1);
-    let local = listener.local_addr().ok();
-    let mut sessions = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => return,
         };
         let (client, peer) = match accepted {
             Ok(pair) => pair,
@@ -102,21 +161,19 @@ pub async fn serve<F: Firewall>(
                 continue;
             }
         };
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if id.is_multiple_of(1024) {
-            limiter.prune(Instant::now());
+            shared.limiter.prune(Instant::now());
         }
-        let permit = slots.clone().try_acquire_owned();
-        let admission = limiter.admit(peer.ip(), Instant::now());
-        let settings = settings.clone();
-        let firewall = firewall.clone();
-        let ports = ports.clone();
+        let permit = shared.slots.clone().try_acquire_owned();
+        let admission = shared.limiter.admit(peer.ip(), Instant::now());
+        let shared = shared.clone();
         let span = info_span!("session", id, client = %peer, server = tracing::field::Empty);
-        sessions.spawn(
+        tokio::spawn(
             async move {
                 let Ok(_permit) = permit else {
                     warn!(
-                        max = settings.max_sessions,
+                        max = shared.settings.max_sessions,
                         "session limit reached; refused"
                     );
                     refuse(
@@ -134,44 +191,50 @@ pub async fn serve<F: Firewall>(
                         return;
                     }
                 };
-                handle(client, peer, local, settings, firewall, ports).await;
+                handle(client, peer, service, &shared).await;
             }
             .instrument(span),
         );
-        // Reap finished sessions so the set does not grow with the total count.
-        while sessions.try_join_next().is_some() {}
     }
-    info!(
-        sessions = sessions.len(),
-        "no longer accepting; waiting for sessions to end"
-    );
-    while sessions.join_next().await.is_some() {}
 }
 
 async fn handle<F: Firewall>(
     client: TcpStream,
     peer: SocketAddr,
-    local: Option<SocketAddr>,
-    settings: ProxySettings,
-    firewall: Arc<F>,
-    ports: Arc<PortAllocator>,
+    service: Service,
+    shared: &Shared<F>,
 ) {
-    let server = match original_destination(&client) {
-        Ok(server) if Some(server) != local && server != client.local_addr().unwrap_or(server) => {
-            server
-        }
-        Ok(_) | Err(_) => {
-            warn!("connection without a redirected destination (direct to the proxy port?)");
-            refuse(
-                client,
-                "This port only serves intercepted FTP connections; connect to your FTP server",
-            )
-            .await;
-            return;
-        }
+    let Ok(local) = client.local_addr() else {
+        return;
+    };
+    let (server, topology) = match service {
+        Service::Reverse { backend } => (backend, Topology::Reverse),
+        Service::Intercept(topology) => match original_destination(&client) {
+            // Without a redirect the "original" destination is our own socket.
+            Ok(server) if server != local => (server, topology),
+            Ok(_) | Err(_) => {
+                warn!("connection without a redirected destination (direct to the proxy port?)");
+                refuse(
+                    client,
+                    "This port only serves intercepted FTP connections; connect to your FTP server",
+                )
+                .await;
+                return;
+            }
+        },
     };
     tracing::Span::current().record("server", tracing::field::display(server));
-    let upstream = match connect(server, &settings).await {
+    // Routed mode keeps the client's own address toward the server.
+    let source = match topology {
+        Topology::Routed => Some(Source::Transparent(peer.ip())),
+        Topology::ClientNat => shared
+            .settings
+            .upstream_source
+            .filter(|ip| ip.is_ipv4() == server.is_ipv4())
+            .map(Source::Bind),
+        Topology::Reverse => None,
+    };
+    let upstream = match connect(server, source, shared.settings.connect_timeout).await {
         Ok(upstream) => upstream,
         Err(e) => {
             warn!(error = %e, "server unreachable");
@@ -191,14 +254,34 @@ async fn handle<F: Firewall>(
     let _ = upstream.set_nodelay(true);
     let ends = Endpoints {
         client: peer,
+        client_facing: if topology == Topology::Reverse {
+            local
+        } else {
+            server
+        },
         server,
         upstream_local,
     };
-    info!(via = %upstream_local, "session started");
-    let ending = Session::new(ends, settings.policy.clone(), firewall, ports)
-        .run(client, upstream)
-        .await;
+    info!(via = %upstream_local, ?topology, "session started");
+    let ending = Session::new(
+        ends,
+        topology,
+        shared.settings.policy.clone(),
+        shared.firewall.clone(),
+        shared.ports.clone(),
+    )
+    .run(client, upstream)
+    .await;
     info!(?ending, "session ended");
+}
+
+/// The source of an upstream connection.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Bind to this local address.
+    Bind(IpAddr),
+    /// Use this (non-local) address with IP_TRANSPARENT.
+    Transparent(IpAddr),
 }
 
 /// The destination the client meant before the redirect (SO_ORIGINAL_DST).
@@ -216,21 +299,32 @@ fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
     })
 }
 
-async fn connect(server: SocketAddr, settings: &ProxySettings) -> std::io::Result<TcpStream> {
+async fn connect(
+    server: SocketAddr,
+    source: Option<Source>,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
     let socket = match server {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
-    if let Some(source) = settings.upstream_source
-        && source.is_ipv4() == server.is_ipv4()
-    {
-        socket.bind(SocketAddr::new(source, 0))?;
+    match source {
+        Some(Source::Bind(ip)) => socket.bind(SocketAddr::new(ip, 0))?,
+        Some(Source::Transparent(ip)) => {
+            let sock = SockRef::from(&socket);
+            match ip {
+                IpAddr::V4(_) => sock.set_ip_transparent_v4(true)?,
+                IpAddr::V6(_) => sock.set_ip_transparent_v6(true)?,
+            }
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        None => {}
     }
-    match tokio::time::timeout(settings.connect_timeout, socket.connect(server)).await {
+    match tokio::time::timeout(timeout, socket.connect(server)).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("no answer within {} s", settings.connect_timeout.as_secs()),
+            format!("no answer within {} s", timeout.as_secs()),
         )),
     }
 }

@@ -8,9 +8,11 @@
 
 mod ports;
 mod refusal;
+mod topology;
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,23 +22,13 @@ use tracing::{debug, info, warn};
 use crate::config::{PasvAddressPolicy, TlsPolicy};
 use crate::firewall::{Firewall, Pinhole};
 use crate::ftp::{
-    self, Command, FrameError, Line, LineFramer, Reply, ReplyAssembler, ReplyEvent, Terminator,
+    self, Command, EpsvArg, FrameError, Line, LineFramer, Reply, ReplyAssembler, ReplyEvent,
+    Terminator,
 };
 
 pub use ports::PortAllocator;
 pub use refusal::Refusal;
-
-/// The addresses of one session, as the proxy found them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Endpoints {
-    /// The client's address (peer of the intercepted connection).
-    pub client: SocketAddr,
-    /// The server the client wanted (original destination).
-    pub server: SocketAddr,
-    /// Our own address on the connection to the server: what the server sees as its peer,
-    /// and so what a rewritten PORT/EPRT must announce.
-    pub upstream_local: SocketAddr,
-}
+pub use topology::{DataPlan, Endpoints, Topology};
 
 /// Per-session policy, shared by all sessions (cheap to clone behind an `Arc`).
 #[derive(Debug, Clone)]
@@ -124,6 +116,7 @@ enum Stop {
 /// One control connection in flight.
 pub struct Session<F> {
     ends: Endpoints,
+    topology: Topology,
     policy: Arc<Policy>,
     firewall: Arc<F>,
     ports: Arc<PortAllocator>,
@@ -134,19 +127,31 @@ pub struct Session<F> {
     greeted: bool,
     transfer_running: bool,
     masking: Option<Mask>,
-    pinholes: Vec<(Pinhole, Instant)>,
+    epsv_all: bool,
+    pinholes: Vec<Held>,
+}
+
+/// A pinhole this session opened, and the port lease it holds.
+#[derive(Debug)]
+struct Held {
+    pinhole: Pinhole,
+    opened: Instant,
+    lease: Option<(IpAddr, u16)>,
 }
 
 impl<F: Firewall> Session<F> {
     /// A session for the given endpoints.
     pub fn new(
         ends: Endpoints,
+        topology: Topology,
         policy: Arc<Policy>,
         firewall: Arc<F>,
         ports: Arc<PortAllocator>,
     ) -> Self {
         Self {
             ends,
+            topology,
+            epsv_all: false,
             client_lines: LineFramer::new(policy.max_line),
             server_lines: LineFramer::new(policy.max_line),
             replies: ReplyAssembler::new(policy.max_line * 16),
@@ -348,10 +353,22 @@ impl<F: Firewall> Session<F> {
             return Verdict::Answer(Refusal::BareLf { verb });
         }
         match command {
-            Command::Port(announced) => self.on_active(SocketAddr::V4(announced), false).await,
-            Command::Eprt(announced) => self.on_active(announced, true).await,
+            Command::Port(announced) => {
+                self.on_active(line, SocketAddr::V4(announced), false).await
+            }
+            Command::Eprt(announced) => self.on_active(line, announced, true).await,
+            Command::Pasv if self.epsv_all => Verdict::Answer(Refusal::EpsvAll { verb: "PASV" }),
+            Command::Pasv if !self.ends.client.is_ipv4() => {
+                Verdict::Answer(Refusal::Ipv4Only { verb: "PASV" })
+            }
             Command::Pasv => Verdict::Forward(line.raw().to_vec(), Pending::Pasv),
-            Command::Epsv(_) => Verdict::Forward(line.raw().to_vec(), Pending::Epsv),
+            Command::Epsv(arg) => {
+                if arg == EpsvArg::All {
+                    // RFC 2428: from now on only EPSV; we refuse the others ourselves.
+                    self.epsv_all = true;
+                }
+                Verdict::Forward(line.raw().to_vec(), Pending::Epsv)
+            }
             Command::Lprt | Command::Lpsv => Verdict::Answer(Refusal::LongAddress { verb }),
             Command::Auth(_) => match self.policy.tls {
                 TlsPolicy::Refuse => Verdict::Answer(Refusal::Tls),
@@ -370,15 +387,32 @@ impl<F: Firewall> Session<F> {
         }
     }
 
-    /// PORT/EPRT: check, allocate a gateway port, map it to the client, pinhole it, and only
-    /// then release the rewritten command.
-    async fn on_active(&mut self, announced: SocketAddr, extended: bool) -> Verdict {
+    /// PORT/EPRT: check, lease a port where the topology needs one, open the pinhole, and
+    /// only then release the (rewritten) command.
+    async fn on_active(&mut self, line: &Line, announced: SocketAddr, extended: bool) -> Verdict {
         let verb = if extended { "EPRT" } else { "PORT" };
-        if announced.ip() != self.ends.client.ip() {
+        if self.epsv_all {
+            return Verdict::Answer(Refusal::EpsvAll { verb });
+        }
+        if !extended && !self.ends.client.is_ipv4() {
+            return Verdict::Answer(Refusal::Ipv4Only { verb });
+        }
+        let client = self.ends.client.ip();
+        if announced.is_ipv4() != client.to_canonical().is_ipv4() {
+            return Verdict::Answer(Refusal::Family {
+                verb,
+                expected: if client.to_canonical().is_ipv4() {
+                    1
+                } else {
+                    2
+                },
+            });
+        }
+        if announced.ip().to_canonical() != client.to_canonical() {
             return Verdict::Answer(Refusal::Bounce {
                 verb,
                 announced: announced.ip(),
-                client: self.ends.client.ip(),
+                client,
             });
         }
         if announced.port() < 1024 {
@@ -387,38 +421,31 @@ impl<F: Firewall> Session<F> {
                 port: announced.port(),
             });
         }
-        let gateway = self.ends.upstream_local.ip();
-        if !same_family(gateway, announced.ip()) {
-            return Verdict::Answer(Refusal::Family { verb });
-        }
         if let Some(refusal) = self.make_room() {
             return Verdict::Answer(refusal);
         }
-        let server = self.ends.server.ip();
-        let Some(lease) = self.ports.allocate(server) else {
-            return Verdict::Answer(Refusal::PortsExhausted);
+        let leased = match self.topology.active_lease_owner(&self.ends) {
+            Some(owner) => match self.ports.allocate(owner) {
+                Some(port) => Some(port),
+                None => return Verdict::Answer(Refusal::PortsExhausted),
+            },
+            None => None,
         };
-        let pinhole = Pinhole::Active {
-            server,
-            gateway,
-            gateway_port: lease,
-            client: announced.ip(),
-            client_port: announced.port(),
-        };
-        if let Err(refusal) = self.open(pinhole).await {
-            self.ports.release(server, lease);
+        let plan = self.topology.active(&self.ends, announced, leased);
+        if let Err(refusal) = self.open(plan).await {
             return Verdict::Answer(refusal);
         }
-        let public = SocketAddr::new(gateway, lease);
-        let bytes = match public {
-            SocketAddr::V4(v4) if !extended => ftp::render_port(v4),
-            _ => ftp::render_eprt(public),
+        let bytes = match plan.announce {
+            None => line.raw().to_vec(),
+            Some(SocketAddr::V4(v4)) if !extended => ftp::render_port(v4),
+            Some(public) => ftp::render_eprt(public),
         };
         info!(
             command = verb,
             client = %announced,
-            announced = %public,
-            "active data channel: pinhole open, rewritten command released"
+            announced = %plan.announce.unwrap_or(announced),
+            pinhole = %plan.pinhole,
+            "active data channel: pinhole open, command released"
         );
         Verdict::Forward(bytes, Pending::Other)
     }
@@ -561,7 +588,7 @@ impl<F: Firewall> Session<F> {
                 }
             }
         };
-        let mut rewrite = false;
+        let mut foreign = false;
         if let Some(ip) = announced_ip
             && ip != server
         {
@@ -579,7 +606,7 @@ impl<F: Firewall> Session<F> {
                         server = %server,
                         "server announced another address in 227; rewriting to the server's"
                     );
-                    rewrite = true;
+                    foreign = true;
                 }
             }
         }
@@ -589,21 +616,32 @@ impl<F: Firewall> Session<F> {
         if let Some(refusal) = self.make_room() {
             return refusal.logged_reply();
         }
-        let pinhole = Pinhole::Passive {
-            client: self.ends.client.ip(),
-            server,
-            port,
+        let leased = match self.topology.passive_lease_owner(&self.ends) {
+            Some(owner) => match self.ports.allocate(owner) {
+                Some(port) => Some(port),
+                None => return Refusal::PortsExhausted.logged_reply(),
+            },
+            None => None,
         };
-        if let Err(refusal) = self.open(pinhole).await {
+        let plan = self.topology.passive(&self.ends, port, leased);
+        if let Err(refusal) = self.open(plan).await {
             return refusal.logged_reply();
         }
         info!(
             code,
-            data = %SocketAddr::new(server, port),
+            pinhole = %plan.pinhole,
             "passive data channel: pinhole open, reply released"
         );
-        match (rewrite, server) {
-            (true, IpAddr::V4(v4)) => ftp::rewrite_227(reply, SocketAddrV4::new(v4, port)),
+        let announce = match plan.announce {
+            Some(public) => Some(public),
+            None if foreign => Some(SocketAddr::new(server, port)),
+            None => None,
+        };
+        match (code, announce) {
+            (Some(227), Some(SocketAddr::V4(v4))) => ftp::rewrite_227(reply, v4),
+            (Some(229), Some(public)) if public.port() != port => {
+                ftp::rewrite_229(reply, public.port())
+            }
             _ => reply.raw(),
         }
     }
@@ -612,10 +650,10 @@ impl<F: Firewall> Session<F> {
     fn make_room(&mut self) -> Option<Refusal> {
         let timeout = self.policy.pinhole_timeout;
         let ports = &self.ports;
-        self.pinholes.retain(|(pinhole, opened)| {
-            let live = opened.elapsed() < timeout;
-            if !live {
-                release_port(ports, pinhole);
+        self.pinholes.retain(|held| {
+            let live = held.opened.elapsed() < timeout;
+            if !live && let Some((owner, port)) = held.lease {
+                ports.release(owner, port);
             }
             live
         });
@@ -624,42 +662,47 @@ impl<F: Firewall> Session<F> {
         })
     }
 
-    async fn open(&mut self, pinhole: Pinhole) -> Result<(), Refusal> {
+    /// Opens the plan's pinhole; on failure its lease is returned.
+    async fn open(&mut self, plan: DataPlan) -> Result<(), Refusal> {
         let started = Instant::now();
         match self
             .firewall
-            .open(pinhole, self.policy.pinhole_timeout)
+            .open(plan.pinhole, self.policy.pinhole_timeout)
             .await
         {
             Ok(()) => {
-                debug!(%pinhole, micros = started.elapsed().as_micros() as u64, "pinhole acknowledged");
-                self.pinholes.push((pinhole, Instant::now()));
+                debug!(
+                    pinhole = %plan.pinhole,
+                    micros = started.elapsed().as_micros() as u64,
+                    "pinhole acknowledged"
+                );
+                self.pinholes.push(Held {
+                    pinhole: plan.pinhole,
+                    opened: Instant::now(),
+                    lease: plan.lease,
+                });
                 Ok(())
             }
-            Err(error) => Err(Refusal::Firewall {
-                error: error.to_string(),
-            }),
+            Err(error) => {
+                if let Some((owner, port)) = plan.lease {
+                    self.ports.release(owner, port);
+                }
+                Err(Refusal::Firewall {
+                    error: error.to_string(),
+                })
+            }
         }
     }
 
     async fn close_all(&mut self) {
-        for (pinhole, _) in std::mem::take(&mut self.pinholes) {
-            if let Err(e) = self.firewall.close(pinhole).await {
-                warn!(%pinhole, error = %e, "could not remove pinhole at session end");
+        for held in std::mem::take(&mut self.pinholes) {
+            if let Err(e) = self.firewall.close(held.pinhole).await {
+                warn!(pinhole = %held.pinhole, error = %e, "could not remove pinhole at session end");
             }
-            release_port(&self.ports, &pinhole);
+            if let Some((owner, port)) = held.lease {
+                self.ports.release(owner, port);
+            }
         }
-    }
-}
-
-fn release_port(ports: &PortAllocator, pinhole: &Pinhole) {
-    if let Pinhole::Active {
-        server,
-        gateway_port,
-        ..
-    } = *pinhole
-    {
-        ports.release(server, gateway_port);
     }
 }
 
@@ -672,10 +715,6 @@ fn masked_reply(mask: Mask, code: u16) -> Vec<u8> {
         (Mask::Syst, _) => "SYST not available",
     };
     ftp::render_reply(code, text)
-}
-
-fn same_family(a: IpAddr, b: IpAddr) -> bool {
-    a.is_ipv4() == b.is_ipv4()
 }
 
 /// The reply code at the start of a raw line, if it has one.

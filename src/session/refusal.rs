@@ -41,8 +41,20 @@ pub enum Refusal {
         /// The port.
         port: u16,
     },
-    /// A command of the wrong address family for this control connection.
+    /// EPRT naming the other address family than the control connection's.
     Family {
+        /// The command.
+        verb: &'static str,
+        /// The RFC 2428 family number to use.
+        expected: u8,
+    },
+    /// PORT/PASV on an IPv6 control connection (RFC 2428: use EPRT/EPSV).
+    Ipv4Only {
+        /// The command.
+        verb: &'static str,
+    },
+    /// PORT/EPRT/PASV after `EPSV ALL`.
+    EpsvAll {
         /// The command.
         verb: &'static str,
     },
@@ -120,9 +132,22 @@ impl Refusal {
                 501,
                 format!("{verb} refused: port {port} is below 1024; use a port above 1023"),
             ),
-            Self::Family { verb } => (
+            Self::Family { verb, expected } => (
                 522,
-                format!("{verb} refused: wrong address family for this connection, use (1)"),
+                format!(
+                    "{verb} refused: wrong address family for this connection, use ({expected})"
+                ),
+            ),
+            Self::Ipv4Only { verb } => (
+                522,
+                format!(
+                    "{verb} is IPv4-only and this connection is IPv6; use {}",
+                    if *verb == "PASV" { "EPSV" } else { "EPRT" }
+                ),
+            ),
+            Self::EpsvAll { verb } => (
+                501,
+                format!("{verb} refused: EPSV ALL is in effect; use EPSV"),
             ),
             Self::LongAddress { verb } => (
                 502,

@@ -43,16 +43,36 @@ fn start() -> Harness {
 }
 
 fn start_with(policy: Policy, firewall: FakeFirewall) -> Harness {
+    start_topology(
+        Topology::ClientNat,
+        Endpoints {
+            client: CLIENT.parse().unwrap(),
+            client_facing: SERVER.parse().unwrap(),
+            server: SERVER.parse().unwrap(),
+            upstream_local: GATEWAY.parse().unwrap(),
+        },
+        policy,
+        firewall,
+    )
+}
+
+fn start_topology(
+    topology: Topology,
+    ends: Endpoints,
+    policy: Policy,
+    firewall: FakeFirewall,
+) -> Harness {
     let (client, client_side) = tokio::io::duplex(1 << 16);
     let (server, server_side) = tokio::io::duplex(1 << 16);
     let firewall = Arc::new(firewall);
     let ports = Arc::new(PortAllocator::new(40000..=40099));
-    let ends = Endpoints {
-        client: CLIENT.parse().unwrap(),
-        server: SERVER.parse().unwrap(),
-        upstream_local: GATEWAY.parse().unwrap(),
-    };
-    let session = Session::new(ends, Arc::new(policy), firewall.clone(), ports.clone());
+    let session = Session::new(
+        ends,
+        topology,
+        Arc::new(policy),
+        firewall.clone(),
+        ports.clone(),
+    );
     let session = tokio::spawn(session.run(client_side, server_side));
     Harness {
         client,
@@ -129,11 +149,11 @@ async fn pasv_reply_opens_an_exact_pinhole_and_is_forwarded_unchanged() {
     assert_eq!(read_line(&mut h.client).await, reply);
     assert_eq!(
         h.firewall.live(),
-        vec![Pinhole::Passive {
-            client: ip("10.0.0.2"),
-            server: ip("203.0.113.2"),
-            port: 117 * 256 + 48,
-        }]
+        vec![Pinhole::passive(
+            ip("10.0.0.2"),
+            ip("203.0.113.2"),
+            117 * 256 + 48
+        )]
     );
     let firewall = h.finish().await;
     assert!(
@@ -153,11 +173,7 @@ async fn epsv_reply_opens_a_pinhole_to_the_server_address() {
     assert_eq!(read_line(&mut h.client).await, reply);
     assert_eq!(
         h.firewall.live(),
-        vec![Pinhole::Passive {
-            client: ip("10.0.0.2"),
-            server: ip("203.0.113.2"),
-            port: 30001,
-        }]
+        vec![Pinhole::passive(ip("10.0.0.2"), ip("203.0.113.2"), 30001)]
     );
 }
 
@@ -194,11 +210,11 @@ async fn pasv_naming_another_host_is_rewritten_to_the_server_by_default() {
     );
     assert_eq!(
         h.firewall.live(),
-        vec![Pinhole::Passive {
-            client: ip("10.0.0.2"),
-            server: ip("203.0.113.2"),
-            port: 117 * 256 + 48,
-        }]
+        vec![Pinhole::passive(
+            ip("10.0.0.2"),
+            ip("203.0.113.2"),
+            117 * 256 + 48
+        )]
     );
 }
 
@@ -293,22 +309,23 @@ async fn port_is_rewritten_to_the_gateway_and_mapped_to_the_client() {
     h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
     let forwarded = read_line(&mut h.server).await;
     let live = h.firewall.live();
-    let [
-        Pinhole::Active {
-            server,
-            gateway,
-            gateway_port,
-            client,
-            client_port,
-        },
-    ] = live[..]
-    else {
+    let [pinhole] = live[..] else {
         panic!("expected one active pinhole, got {live:?}")
     };
-    assert_eq!(server, ip("203.0.113.2"));
-    assert_eq!(gateway, ip("203.0.113.1"));
-    assert_eq!(client, ip("10.0.0.2"));
-    assert_eq!(client_port, 195 * 256 + 80);
+    let gateway_port = pinhole
+        .via
+        .expect("active pinhole has a DNAT address")
+        .port();
+    assert_eq!(
+        pinhole,
+        Pinhole::active(
+            ip("203.0.113.2"),
+            ip("203.0.113.1"),
+            gateway_port,
+            ip("10.0.0.2"),
+            195 * 256 + 80
+        )
+    );
     assert!((40000..=40099).contains(&gateway_port));
     assert_eq!(
         forwarded,
@@ -331,9 +348,10 @@ async fn eprt_is_rewritten_to_the_gateway() {
     h.client_says(b"EPRT |1|10.0.0.2|50001|\r\n").await;
     let forwarded = read_line(&mut h.server).await;
     let live = h.firewall.live();
-    let [Pinhole::Active { gateway_port, .. }] = live[..] else {
+    let [pinhole] = live[..] else {
         panic!("expected one active pinhole, got {live:?}")
     };
+    let gateway_port = pinhole.via.expect("DNAT address").port();
     assert_eq!(
         forwarded,
         format!("EPRT |1|203.0.113.1|{gateway_port}|\r\n")
@@ -597,4 +615,124 @@ async fn tls_passthrough_relays_raw_bytes_after_234_and_opens_nothing() {
     assert!(h.firewall.live().is_empty());
     let firewall = h.finish().await;
     assert!(firewall.opened().is_empty());
+}
+
+fn v6_routed() -> (Topology, Endpoints) {
+    (
+        Topology::Routed,
+        Endpoints {
+            client: "[2001:db8:1::2]:50000".parse().unwrap(),
+            client_facing: "[2001:db8:2::2]:21".parse().unwrap(),
+            server: "[2001:db8:2::2]:21".parse().unwrap(),
+            upstream_local: "[2001:db8:1::2]:41000".parse().unwrap(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn ipv6_routed_eprt_and_epsv_open_pinholes_and_rewrite_nothing() {
+    let (topology, ends) = v6_routed();
+    let mut h = start_topology(topology, ends, policy(), FakeFirewall::default());
+    h.greet().await;
+    let eprt = "EPRT |2|2001:db8:1::2|50001|\r\n";
+    h.client_says(eprt.as_bytes()).await;
+    assert_eq!(read_line(&mut h.server).await, eprt);
+    h.server_says(b"200 ok\r\n").await;
+    read_line(&mut h.client).await;
+    h.client_says(b"EPSV\r\n").await;
+    read_line(&mut h.server).await;
+    let reply = "229 Entering Extended Passive Mode (|||30001|)\r\n";
+    h.server_says(reply.as_bytes()).await;
+    assert_eq!(read_line(&mut h.client).await, reply);
+    let live = h.firewall.live();
+    assert_eq!(live.len(), 2);
+    assert_eq!(live[0].to, "[2001:db8:1::2]:50001".parse().unwrap());
+    assert_eq!(live[0].via, None);
+    assert_eq!(
+        live[1],
+        Pinhole::passive(ip("2001:db8:1::2"), ip("2001:db8:2::2"), 30001)
+    );
+}
+
+#[tokio::test]
+async fn port_and_pasv_on_ipv6_are_refused_with_522() {
+    let (topology, ends) = v6_routed();
+    let mut h = start_topology(topology, ends, policy(), FakeFirewall::default());
+    h.greet().await;
+    h.client_says(b"PORT 10,0,0,2,195,80\r\nPASV\r\nEPRT |1|10.0.0.2|50001|\r\n")
+        .await;
+    for expected in ["EPRT", "EPSV", "(2)"] {
+        let line = read_line(&mut h.client).await;
+        assert!(
+            line.starts_with("522 ") && line.contains(expected),
+            "{line}"
+        );
+    }
+    assert_silent(&mut h.server).await;
+    assert!(h.firewall.live().is_empty());
+}
+
+#[tokio::test]
+async fn after_epsv_all_other_data_commands_are_refused() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"EPSV ALL\r\n").await;
+    assert_eq!(read_line(&mut h.server).await, "EPSV ALL\r\n");
+    h.client_says(b"PASV\r\nPORT 10,0,0,2,195,80\r\n").await;
+    for _ in 0..2 {
+        let line = read_line(&mut h.client).await;
+        assert!(
+            line.starts_with("501 ") && line.contains("EPSV ALL"),
+            "{line}"
+        );
+    }
+    assert!(h.firewall.live().is_empty());
+}
+
+#[tokio::test]
+async fn reverse_mode_publishes_passive_replies_on_the_public_address() {
+    let ends = Endpoints {
+        client: "203.0.113.2:50000".parse().unwrap(),
+        client_facing: "203.0.113.1:21".parse().unwrap(),
+        server: "198.51.100.2:21".parse().unwrap(),
+        upstream_local: "198.51.100.1:41000".parse().unwrap(),
+    };
+    let mut h = start_topology(Topology::Reverse, ends, policy(), FakeFirewall::default());
+    h.greet().await;
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 Entering Passive Mode (198,51,100,2,117,48).\r\n")
+        .await;
+    let line = read_line(&mut h.client).await;
+    let live = h.firewall.live();
+    let public = live[0].via.expect("DNAT from the public address");
+    assert_eq!(
+        line,
+        format!(
+            "227 Entering Passive Mode (203,0,113,1,{},{}).\r\n",
+            public.port() >> 8,
+            public.port() & 0xff
+        )
+    );
+    assert_eq!(live[0].to, "198.51.100.2:30000".parse().unwrap());
+    assert_eq!(live[0].snat, Some(ip("198.51.100.1")));
+    // EPSV: the port is mapped too.
+    h.client_says(b"EPSV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"229 Entering Extended Passive Mode (|||30001|)\r\n")
+        .await;
+    let line = read_line(&mut h.client).await;
+    let mapped = h.firewall.live()[1].via.expect("DNAT").port();
+    assert_eq!(
+        line,
+        format!("229 Entering Extended Passive Mode (|||{mapped}|)\r\n")
+    );
+    // The client's PORT names its public address; the backend sees the gateway's inside one.
+    h.client_says(b"PORT 203,0,113,2,195,80\r\n").await;
+    let forwarded = read_line(&mut h.server).await;
+    assert!(forwarded.starts_with("PORT 198,51,100,1,"), "{forwarded}");
+    let ports = h.ports.clone();
+    let firewall = h.finish().await;
+    assert!(firewall.live().is_empty());
+    assert_eq!(ports.leased(), 0);
 }

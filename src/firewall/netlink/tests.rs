@@ -15,21 +15,11 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn passive(client: &str, server: &str, port: u16) -> Pinhole {
-    Pinhole::Passive {
-        client: ip(client),
-        server: ip(server),
-        port,
-    }
+    Pinhole::passive(ip(client), ip(server), port)
 }
 
 fn active(server: &str, gateway: &str, gateway_port: u16, client: &str, port: u16) -> Pinhole {
-    Pinhole::Active {
-        server: ip(server),
-        gateway: ip(gateway),
-        gateway_port,
-        client: ip(client),
-        client_port: port,
-    }
+    Pinhole::active(ip(server), ip(gateway), gateway_port, ip(client), port)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -57,7 +47,7 @@ fn active_has_dnat_once_and_pin_elements() {
     let p = active("203.0.113.2", "198.51.100.1", 40000, "10.0.0.2", 50000);
     let els = elements(&p, true).expect("elements");
     let sets: Vec<_> = els.iter().map(|e| e.set).collect();
-    assert_eq!(sets, ["active_dnat", "active_once", "active_pin"]);
+    assert_eq!(sets, ["dnat_to", "dnat_once", "active_pin"]);
     let gp = 40000u16.to_be_bytes();
     let cp = 50000u16.to_be_bytes();
     let outside = vec![203, 0, 113, 2, 198, 51, 100, 1, gp[0], gp[1], 0, 0];
@@ -130,7 +120,7 @@ fn setelem_message_layout_matches_the_uapi() {
     assert_eq!(&buf[16..20], &[1, 0, 0, 0]); // NFPROTO_INET, v0, res_id 0
     let top = attrs(&buf[20..]);
     assert_eq!(top[0], (1, &b"ftp_alg\0"[..]));
-    assert_eq!(top[1], (2, &b"active_dnat\0"[..]));
+    assert_eq!(top[1], (2, &b"dnat_to\0"[..]));
     assert_eq!(top[2].0, 3 | NLA_F_NESTED);
     let list = attrs(top[2].1);
     assert_eq!(list.len(), 1);
@@ -331,7 +321,11 @@ impl Netns {
     }
 
     fn list(&self, table: &str, set: &str) -> String {
-        let kind = if set.contains("dnat") { "map" } else { "set" };
+        let kind = if set.contains("dnat_to") {
+            "map"
+        } else {
+            "set"
+        };
         self.nft(&["list", kind, "inet", table, set], None)
             .expect("list set")
     }
@@ -354,36 +348,18 @@ impl Drop for Netns {
     }
 }
 
-/// The pinhole sets of the base table, with minimal chains using them.
+/// The shipped base table (rules/ftp-alg.nft), with the set size given.
 fn table_text(table: &str, size: u32) -> String {
-    let mut text = format!("table inet {table} {{\n");
-    for (suffix, addr) in [("", "ipv4_addr"), ("6", "ipv6_addr")] {
-        for set in ["passive_pin", "active_pin", "active_once"] {
-            text += &format!(
-                "  set {set}{suffix} {{ type {addr} . {addr} . inet_service; flags timeout; \
-                 size {size}; }}\n"
-            );
-        }
-        text += &format!(
-            "  map active_dnat{suffix} {{ type {addr} . {addr} . inet_service : {addr} . \
-             inet_service; flags timeout; size {size}; }}\n"
-        );
+    crate::firewall::table::BaseTable {
+        table: table.into(),
+        lan_interfaces: vec!["lo".into()],
+        control_ports: vec![21],
+        listen_port: 2121,
+        ct_mark: 0x2121,
+        route_mark: 0x2122,
     }
-    text += "  chain prerouting {
-    type nat hook prerouting priority dstnat; policy accept;
-    ip saddr . ip daddr . tcp dport @active_once delete @active_once { ip saddr . ip daddr . tcp dport } dnat ip to ip saddr . ip daddr . tcp dport map @active_dnat
-    ip6 saddr . ip6 daddr . tcp dport @active_once6 delete @active_once6 { ip6 saddr . ip6 daddr . tcp dport } dnat ip6 to ip6 saddr . ip6 daddr . tcp dport map @active_dnat6
-  }
-  chain forward {
-    type filter hook forward priority filter; policy accept;
-    ct state new ip saddr . ip daddr . tcp dport @passive_pin delete @passive_pin { ip saddr . ip daddr . tcp dport } accept
-    ct state new ip6 saddr . ip6 daddr . tcp dport @passive_pin6 delete @passive_pin6 { ip6 saddr . ip6 daddr . tcp dport } accept
-    ct state new ip saddr . ip daddr . tcp dport @active_pin delete @active_pin { ip saddr . ip daddr . tcp dport } accept
-    ct state new ip6 saddr . ip6 daddr . tcp dport @active_pin6 delete @active_pin6 { ip6 saddr . ip6 daddr . tcp dport } accept
-  }
-}
-";
-    text
+    .render()
+    .replace("size 1048576", &format!("size {size}"))
 }
 
 const T: &str = "fa_test";
@@ -438,13 +414,13 @@ async fn active_pinhole_installs_dnat_once_and_pin_in_one_transaction() {
 
     let a = active("203.0.113.2", "198.51.100.1", 40000, "10.0.0.2", 50000);
     fw.open(a, LONG).await.expect("open");
-    let dnat = ns.list(T, "active_dnat");
+    let dnat = ns.list(T, "dnat_to");
     assert!(
         dnat.contains("203.0.113.2 . 198.51.100.1 . 40000 timeout 1m expires")
             && dnat.contains(": 10.0.0.2 . 50000"),
         "{dnat}"
     );
-    let once = ns.list(T, "active_once");
+    let once = ns.list(T, "dnat_once");
     assert!(
         once.contains("203.0.113.2 . 198.51.100.1 . 40000 timeout"),
         "{once}"
@@ -463,26 +439,26 @@ async fn active_pinhole_installs_dnat_once_and_pin_in_one_transaction() {
             "element",
             "inet",
             T,
-            "active_once",
+            "dnat_once",
             "{ 203.0.113.2 . 198.51.100.1 . 40000 }",
         ],
         None,
     )
     .expect("consume");
     fw.close(a).await.expect("close");
-    for set in ["active_dnat", "active_once", "active_pin"] {
+    for set in ["dnat_to", "dnat_once", "active_pin"] {
         assert_eq!(ns.count(T, set), 0, "{set}: {}", ns.list(T, set));
     }
     fw.close(a).await.expect("second close");
 
     let a6 = active("2001:db8::2", "2001:db8::1", 40001, "fd00::2", 50001);
     fw.open(a6, LONG).await.expect("open v6");
-    let dnat6 = ns.list(T, "active_dnat6");
+    let dnat6 = ns.list(T, "dnat_to6");
     assert!(dnat6.contains(": fd00::2 . 50001"), "{dnat6}");
-    assert_eq!(ns.count(T, "active_once6"), 1);
+    assert_eq!(ns.count(T, "dnat_once6"), 1);
     assert_eq!(ns.count(T, "active_pin6"), 1);
     fw.close(a6).await.expect("close v6");
-    for set in ["active_dnat6", "active_once6", "active_pin6"] {
+    for set in ["dnat_to6", "dnat_once6", "active_pin6"] {
         assert_eq!(ns.count(T, set), 0, "{set}");
     }
 }
@@ -593,11 +569,11 @@ async fn concurrent_opens_are_batched_and_all_installed() {
     );
     assert_eq!(stats.replays, 0);
     assert_eq!(ns.count(T, "passive_pin"), 500);
-    for set in ["active_dnat", "active_once", "active_pin"] {
+    for set in ["dnat_to", "dnat_once", "active_pin"] {
         assert_eq!(ns.count(T, set), 500, "{set}");
     }
     run(false).await;
-    for set in ["passive_pin", "active_dnat", "active_once", "active_pin"] {
+    for set in ["passive_pin", "dnat_to", "dnat_once", "active_pin"] {
         assert_eq!(ns.count(T, set), 0, "{set}");
     }
 }
@@ -638,10 +614,10 @@ async fn errors_in_a_batch_are_attributed_to_their_own_request() {
     assert_eq!(
         fw.open(clash, LONG).await,
         Err(FirewallError::Conflict {
-            set: "active_dnat".into()
+            set: "dnat_to".into()
         })
     );
-    let dnat = ns.list(T, "active_dnat");
+    let dnat = ns.list(T, "dnat_to");
     assert!(dnat.contains(": 10.0.0.2 . 50000"), "{dnat}");
     // Re-opening the same mapping is fine.
     fw.open(first, LONG).await.expect("re-open");
@@ -714,7 +690,7 @@ fn one_bad_request_does_not_sink_the_rest_of_its_batch() {
         vec![
             Ok(()),
             Err(FirewallError::Conflict {
-                set: "active_dnat".into()
+                set: "dnat_to".into()
             }),
             Ok(()),
             Ok(()),
@@ -725,7 +701,7 @@ fn one_bad_request_does_not_sink_the_rest_of_its_batch() {
     assert_eq!(counters.replays.load(Ordering::Relaxed), 1);
     assert_eq!(ns.count(T, "passive_pin"), 1);
     assert_eq!(ns.count(T, "active_pin"), 2);
-    let dnat = ns.list(T, "active_dnat");
+    let dnat = ns.list(T, "dnat_to");
     assert!(
         dnat.contains(": 10.0.0.2 . 50000") && dnat.contains(": 10.0.0.4 . 50000"),
         "{dnat}"
@@ -764,7 +740,7 @@ fn close_falls_back_to_delete_on_a_kernel_without_destroy() {
     let consume = |ns: &Netns, port: u16| {
         let element = format!("{{ 203.0.113.2 . 198.51.100.1 . {port} }}");
         ns.nft(
-            &["delete", "element", "inet", T, "active_once", &element],
+            &["delete", "element", "inet", T, "dnat_once", &element],
             None,
         )
         .expect("consume");
@@ -789,7 +765,7 @@ fn close_falls_back_to_delete_on_a_kernel_without_destroy() {
         backend.destroy
     });
     assert!(!destroy);
-    for set in ["passive_pin", "active_dnat", "active_once", "active_pin"] {
+    for set in ["passive_pin", "dnat_to", "dnat_once", "active_pin"] {
         assert_eq!(ns.count(T, set), 0, "{set}: {}", ns.list(T, set));
     }
 }
@@ -896,11 +872,11 @@ async fn pinhole_latency() {
         (0..n)
             .map(|_| {
                 next += 1;
-                Pinhole::Passive {
-                    client: IpAddr::from((0x0a00_0000 + next).to_be_bytes()),
-                    server: ip("203.0.113.2"),
-                    port: 30000,
-                }
+                Pinhole::passive(
+                    IpAddr::from((0x0a00_0000 + next).to_be_bytes()),
+                    ip("203.0.113.2"),
+                    30000,
+                )
             })
             .collect()
     };
