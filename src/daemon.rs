@@ -11,7 +11,7 @@ use crate::config::Mode;
 use crate::config::Validated;
 use crate::firewall::routing::{RoutingError, TransparentRouting};
 use crate::firewall::table::{BaseTable, TableError};
-use crate::firewall::{FirewallError, NftFirewall};
+use crate::firewall::{FirewallError, Healing, NftFirewall};
 use crate::proxy::{self, InterfaceError, ProxyError, ProxySettings, Service};
 use crate::session::{Policy, PortAllocator, Topology};
 
@@ -38,6 +38,9 @@ pub enum DaemonError {
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
+
+/// How often the daemon checks that its table still exists (interception depends on it).
+const TABLE_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The base table described by a validated config.
 pub fn base_table(settings: &Validated) -> BaseTable {
@@ -96,7 +99,7 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
         return Err(e.into());
     }
     let firewall = match NftFirewall::start(&c.nftables.table) {
-        Ok(firewall) => Arc::new(firewall),
+        Ok(firewall) => Arc::new(Healing::new(firewall, table.clone())),
         Err(e) => {
             let _ = table.remove();
             if let Some(routing) = routing {
@@ -136,11 +139,12 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
         "listening; table installed"
     );
 
+    let watchdog = tokio::spawn(firewall.clone().watch(TABLE_CHECK_PERIOD));
     let (stop, stopped) = watch::channel(false);
     let serving = tokio::spawn(proxy::serve(
         listeners,
         proxy_settings,
-        firewall,
+        firewall.clone(),
         ports,
         stopped,
     ));
@@ -149,6 +153,8 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
         _ = interrupt.recv() => info!("SIGINT: shutting down"),
     }
     let _ = stop.send(true);
+    watchdog.abort();
+    firewall.retire();
     // Sessions end with their control connections; data connections already admitted keep
     // running in the kernel after the table is gone (conntrack holds them).
     if tokio::time::timeout(std::time::Duration::from_secs(2), serving)

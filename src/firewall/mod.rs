@@ -15,6 +15,7 @@
 //! on its own, in network namespaces.
 
 pub mod fake;
+mod healing;
 mod netlink;
 pub mod routing;
 pub mod table;
@@ -25,6 +26,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub use fake::FakeFirewall;
+pub use healing::Healing;
 pub use netlink::{FirewallStats, NftFirewall};
 
 /// Which side opens the data connection (selects the pinhole set and its counter).
