@@ -736,3 +736,146 @@ async fn reverse_mode_publishes_passive_replies_on_the_public_address() {
     assert!(firewall.live().is_empty());
     assert_eq!(ports.leased(), 0);
 }
+
+mod properties {
+    //! For every input, every pinhole the session asks for names the session's own client
+    //! and server and a port above 1023 (DESIGN.md, security invariants).
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Fragments that reach the interesting paths, plus arbitrary bytes.
+    fn client_fragment() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"PASV\r\n".to_vec()),
+            Just(b"EPSV\r\n".to_vec()),
+            Just(b"EPSV ALL\r\n".to_vec()),
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| format!(
+                "PORT {},{},{},{},{},{}\r\n",
+                ip[0],
+                ip[1],
+                ip[2],
+                ip[3],
+                port >> 8,
+                port & 0xff
+            )
+            .into_bytes()),
+            any::<u16>().prop_map(|port| format!(
+                "PORT 10,0,0,2,{},{}\r\n",
+                port >> 8,
+                port & 0xff
+            )
+            .into_bytes()),
+            any::<u16>().prop_map(|port| format!("EPRT |1|10.0.0.2|{port}|\r\n").into_bytes()),
+            any::<u16>().prop_map(|port| format!("EPRT |2|::1|{port}|\r\n").into_bytes()),
+            Just(b"AUTH TLS\r\n".to_vec()),
+            Just(b"ABOR\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        ]
+    }
+
+    fn server_fragment() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| format!(
+                "227 Entering Passive Mode ({},{},{},{},{},{})\r\n",
+                ip[0],
+                ip[1],
+                ip[2],
+                ip[3],
+                port >> 8,
+                port & 0xff
+            )
+            .into_bytes()),
+            any::<u16>().prop_map(|port| format!(
+                "227 ok (203,0,113,2,{},{})\r\n",
+                port >> 8,
+                port & 0xff
+            )
+            .into_bytes()),
+            any::<u16>().prop_map(|port| format!("229 ok (|||{port}|)\r\n").into_bytes()),
+            Just(b"200 ok\r\n".to_vec()),
+            Just(b"150 go\r\n".to_vec()),
+            Just(b"226 done\r\n".to_vec()),
+            Just(b"234 tls\r\n".to_vec()),
+            Just(b"230-multi\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Event {
+        Client(Vec<u8>),
+        Server(Vec<u8>),
+    }
+
+    fn events() -> impl Strategy<Value = Vec<Event>> {
+        proptest::collection::vec(
+            prop_oneof![
+                client_fragment().prop_map(Event::Client),
+                server_fragment().prop_map(Event::Server),
+            ],
+            0..24,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn every_pinhole_names_the_sessions_own_peers_and_a_high_port(events in events()) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let opened = runtime.block_on(async move {
+                let h = start();
+                let Harness { mut client, mut server, firewall, session, .. } = h;
+                let (mut client_r, mut client_w) = tokio::io::split(&mut client);
+                let (mut server_r, mut server_w) = tokio::io::split(&mut server);
+                let feed = async {
+                    server_w.write_all(b"220 hi\r\n").await.ok();
+                    for event in events {
+                        let _ = match event {
+                            Event::Client(bytes) => client_w.write_all(&bytes).await,
+                            Event::Server(bytes) => server_w.write_all(&bytes).await,
+                        };
+                        tokio::task::yield_now().await;
+                    }
+                    let _ = client_w.shutdown().await;
+                    let _ = server_w.shutdown().await;
+                };
+                let drain_client = async {
+                    let mut sink = Vec::new();
+                    let _ = client_r.read_to_end(&mut sink).await;
+                };
+                let drain_server = async {
+                    let mut sink = Vec::new();
+                    let _ = server_r.read_to_end(&mut sink).await;
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    async { tokio::join!(feed, drain_client, drain_server) },
+                )
+                .await;
+                drop(client);
+                drop(server);
+                let _ = tokio::time::timeout(Duration::from_secs(5), session).await;
+                (firewall.opened(), firewall.live())
+            });
+            let (opened, live) = opened;
+            let client = ip("10.0.0.2");
+            let server = ip("203.0.113.2");
+            for (pinhole, _) in &opened {
+                prop_assert!(pinhole.to.port() > 1023, "{pinhole}");
+                match pinhole.direction {
+                    crate::firewall::Direction::Passive => {
+                        prop_assert_eq!(pinhole.from, client, "{}", pinhole);
+                        prop_assert_eq!(pinhole.to.ip(), server, "{}", pinhole);
+                    }
+                    crate::firewall::Direction::Active => {
+                        prop_assert_eq!(pinhole.from, server, "{}", pinhole);
+                        prop_assert_eq!(pinhole.to.ip(), client, "{}", pinhole);
+                        prop_assert_eq!(pinhole.via.map(|v| v.ip()), Some(ip("203.0.113.1")));
+                    }
+                }
+            }
+            prop_assert!(live.is_empty(), "pinholes left after the session: {:?}", live);
+        }
+    }
+}
