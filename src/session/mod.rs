@@ -6,6 +6,7 @@
 //! Everything that is not a data-channel command or reply passes byte for byte.
 //! The session owns its pinholes: whatever is still open when it ends is removed.
 
+pub mod checks;
 mod ports;
 mod refusal;
 mod topology;
