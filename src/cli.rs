@@ -28,6 +28,22 @@ pub enum Subcommands {
     Check(Settings),
     /// Print the nftables table the daemon would install.
     Rules(Settings),
+    /// Write the man page and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(crate::generate::GenerateArgs),
+    /// Show the running daemon's sessions, pinholes and counters.
+    Status(StatusArgs),
+}
+
+/// `ftp-alg status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The daemon's status socket.
+    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_STATUS_SOCKET)]
+    pub socket: PathBuf,
+    /// Print the raw JSON snapshot (for scripts).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A config file plus flags; a flag overrides the file's value.
@@ -129,6 +145,18 @@ pub struct Overrides {
     /// Conntrack mark on admitted data connections [config: nftables.ct_mark].
     #[arg(long, value_name = "MARK", value_parser = parse_mark)]
     pub ct_mark: Option<u32>,
+    /// Status socket path [config: status.socket].
+    #[arg(long, value_name = "PATH")]
+    pub status_socket: Option<PathBuf>,
+    /// Group allowed to read the status socket [config: status.group].
+    #[arg(long, value_name = "GROUP")]
+    pub status_group: Option<String>,
+    /// Prometheus endpoint address [config: metrics.listen].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds sessions get to finish on SIGTERM [config: limits.drain_grace_secs].
+    #[arg(long, value_name = "SECS")]
+    pub drain_grace: Option<u64>,
     /// Log format [config: log.format].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -254,6 +282,18 @@ impl Overrides {
         }
         if let Some(v) = o.ct_mark {
             c.nftables.ct_mark = v;
+        }
+        if o.status_socket.is_some() {
+            c.status.socket = o.status_socket;
+        }
+        if o.status_group.is_some() {
+            c.status.group = o.status_group;
+        }
+        if o.metrics_listen.is_some() {
+            c.metrics.listen = o.metrics_listen;
+        }
+        if let Some(v) = o.drain_grace {
+            c.limits.drain_grace_secs = v;
         }
         if let Some(v) = o.log_format {
             c.log.format = v;

@@ -122,6 +122,40 @@ pub struct Config {
     pub nftables: NftablesConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The local status socket for `ftp-alg status`.
+    pub status: StatusConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// The local status socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// Socket path (mode 0660); none disables it.
+    pub socket: Option<PathBuf>,
+    /// Group allowed to read it besides root.
+    pub group: Option<String>,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            socket: Some(PathBuf::from(DEFAULT_STATUS_SOCKET)),
+            group: None,
+        }
+    }
+}
+
+/// Where `ftp-alg status` looks by default.
+pub const DEFAULT_STATUS_SOCKET: &str = "/run/ftp-alg/status.sock";
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the `/metrics` HTTP endpoint; none (the default) disables it.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Which commands pass, and what the server may reveal about itself.
@@ -225,6 +259,8 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// Seconds to wait for the server to accept the control connection.
     pub connect_timeout_secs: u64,
+    /// On SIGTERM: seconds running sessions get to finish before the daemon exits.
+    pub drain_grace_secs: u64,
 }
 
 /// nftables naming.
@@ -268,6 +304,8 @@ impl Default for Config {
             tls: TlsConfig::default(),
             nftables: NftablesConfig::default(),
             log: LogConfig::default(),
+            status: StatusConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -306,6 +344,7 @@ impl Default for Limits {
             max_line: 2048,
             idle_timeout_secs: 900,
             connect_timeout_secs: 10,
+            drain_grace_secs: 30,
         }
     }
 }
@@ -519,6 +558,11 @@ impl Validated {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.config.limits.idle_timeout_secs)
     }
+    /// Grace period for sessions on SIGTERM.
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_secs(self.config.limits.drain_grace_secs)
+    }
+
     /// Timeout for connecting to the server.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.config.limits.connect_timeout_secs)

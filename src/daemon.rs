@@ -1,19 +1,23 @@
 //! The daemon's life: install the base table, start the firewall task, listen, serve until a
 //! signal, then remove everything we put into the kernel.
 
+mod notify;
+
 use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Mode;
-use crate::config::Validated;
+use crate::config::{ConfigError, Validated};
 use crate::firewall::routing::{RoutingError, TransparentRouting};
 use crate::firewall::table::{BaseTable, TableError};
 use crate::firewall::{FirewallError, Healing, NftFirewall};
+use crate::proxy::status::{self, StatusError};
 use crate::proxy::{self, InterfaceError, ProxyError, ProxySettings, Service};
 use crate::session::{Policy, PortAllocator, Topology};
+use crate::telemetry::Telemetry;
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,9 @@ pub enum DaemonError {
     /// Policy routing for routed mode could not be installed.
     #[error(transparent)]
     Routing(#[from] RoutingError),
+    /// The status socket could not be created.
+    #[error(transparent)]
+    Status(#[from] StatusError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -55,8 +62,23 @@ pub fn base_table(settings: &Validated) -> BaseTable {
     }
 }
 
-/// Runs the gateway until SIGTERM or SIGINT.
-pub async fn run(settings: Validated) -> Result<(), DaemonError> {
+/// Applies a new log filter (an EnvFilter string).
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Re-reads and validates the configuration.
+pub type Reload = Box<dyn Fn() -> Result<Validated, ConfigError> + Send + Sync>;
+
+/// What the binary hands the daemon besides the settings: how to re-read the config and
+/// how to change the log filter (both used on SIGHUP).
+pub struct Hooks {
+    /// Re-reads and validates the configuration (file + the same flags).
+    pub reload: Reload,
+    /// Applies a new log filter.
+    pub set_log_level: SetLogLevel,
+}
+
+/// Runs the gateway until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     let c = &settings.config;
     let upstream_source = match (c.wan_address, &c.wan_interface) {
         (Some(addr), _) => Some(addr),
@@ -65,6 +87,7 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
     };
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     // Listen first: the redirect must never point at a closed port.
     let mut listeners = Vec::new();
@@ -85,6 +108,19 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
             },
         ));
     }
+    let telemetry = Arc::new(Telemetry::default());
+    let status = match &c.status.socket {
+        Some(path) => Some(status::bind(path, c.status.group.as_deref())?),
+        None => None,
+    };
+    let metrics = match c.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let table = base_table(&settings);
     table.install()?;
     let routing =
@@ -108,7 +144,176 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
-    let policy = Arc::new(Policy {
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy(&settings)));
+    let proxy_settings = ProxySettings {
+        max_sessions: c.limits.max_sessions,
+        max_sessions_per_client: c.limits.max_sessions_per_client,
+        new_sessions_per_second_per_client: c.limits.new_sessions_per_second_per_client,
+        connect_timeout: settings.connect_timeout(),
+        upstream_source,
+        policy: policy_rx,
+        telemetry: telemetry.clone(),
+    };
+    let ports = Arc::new(PortAllocator::new(settings.active_ports.clone()));
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(firewall.clone().watch(TABLE_CHECK_PERIOD));
+    if let Some(listener) = status {
+        background.spawn(status::serve(
+            listener,
+            telemetry.clone(),
+            settings.pinhole_timeout(),
+        ));
+    }
+    if let Some(listener) = metrics {
+        background.spawn(proxy::metrics::serve(
+            listener,
+            telemetry.clone(),
+            Arc::new(table.clone()),
+            settings.pinhole_timeout(),
+        ));
+    }
+    info!(
+        listeners = listeners.len(),
+        mode = ?c.mode,
+        reverse = c.reverse.len(),
+        table = %c.nftables.table,
+        wan = ?upstream_source,
+        lan = ?c.lan_interfaces,
+        status = ?c.status.socket,
+        metrics = ?c.metrics.listen,
+        "listening; table installed"
+    );
+
+    let (stop, stopped) = watch::channel(false);
+    let mut serving = tokio::spawn(proxy::serve(
+        listeners,
+        proxy_settings,
+        firewall.clone(),
+        ports,
+        stopped,
+    ));
+    notify::ready();
+    if let Some(period) = notify::watchdog_period() {
+        background.spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            loop {
+                ticks.tick().await;
+                notify::watchdog();
+            }
+        });
+    }
+    let mut current = settings;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => { info!("SIGTERM: draining"); break; }
+            _ = interrupt.recv() => { info!("SIGINT: draining"); break; }
+            _ = hangup.recv() => {
+                notify::reloading();
+                match (hooks.reload)() {
+                    Ok(new) => {
+                        apply_reload(&current, &new, &policy_tx, &hooks);
+                        current = new;
+                    }
+                    Err(e) => error!(error = %e, "SIGHUP: new configuration refused; keeping the old one"),
+                }
+                notify::ready();
+            }
+        }
+    }
+    notify::stopping();
+    let _ = stop.send(true);
+    let grace = current.drain_grace();
+    info!(
+        sessions = telemetry.active_sessions(),
+        grace_s = grace.as_secs(),
+        "no longer accepting; waiting for running sessions"
+    );
+    // Sessions end with their control connections; data connections already admitted keep
+    // running in the kernel after the table is gone (conntrack holds them).
+    if tokio::time::timeout(grace, &mut serving).await.is_err() {
+        warn!(
+            sessions = telemetry.active_sessions(),
+            "grace period over; closing the remaining control connections"
+        );
+        serving.abort();
+    }
+    background.abort_all();
+    firewall.retire();
+    if let Some(routing) = routing {
+        routing.remove();
+    }
+    table.remove()?;
+    if let Some(path) = &current.config.status.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    info!("table removed; bye");
+    Ok(())
+}
+
+/// Applies what can change without a restart, and says what cannot.
+fn apply_reload(
+    old: &Validated,
+    new: &Validated,
+    policy_tx: &watch::Sender<Arc<Policy>>,
+    hooks: &Hooks,
+) {
+    let _ = policy_tx.send(Arc::new(policy(new)));
+    if old.config.log.level != new.config.log.level
+        && let Err(e) = (hooks.set_log_level)(&new.config.log.level)
+    {
+        error!(error = %e, "SIGHUP: cannot apply the new log level");
+    }
+    let (o, n) = (&old.config, &new.config);
+    let restart_only = [
+        ("mode", o.mode != n.mode),
+        ("lan_interfaces", o.lan_interfaces != n.lan_interfaces),
+        (
+            "wan_interface/wan_address",
+            o.wan_interface != n.wan_interface || o.wan_address != n.wan_address,
+        ),
+        (
+            "listen/listen6",
+            o.listen != n.listen || o.listen6 != n.listen6,
+        ),
+        ("reverse", o.reverse != n.reverse),
+        ("control_ports", o.control_ports != n.control_ports),
+        ("active.port_range", o.active != n.active),
+        (
+            "limits.max_sessions*",
+            o.limits.max_sessions != n.limits.max_sessions
+                || o.limits.max_sessions_per_client != n.limits.max_sessions_per_client
+                || o.limits.new_sessions_per_second_per_client
+                    != n.limits.new_sessions_per_second_per_client,
+        ),
+        (
+            "limits.connect_timeout_secs",
+            o.limits.connect_timeout_secs != n.limits.connect_timeout_secs,
+        ),
+        ("nftables", o.nftables != n.nftables),
+        ("routing", o.routing != n.routing),
+        (
+            "status/metrics",
+            o.status != n.status || o.metrics != n.metrics,
+        ),
+        ("log.format", o.log.format != n.log.format),
+    ];
+    for (key, changed) in restart_only {
+        if changed {
+            warn!(
+                key,
+                "SIGHUP: this setting changed but only takes effect after a restart"
+            );
+        }
+    }
+    info!(
+        "SIGHUP: configuration reloaded (policies, per-session limits, log level); running sessions keep theirs"
+    );
+}
+
+/// The per-session policy of a configuration.
+fn policy(settings: &Validated) -> Policy {
+    let c = &settings.config;
+    Policy {
         pinhole_timeout: settings.pinhole_timeout(),
         max_pinholes: c.pinhole.max_per_session,
         pasv_address: c.passive.address_policy,
@@ -119,56 +324,7 @@ pub async fn run(settings: Validated) -> Result<(), DaemonError> {
         mask_banner: c.commands.mask_banner,
         mask_syst: c.commands.mask_syst,
         tls: c.tls.auth,
-    });
-    let proxy_settings = ProxySettings {
-        max_sessions: c.limits.max_sessions,
-        max_sessions_per_client: c.limits.max_sessions_per_client,
-        new_sessions_per_second_per_client: c.limits.new_sessions_per_second_per_client,
-        connect_timeout: settings.connect_timeout(),
-        upstream_source,
-        policy,
-    };
-    let ports = Arc::new(PortAllocator::new(settings.active_ports.clone()));
-    info!(
-        listeners = listeners.len(),
-        mode = ?c.mode,
-        reverse = c.reverse.len(),
-        table = %c.nftables.table,
-        wan = ?upstream_source,
-        lan = ?c.lan_interfaces,
-        "listening; table installed"
-    );
-
-    let watchdog = tokio::spawn(firewall.clone().watch(TABLE_CHECK_PERIOD));
-    let (stop, stopped) = watch::channel(false);
-    let serving = tokio::spawn(proxy::serve(
-        listeners,
-        proxy_settings,
-        firewall.clone(),
-        ports,
-        stopped,
-    ));
-    tokio::select! {
-        _ = terminate.recv() => info!("SIGTERM: shutting down"),
-        _ = interrupt.recv() => info!("SIGINT: shutting down"),
     }
-    let _ = stop.send(true);
-    watchdog.abort();
-    firewall.retire();
-    // Sessions end with their control connections; data connections already admitted keep
-    // running in the kernel after the table is gone (conntrack holds them).
-    if tokio::time::timeout(std::time::Duration::from_secs(2), serving)
-        .await
-        .is_err()
-    {
-        warn!("sessions still open at exit; their control connections are closed");
-    }
-    if let Some(routing) = routing {
-        routing.remove();
-    }
-    table.remove()?;
-    info!("table removed; bye");
-    Ok(())
 }
 
 fn verbs(list: &[String]) -> Vec<Vec<u8>> {

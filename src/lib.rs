@@ -9,6 +9,7 @@
 //! - [`ftp`]: the sans-IO protocol: line framing, commands, replies, address codecs.
 //! - [`firewall`]: the only code that talks to netfilter (base table and pinholes).
 //! - [`config`]: the typed configuration, validated once at load.
+//! - [`generate`]: the man page and shell completions, from the [`cli`] definitions.
 //! - [`lab`]: network-namespace test beds used by the tests, the demo and the benchmark.
 
 pub mod cli;
@@ -16,6 +17,8 @@ pub mod config;
 pub mod daemon;
 pub mod firewall;
 pub mod ftp;
+pub mod generate;
 pub mod lab;
 pub mod proxy;
 pub mod session;
+pub mod telemetry;

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use ftp_alg::cli::{Cli, Subcommands};
 use ftp_alg::config::{LogFormat, Validated};
+use ftp_alg::daemon::{Hooks, SetLogLevel};
 
 fn main() {
     if let Err(e) = real_main() {
@@ -19,12 +20,16 @@ fn real_main() -> anyhow::Result<()> {
     match cli.command {
         Subcommands::Run(settings) => {
             let validated = settings.load()?.validate()?;
-            init_logging(&validated);
+            let set_log_level = init_logging(&validated);
+            let hooks = Hooks {
+                reload: Box::new(move || settings.load()?.validate()),
+                set_log_level,
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(ftp_alg::daemon::run(validated))?;
+            runtime.block_on(ftp_alg::daemon::run(validated, hooks))?;
         }
         Subcommands::Check(settings) => {
             let validated = settings.load()?.validate()?;
@@ -36,19 +41,56 @@ fn real_main() -> anyhow::Result<()> {
             let validated = settings.load()?.validate()?;
             print!("{}", ftp_alg::daemon::base_table(&validated).render());
         }
+        Subcommands::Generate(args) => {
+            for path in ftp_alg::generate::write_all(&args.out)
+                .with_context(|| format!("cannot write to {}", args.out.display()))?
+            {
+                println!("{}", path.display());
+            }
+        }
+        Subcommands::Status(args) => {
+            let snapshot = ftp_alg::proxy::status::fetch(&args.socket)?;
+            if args.json {
+                println!("{snapshot}");
+            } else {
+                print!("{}", ftp_alg::telemetry::render_status(&snapshot));
+            }
+        }
     }
     Ok(())
 }
 
-fn init_logging(settings: &Validated) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.config.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match settings.config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// Sets up logging to stderr (the journal captures it under systemd, which stamps time
+/// itself) and returns how to change the filter later (SIGHUP).
+fn init_logging(settings: &Validated) -> SetLogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+
+    let filter =
+        EnvFilter::try_new(&settings.config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let ansi = std::io::stderr().is_terminal() && !journal;
+    let registry = tracing_subscriber::registry().with(filter);
+    match (settings.config.log.format, journal) {
+        (LogFormat::Text, false) => registry
+            .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
+            .init(),
+        (LogFormat::Text, true) => registry
+            .with(
+                fmt::layer()
+                    .without_time()
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        (LogFormat::Json, _) => registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
     }
+    Box::new(move |level| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.modify(|f| *f = filter).map_err(|e| e.to_string())
+    })
 }

@@ -28,6 +28,16 @@ pub struct BaseTable {
     pub route_mark: u32,
 }
 
+/// Connections the kernel admitted through our pinholes (the table's named counters; the
+/// rules count only the SYN that consumes a pinhole, so packets = connections).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Admitted {
+    /// `active_admitted`.
+    pub active: u64,
+    /// `passive_admitted`.
+    pub passive: u64,
+}
+
 /// A failure to load or remove the base table.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -97,6 +107,35 @@ impl BaseTable {
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .any(|line| line.trim() == wanted))
+    }
+}
+
+impl BaseTable {
+    /// The kernel's admission counters of this table (connections that consumed a pinhole).
+    pub fn admitted(&self) -> Result<Admitted, TableError> {
+        let out = Command::new("nft")
+            .args(["-j", "list", "counters", "table", "inet", &self.table])
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(TableError::Spawn)?;
+        if !out.status.success() {
+            return Err(TableError::Nft(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| TableError::Nft(format!("unreadable nft -j output: {e}")))?;
+        let mut admitted = Admitted::default();
+        for item in json["nftables"].as_array().into_iter().flatten() {
+            let counter = &item["counter"];
+            let packets = counter["packets"].as_u64().unwrap_or(0);
+            match counter["name"].as_str() {
+                Some("active_admitted") => admitted.active = packets,
+                Some("passive_admitted") => admitted.passive = packets,
+                _ => {}
+            }
+        }
+        Ok(admitted)
     }
 }
 

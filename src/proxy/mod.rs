@@ -6,6 +6,8 @@
 
 mod interfaces;
 mod limits;
+pub mod metrics;
+pub mod status;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::firewall::Firewall;
 use crate::ftp;
 use crate::session::{Endpoints, Policy, PortAllocator, Session, Topology};
+use crate::telemetry::{SessionRefusal, Telemetry};
 
 pub use interfaces::{InterfaceError, first_address};
 pub use limits::{Admission, ClientLimiter, Rejection};
@@ -64,8 +67,10 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Source address for intercepted IPv4 upstream connections (the WAN address), if fixed.
     pub upstream_source: Option<IpAddr>,
-    /// Per-session policy.
-    pub policy: Arc<Policy>,
+    /// Per-session policy; a new value (SIGHUP) applies to sessions started after it.
+    pub policy: watch::Receiver<Arc<Policy>>,
+    /// Live sessions and counters.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Binds a listener (IP_FREEBIND, so it may start before its address is up; IPv6 sockets
@@ -172,6 +177,10 @@ async fn accept_loop<F: Firewall>(
         tokio::spawn(
             async move {
                 let Ok(_permit) = permit else {
+                    shared
+                        .settings
+                        .telemetry
+                        .session_refused(SessionRefusal::MaxSessions);
                     warn!(
                         max = shared.settings.max_sessions,
                         "session limit reached; refused"
@@ -186,12 +195,16 @@ async fn accept_loop<F: Firewall>(
                 let _admission = match admission {
                     Ok(admission) => admission,
                     Err(rejection) => {
+                        shared.settings.telemetry.session_refused(match rejection {
+                            Rejection::Concurrent(_) => SessionRefusal::PerClient,
+                            Rejection::Rate(_) => SessionRefusal::Rate,
+                        });
                         warn!(%rejection, "client over its limit; refused");
                         refuse(client, &format!("Refused: {rejection}")).await;
                         return;
                     }
                 };
-                handle(client, peer, service, &shared).await;
+                handle(client, peer, id, service, &shared).await;
             }
             .instrument(span),
         );
@@ -201,6 +214,7 @@ async fn accept_loop<F: Firewall>(
 async fn handle<F: Firewall>(
     client: TcpStream,
     peer: SocketAddr,
+    id: u64,
     service: Service,
     shared: &Shared<F>,
 ) {
@@ -213,6 +227,10 @@ async fn handle<F: Firewall>(
             // Without a redirect the "original" destination is our own socket.
             Ok(server) if server != local => (server, topology),
             Ok(_) | Err(_) => {
+                shared
+                    .settings
+                    .telemetry
+                    .session_refused(SessionRefusal::NotRedirected);
                 warn!("connection without a redirected destination (direct to the proxy port?)");
                 refuse(
                     client,
@@ -237,6 +255,10 @@ async fn handle<F: Firewall>(
     let upstream = match connect(server, source, shared.settings.connect_timeout).await {
         Ok(upstream) => upstream,
         Err(e) => {
+            shared
+                .settings
+                .telemetry
+                .session_refused(SessionRefusal::Upstream);
             warn!(error = %e, "server unreachable");
             refuse(
                 client,
@@ -263,13 +285,19 @@ async fn handle<F: Firewall>(
         upstream_local,
     };
     info!(via = %upstream_local, ?topology, "session started");
+    let registration = shared
+        .settings
+        .telemetry
+        .register(id, peer, server, topology.name());
+    let policy = shared.settings.policy.borrow().clone();
     let ending = Session::new(
         ends,
         topology,
-        shared.settings.policy.clone(),
+        policy,
         shared.firewall.clone(),
         shared.ports.clone(),
     )
+    .with_telemetry(registration.entry().clone())
     .run(client, upstream)
     .await;
     info!(?ending, "session ended");

@@ -26,6 +26,7 @@ use crate::ftp::{
     self, Command, EpsvArg, FrameError, Line, LineFramer, Reply, ReplyAssembler, ReplyEvent,
     Terminator,
 };
+use crate::telemetry::SessionEntry;
 
 pub use ports::PortAllocator;
 pub use refusal::Refusal;
@@ -130,6 +131,7 @@ pub struct Session<F> {
     masking: Option<Mask>,
     epsv_all: bool,
     pinholes: Vec<Held>,
+    telemetry: Option<Arc<SessionEntry>>,
 }
 
 /// A pinhole this session opened, and the port lease it holds.
@@ -153,6 +155,7 @@ impl<F: Firewall> Session<F> {
             ends,
             topology,
             epsv_all: false,
+            telemetry: None,
             client_lines: LineFramer::new(policy.max_line),
             server_lines: LineFramer::new(policy.max_line),
             replies: ReplyAssembler::new(policy.max_line * 16),
@@ -165,6 +168,21 @@ impl<F: Firewall> Session<F> {
             masking: None,
             pinholes: Vec::new(),
         }
+    }
+
+    /// Reports this session's bytes, pinholes and refusals to `entry`.
+    pub fn with_telemetry(mut self, entry: Arc<SessionEntry>) -> Self {
+        self.telemetry = Some(entry);
+        self
+    }
+
+    /// Logs a refusal, counts it, and returns its reply.
+    fn refuse(&self, refusal: &Refusal) -> Vec<u8> {
+        refusal.log();
+        if let (Some(entry), Some(kind)) = (&self.telemetry, refusal.channel_kind()) {
+            entry.channel_refused(kind);
+        }
+        refusal.reply()
     }
 
     /// Relays until either side closes or the idle timeout fires, then removes every pinhole
@@ -259,6 +277,9 @@ impl<F: Firewall> Session<F> {
                     continue;
                 }
                 Step::Client(Ok(n)) => {
+                    if let Some(entry) = &self.telemetry {
+                        entry.from_client(n);
+                    }
                     self.client_lines.push(&client_buf[..n]);
                     self.drain_client(client_w, server_w).await
                 }
@@ -267,6 +288,9 @@ impl<F: Firewall> Session<F> {
                     return Stop::Ended(Ending::ServerClosed);
                 }
                 Step::Server(Ok(n)) => {
+                    if let Some(entry) = &self.telemetry {
+                        entry.from_server(n);
+                    }
                     self.server_lines.push(&server_buf[..n]);
                     match self.drain_server(client_w).await {
                         Ok(true) => return Stop::Passthrough,
@@ -330,8 +354,8 @@ impl<F: Firewall> Session<F> {
                     server_w.write_all(&bytes).await?;
                 }
                 Verdict::Answer(refusal) => {
-                    refusal.log();
-                    client_w.write_all(&refusal.reply()).await?;
+                    let reply = self.refuse(&refusal);
+                    client_w.write_all(&reply).await?;
                 }
             }
         }
@@ -570,22 +594,20 @@ impl<F: Firewall> Session<F> {
             match ftp::parse_227(reply) {
                 Ok(addr) => (Some(IpAddr::V4(*addr.ip())), addr.port()),
                 Err(e) => {
-                    return Refusal::MalformedReply {
+                    return self.refuse(&Refusal::MalformedReply {
                         code: 227,
                         error: e.to_string(),
-                    }
-                    .logged_reply();
+                    });
                 }
             }
         } else {
             match ftp::parse_229(reply) {
                 Ok(port) => (None, port),
                 Err(e) => {
-                    return Refusal::MalformedReply {
+                    return self.refuse(&Refusal::MalformedReply {
                         code: 229,
                         error: e.to_string(),
-                    }
-                    .logged_reply();
+                    });
                 }
             }
         };
@@ -595,11 +617,10 @@ impl<F: Firewall> Session<F> {
         {
             match self.policy.pasv_address {
                 PasvAddressPolicy::Refuse => {
-                    return Refusal::ForeignPassive {
+                    return self.refuse(&Refusal::ForeignPassive {
                         announced: ip,
                         server,
-                    }
-                    .logged_reply();
+                    });
                 }
                 PasvAddressPolicy::Rewrite => {
                     warn!(
@@ -612,21 +633,21 @@ impl<F: Firewall> Session<F> {
             }
         }
         if port < 1024 {
-            return Refusal::PrivilegedPassivePort { port }.logged_reply();
+            return self.refuse(&Refusal::PrivilegedPassivePort { port });
         }
         if let Some(refusal) = self.make_room() {
-            return refusal.logged_reply();
+            return self.refuse(&refusal);
         }
         let leased = match self.topology.passive_lease_owner(&self.ends) {
             Some(owner) => match self.ports.allocate(owner) {
                 Some(port) => Some(port),
-                None => return Refusal::PortsExhausted.logged_reply(),
+                None => return self.refuse(&Refusal::PortsExhausted),
             },
             None => None,
         };
         let plan = self.topology.passive(&self.ends, port, leased);
         if let Err(refusal) = self.open(plan).await {
-            return refusal.logged_reply();
+            return self.refuse(&refusal);
         }
         info!(
             code,
@@ -651,10 +672,16 @@ impl<F: Firewall> Session<F> {
     fn make_room(&mut self) -> Option<Refusal> {
         let timeout = self.policy.pinhole_timeout;
         let ports = &self.ports;
+        let telemetry = &self.telemetry;
         self.pinholes.retain(|held| {
             let live = held.opened.elapsed() < timeout;
-            if !live && let Some((owner, port)) = held.lease {
-                ports.release(owner, port);
+            if !live {
+                if let Some((owner, port)) = held.lease {
+                    ports.release(owner, port);
+                }
+                if let Some(entry) = telemetry {
+                    entry.pinhole_closed(&held.pinhole);
+                }
             }
             live
         });
@@ -672,11 +699,15 @@ impl<F: Firewall> Session<F> {
             .await
         {
             Ok(()) => {
+                let latency = started.elapsed();
                 debug!(
                     pinhole = %plan.pinhole,
-                    micros = started.elapsed().as_micros() as u64,
+                    micros = latency.as_micros() as u64,
                     "pinhole acknowledged"
                 );
+                if let Some(entry) = &self.telemetry {
+                    entry.pinhole_opened(plan.pinhole, latency);
+                }
                 self.pinholes.push(Held {
                     pinhole: plan.pinhole,
                     opened: Instant::now(),
@@ -702,6 +733,9 @@ impl<F: Firewall> Session<F> {
             }
             if let Some((owner, port)) = held.lease {
                 self.ports.release(owner, port);
+            }
+            if let Some(entry) = &self.telemetry {
+                entry.pinhole_closed(&held.pinhole);
             }
         }
     }

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use tracing::warn;
 
 use crate::ftp::{self, CommandError};
+use crate::telemetry::ChannelRefusal;
 
 /// A refused command or reply.
 #[derive(Debug)]
@@ -202,16 +203,31 @@ impl Refusal {
         ftp::render_reply(code, &text)
     }
 
+    /// What kind of data-channel refusal this is, for the metrics (none for command policy).
+    pub fn channel_kind(&self) -> Option<ChannelRefusal> {
+        Some(match self {
+            Self::Malformed { .. } | Self::BareLf { .. } | Self::MalformedReply { .. } => {
+                ChannelRefusal::Malformed
+            }
+            Self::Bounce { .. } => ChannelRefusal::Bounce,
+            Self::PrivilegedPort { .. } | Self::PrivilegedPassivePort { .. } => {
+                ChannelRefusal::PrivilegedPort
+            }
+            Self::Family { .. }
+            | Self::Ipv4Only { .. }
+            | Self::EpsvAll { .. }
+            | Self::LongAddress { .. } => ChannelRefusal::Protocol,
+            Self::ForeignPassive { .. } => ChannelRefusal::ForeignAddress,
+            Self::TooManyPinholes { .. } | Self::PortsExhausted => ChannelRefusal::Limit,
+            Self::Firewall { .. } => ChannelRefusal::Firewall,
+            Self::Tls | Self::Denied { .. } => return None,
+        })
+    }
+
     /// Writes the log line for this refusal.
     pub fn log(&self) {
         let reply = self.reply();
         let reply = String::from_utf8_lossy(&reply);
         warn!(reply = reply.trim_end(), "refused");
-    }
-
-    /// Logs and returns the reply.
-    pub fn logged_reply(&self) -> Vec<u8> {
-        self.log();
-        self.reply()
     }
 }

@@ -48,6 +48,15 @@ pub struct DataPlan {
 }
 
 impl Topology {
+    /// The mode's name, as in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ClientNat => "client-nat",
+            Self::Reverse => "reverse",
+            Self::Routed => "routed",
+        }
+    }
+
     /// Whether an active data channel needs a leased port (and on which address).
     pub fn active_lease_owner(self, ends: &Endpoints) -> Option<IpAddr> {
         match self {

@@ -1,0 +1,114 @@
+//! The local status socket: `ftp-alg status` connects, the daemon writes one JSON snapshot
+//! of its live sessions, pinholes and counters, and closes.
+//!
+//! Access is by file permissions: the socket is created mode 0660 (owner root, group as
+//! configured) inside a directory the admin controls (systemd's RuntimeDirectory).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixListener;
+use tracing::{debug, warn};
+
+use crate::telemetry::Telemetry;
+
+/// The status socket could not be set up or reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatusError {
+    /// Binding or securing the socket failed.
+    #[error("cannot create the status socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configured group does not exist.
+    #[error("status group `{0}` does not exist; create it or unset status.group")]
+    NoSuchGroup(String),
+    /// `ftp-alg status` could not talk to the daemon.
+    #[error(
+        "cannot read status from {path}: {source} (is the daemon running? are you root or in the status group?)"
+    )]
+    Fetch {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the status socket, replacing a stale one, with mode 0660 and the given group.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, StatusError> {
+    let bind_err = |source| StatusError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    // A socket file left by a crash would make bind fail; it is ours to replace.
+    if path.exists() {
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    if let Some(group) = group {
+        let gid = group_id(group).ok_or_else(|| StatusError::NoSuchGroup(group.to_owned()))?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(bind_err)?;
+    }
+    Ok(listener)
+}
+
+/// Serves snapshots until the task is dropped.
+pub async fn serve(listener: UnixListener, telemetry: Arc<Telemetry>, pinhole_timeout: Duration) {
+    loop {
+        let (mut stream, _) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, "status socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let snapshot = telemetry.snapshot(pinhole_timeout);
+        let Ok(json) = serde_json::to_vec(&snapshot) else {
+            continue;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = stream.write_all(&json).await {
+                debug!(error = %e, "status client went away");
+            }
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// `ftp-alg status`: the daemon's JSON snapshot.
+pub fn fetch(path: &Path) -> Result<serde_json::Value, StatusError> {
+    use std::io::Read;
+    let err = |source| StatusError::Fetch {
+        path: path.to_owned(),
+        source,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(err)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(err)?;
+    let mut text = Vec::new();
+    stream.read_to_end(&mut text).map_err(err)?;
+    serde_json::from_slice(&text).map_err(|e| err(std::io::Error::other(e)))
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}

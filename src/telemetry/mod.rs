@@ -1,0 +1,442 @@
+//! What the daemon is doing, for people and for Prometheus: the live sessions and their
+//! pinholes (for `ftp-alg status`), and counters and a latency histogram (for `/metrics`).
+//!
+//! Sessions update their own [`SessionEntry`] (atomics, one small lock for the pinhole list);
+//! readers take a [`Snapshot`]. No I/O here: the status socket and the metrics endpoint live
+//! in `proxy/`, which owns sockets.
+
+mod prometheus;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::firewall::{Direction, Pinhole};
+
+pub use crate::firewall::table::Admitted;
+pub use prometheus::render as render_prometheus;
+
+/// Why a session was refused before it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionRefusal {
+    /// `limits.max_sessions` reached.
+    MaxSessions,
+    /// `limits.max_sessions_per_client` reached.
+    PerClient,
+    /// `limits.new_sessions_per_second_per_client` exceeded.
+    Rate,
+    /// A direct connection to the proxy port (no redirected destination).
+    NotRedirected,
+    /// The server could not be reached.
+    Upstream,
+}
+
+/// Why a data channel was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelRefusal {
+    /// PORT/EPRT naming another host (FTP bounce).
+    Bounce,
+    /// A port below 1024.
+    PrivilegedPort,
+    /// Malformed command or reply.
+    Malformed,
+    /// A 227 naming another host, policy refuse.
+    ForeignAddress,
+    /// Too many pinholes in the session, or no free port.
+    Limit,
+    /// The kernel refused the pinhole.
+    Firewall,
+    /// Wrong address family, EPSV ALL, LPRT/LPSV.
+    Protocol,
+}
+
+const LATENCY_BUCKETS: [f64; 12] = [
+    5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 5e-3, 25e-3, 100e-3, 1.0,
+];
+
+/// Process-wide counters and the registry of live sessions.
+#[derive(Debug)]
+pub struct Telemetry {
+    started: Instant,
+    sessions: Mutex<BTreeMap<u64, Arc<SessionEntry>>>,
+    sessions_total: AtomicU64,
+    session_refusals: Mutex<BTreeMap<SessionRefusal, u64>>,
+    channels_opened: [AtomicU64; 2],
+    channel_refusals: Mutex<BTreeMap<ChannelRefusal, u64>>,
+    pinholes_closed: AtomicU64,
+    firewall_errors: AtomicU64,
+    control_bytes: [AtomicU64; 2],
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_ns: AtomicU64,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            sessions: Mutex::new(BTreeMap::new()),
+            sessions_total: AtomicU64::new(0),
+            session_refusals: Mutex::new(BTreeMap::new()),
+            channels_opened: Default::default(),
+            channel_refusals: Mutex::new(BTreeMap::new()),
+            pinholes_closed: AtomicU64::new(0),
+            firewall_errors: AtomicU64::new(0),
+            control_bytes: Default::default(),
+            latency_buckets: Default::default(),
+            latency_count: AtomicU64::new(0),
+            latency_sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One live session, updated by the session itself.
+#[derive(Debug)]
+pub struct SessionEntry {
+    id: u64,
+    client: SocketAddr,
+    server: SocketAddr,
+    mode: &'static str,
+    started: Instant,
+    bytes_from_client: AtomicU64,
+    bytes_from_server: AtomicU64,
+    pinholes: Mutex<Vec<(Pinhole, Instant)>>,
+    telemetry: Arc<Telemetry>,
+}
+
+/// A session's registration; dropping it removes the session from the registry.
+#[derive(Debug)]
+pub struct Registration {
+    entry: Arc<SessionEntry>,
+}
+
+impl Telemetry {
+    /// Registers a live session.
+    pub fn register(
+        self: &Arc<Self>,
+        id: u64,
+        client: SocketAddr,
+        server: SocketAddr,
+        mode: &'static str,
+    ) -> Registration {
+        let entry = Arc::new(SessionEntry {
+            id,
+            client,
+            server,
+            mode,
+            started: Instant::now(),
+            bytes_from_client: AtomicU64::new(0),
+            bytes_from_server: AtomicU64::new(0),
+            pinholes: Mutex::new(Vec::new()),
+            telemetry: self.clone(),
+        });
+        self.sessions_total.fetch_add(1, Ordering::Relaxed);
+        lock(&self.sessions).insert(id, entry.clone());
+        Registration { entry }
+    }
+
+    /// Counts a session refused before it started.
+    pub fn session_refused(&self, why: SessionRefusal) {
+        *lock(&self.session_refusals).entry(why).or_default() += 1;
+    }
+
+    /// Sessions currently registered.
+    pub fn active_sessions(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// A consistent copy of everything, for `status` and `/metrics`.
+    pub fn snapshot(&self, pinhole_timeout: Duration) -> Snapshot {
+        let now = Instant::now();
+        let sessions: Vec<SessionView> = lock(&self.sessions)
+            .values()
+            .map(|s| SessionView {
+                id: s.id,
+                client: s.client,
+                server: s.server,
+                mode: s.mode,
+                age_secs: now.duration_since(s.started).as_secs(),
+                control_bytes_from_client: s.bytes_from_client.load(Ordering::Relaxed),
+                control_bytes_from_server: s.bytes_from_server.load(Ordering::Relaxed),
+                pinholes: lock(&s.pinholes)
+                    .iter()
+                    .filter_map(|(p, opened)| {
+                        let left = pinhole_timeout.checked_sub(now.duration_since(*opened))?;
+                        Some(PinholeView {
+                            direction: match p.direction {
+                                Direction::Active => "active",
+                                Direction::Passive => "passive",
+                            },
+                            tuple: p.to_string(),
+                            expires_in_secs: left.as_secs(),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            uptime_secs: now.duration_since(self.started).as_secs(),
+            unix_time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            sessions_total: load(&self.sessions_total),
+            session_refusals: lock(&self.session_refusals).clone(),
+            channels_opened_active: load(&self.channels_opened[0]),
+            channels_opened_passive: load(&self.channels_opened[1]),
+            channel_refusals: lock(&self.channel_refusals).clone(),
+            pinholes_closed: load(&self.pinholes_closed),
+            firewall_errors: load(&self.firewall_errors),
+            control_bytes_from_client: load(&self.control_bytes[0]),
+            control_bytes_from_server: load(&self.control_bytes[1]),
+            latency_buckets: LATENCY_BUCKETS
+                .iter()
+                .zip(&self.latency_buckets)
+                .map(|(le, n)| (*le, load(n)))
+                .collect(),
+            latency_count: load(&self.latency_count),
+            latency_sum_secs: load(&self.latency_sum_ns) as f64 / 1e9,
+            sessions,
+        }
+    }
+}
+
+impl Registration {
+    /// The entry the session updates.
+    pub fn entry(&self) -> &Arc<SessionEntry> {
+        &self.entry
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(&self.entry.telemetry.sessions).remove(&self.entry.id);
+    }
+}
+
+impl SessionEntry {
+    /// Control-channel bytes received from the client.
+    pub fn from_client(&self, n: usize) {
+        self.bytes_from_client
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.telemetry.control_bytes[0].fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Control-channel bytes received from the server.
+    pub fn from_server(&self, n: usize) {
+        self.bytes_from_server
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.telemetry.control_bytes[1].fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A pinhole was acknowledged by the kernel after `latency`.
+    pub fn pinhole_opened(&self, pinhole: Pinhole, latency: Duration) {
+        let t = &self.telemetry;
+        let slot = usize::from(pinhole.direction == Direction::Passive);
+        t.channels_opened[slot].fetch_add(1, Ordering::Relaxed);
+        let secs = latency.as_secs_f64();
+        for (le, bucket) in LATENCY_BUCKETS.iter().zip(&t.latency_buckets) {
+            if secs <= *le {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        t.latency_count.fetch_add(1, Ordering::Relaxed);
+        t.latency_sum_ns
+            .fetch_add(latency.as_nanos() as u64, Ordering::Relaxed);
+        lock(&self.pinholes).push((pinhole, Instant::now()));
+    }
+
+    /// A pinhole left the session (removed at its end, or aged out).
+    pub fn pinhole_closed(&self, pinhole: &Pinhole) {
+        self.telemetry
+            .pinholes_closed
+            .fetch_add(1, Ordering::Relaxed);
+        lock(&self.pinholes).retain(|(p, _)| p != pinhole);
+    }
+
+    /// A data channel was refused.
+    pub fn channel_refused(&self, why: ChannelRefusal) {
+        if why == ChannelRefusal::Firewall {
+            self.telemetry
+                .firewall_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        *lock(&self.telemetry.channel_refusals)
+            .entry(why)
+            .or_default() += 1;
+    }
+}
+
+/// Everything `status` shows and `/metrics` exports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Wall-clock time of the snapshot.
+    pub unix_time: u64,
+    /// Sessions started since start.
+    pub sessions_total: u64,
+    /// Sessions refused, by reason.
+    pub session_refusals: BTreeMap<SessionRefusal, u64>,
+    /// Active-mode data channels opened.
+    pub channels_opened_active: u64,
+    /// Passive-mode data channels opened.
+    pub channels_opened_passive: u64,
+    /// Data channels refused, by reason.
+    pub channel_refusals: BTreeMap<ChannelRefusal, u64>,
+    /// Pinholes removed by their session (unused at its end, or aged out).
+    pub pinholes_closed: u64,
+    /// Pinhole requests the kernel refused.
+    pub firewall_errors: u64,
+    /// Control bytes from clients.
+    pub control_bytes_from_client: u64,
+    /// Control bytes from servers.
+    pub control_bytes_from_server: u64,
+    /// Cumulative histogram of pinhole install latency: (upper bound in s, count).
+    pub latency_buckets: Vec<(f64, u64)>,
+    /// Pinholes installed.
+    pub latency_count: u64,
+    /// Sum of install latencies in seconds.
+    pub latency_sum_secs: f64,
+    /// The live sessions.
+    pub sessions: Vec<SessionView>,
+}
+
+/// One live session in a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    /// Session id (as in the logs).
+    pub id: u64,
+    /// The client.
+    pub client: SocketAddr,
+    /// The server.
+    pub server: SocketAddr,
+    /// client-nat, reverse or routed.
+    pub mode: &'static str,
+    /// Seconds since it started.
+    pub age_secs: u64,
+    /// Control bytes from the client.
+    pub control_bytes_from_client: u64,
+    /// Control bytes from the server.
+    pub control_bytes_from_server: u64,
+    /// Its pinholes that have not expired.
+    pub pinholes: Vec<PinholeView>,
+}
+
+/// One pinhole in a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct PinholeView {
+    /// active or passive.
+    pub direction: &'static str,
+    /// The tuple, readable.
+    pub tuple: String,
+    /// Seconds until the kernel expires it (if unused).
+    pub expires_in_secs: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `ftp-alg status` as text: one line per session, its pinholes indented, then the totals.
+pub fn render_status(snapshot: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+    let sessions = snapshot["sessions"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{} session(s) live, {} since start (uptime {} s)",
+        sessions.len(),
+        num(&snapshot["sessions_total"]),
+        num(&snapshot["uptime_secs"])
+    );
+    if !sessions.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<24} {:<24} {:<10} {:>7} {:>10} {:>10}",
+            "ID", "CLIENT", "SERVER", "MODE", "AGE(s)", "CTL IN", "CTL OUT"
+        );
+    }
+    for s in &sessions {
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<24} {:<24} {:<10} {:>7} {:>10} {:>10}",
+            num(&s["id"]),
+            text(&s["client"]),
+            text(&s["server"]),
+            text(&s["mode"]),
+            num(&s["age_secs"]),
+            num(&s["control_bytes_from_client"]),
+            num(&s["control_bytes_from_server"])
+        );
+        for p in s["pinholes"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "        pinhole {} (expires in {} s)",
+                text(&p["tuple"]),
+                num(&p["expires_in_secs"])
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "data channels opened: {} active, {} passive; pinholes closed {}; netlink errors {}",
+        num(&snapshot["channels_opened_active"]),
+        num(&snapshot["channels_opened_passive"]),
+        num(&snapshot["pinholes_closed"]),
+        num(&snapshot["firewall_errors"])
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_appear_while_registered_with_their_pinholes() {
+        let telemetry = Arc::new(Telemetry::default());
+        let registration = telemetry.register(
+            7,
+            "10.0.0.2:5000".parse().unwrap(),
+            "203.0.113.2:21".parse().unwrap(),
+            "client-nat",
+        );
+        let pinhole = Pinhole::passive(
+            "10.0.0.2".parse().unwrap(),
+            "203.0.113.2".parse().unwrap(),
+            30000,
+        );
+        registration.entry().from_client(6);
+        registration
+            .entry()
+            .pinhole_opened(pinhole, Duration::from_micros(8));
+        let snap = telemetry.snapshot(Duration::from_secs(30));
+        assert_eq!(snap.sessions.len(), 1);
+        assert_eq!(snap.sessions[0].control_bytes_from_client, 6);
+        assert_eq!(snap.sessions[0].pinholes.len(), 1);
+        assert_eq!(snap.channels_opened_passive, 1);
+        // 8 µs falls in the 10 µs bucket and every larger one, not in the 5 µs one.
+        assert_eq!(snap.latency_buckets[0], (5e-6, 0));
+        assert_eq!(snap.latency_buckets[1], (10e-6, 1));
+        registration.entry().pinhole_closed(&pinhole);
+        assert!(
+            telemetry.snapshot(Duration::from_secs(30)).sessions[0]
+                .pinholes
+                .is_empty()
+        );
+        drop(registration);
+        let snap = telemetry.snapshot(Duration::from_secs(30));
+        assert!(snap.sessions.is_empty());
+        assert_eq!(snap.sessions_total, 1);
+    }
+}

@@ -1,0 +1,191 @@
+//! The Prometheus text exposition format (version 0.0.4) of a [`Snapshot`].
+//!
+//! Names follow the conventions: `ftp_alg_` prefix, `_total` for counters, base units
+//! (`_seconds`, `_bytes`). Kernel-side admissions (a pinhole consumed by its connection)
+//! come from the table's named counters, read by the caller.
+
+use std::fmt::Write;
+
+use super::Snapshot;
+use crate::firewall::table::Admitted;
+
+/// Renders `snapshot` (and the kernel's admission counters, when known).
+pub fn render(snapshot: &Snapshot, admitted: Option<Admitted>) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let plain = |v: u64| vec![(String::new(), v.to_string())];
+    metric(
+        "ftp_alg_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        &plain(snapshot.uptime_secs),
+    );
+    metric(
+        "ftp_alg_sessions_active",
+        "gauge",
+        "Control sessions currently relayed.",
+        &plain(snapshot.sessions.len() as u64),
+    );
+    metric(
+        "ftp_alg_sessions_total",
+        "counter",
+        "Control sessions started.",
+        &plain(snapshot.sessions_total),
+    );
+    let refusals: Vec<_> = snapshot
+        .session_refusals
+        .iter()
+        .map(|(why, n)| (format!("{{reason=\"{}\"}}", label(why)), n.to_string()))
+        .collect();
+    metric(
+        "ftp_alg_sessions_refused_total",
+        "counter",
+        "Control sessions refused before they started, by reason.",
+        &refusals,
+    );
+    metric(
+        "ftp_alg_data_channels_opened_total",
+        "counter",
+        "Pinholes installed (kernel-acknowledged), by mode.",
+        &[
+            (
+                "{mode=\"active\"}".into(),
+                snapshot.channels_opened_active.to_string(),
+            ),
+            (
+                "{mode=\"passive\"}".into(),
+                snapshot.channels_opened_passive.to_string(),
+            ),
+        ],
+    );
+    if let Some(admitted) = admitted {
+        metric(
+            "ftp_alg_data_channels_admitted_total",
+            "counter",
+            "Data connections admitted by a pinhole (consumed), by mode. Unused = opened - admitted.",
+            &[
+                ("{mode=\"active\"}".into(), admitted.active.to_string()),
+                ("{mode=\"passive\"}".into(), admitted.passive.to_string()),
+            ],
+        );
+    }
+    let refusals: Vec<_> = snapshot
+        .channel_refusals
+        .iter()
+        .map(|(why, n)| (format!("{{reason=\"{}\"}}", label(why)), n.to_string()))
+        .collect();
+    metric(
+        "ftp_alg_data_channels_refused_total",
+        "counter",
+        "Data channels refused, by reason.",
+        &refusals,
+    );
+    metric(
+        "ftp_alg_pinholes_closed_total",
+        "counter",
+        "Pinholes removed by their session (at its end, or aged out).",
+        &plain(snapshot.pinholes_closed),
+    );
+    metric(
+        "ftp_alg_netlink_errors_total",
+        "counter",
+        "Pinhole requests the kernel refused.",
+        &plain(snapshot.firewall_errors),
+    );
+    metric(
+        "ftp_alg_control_bytes_total",
+        "counter",
+        "Control-channel bytes relayed, by sender.",
+        &[
+            (
+                "{from=\"client\"}".into(),
+                snapshot.control_bytes_from_client.to_string(),
+            ),
+            (
+                "{from=\"server\"}".into(),
+                snapshot.control_bytes_from_server.to_string(),
+            ),
+        ],
+    );
+    let mut buckets: Vec<_> = snapshot
+        .latency_buckets
+        .iter()
+        .map(|(le, n)| (format!("_bucket{{le=\"{le}\"}}"), n.to_string()))
+        .collect();
+    buckets.push((
+        "_bucket{le=\"+Inf\"}".into(),
+        snapshot.latency_count.to_string(),
+    ));
+    buckets.push(("_sum".into(), snapshot.latency_sum_secs.to_string()));
+    buckets.push(("_count".into(), snapshot.latency_count.to_string()));
+    metric(
+        "ftp_alg_pinhole_install_seconds",
+        "histogram",
+        "Time from pinhole request to the kernel's acknowledgement.",
+        &buckets,
+    );
+    out
+}
+
+fn label<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use super::*;
+
+    #[test]
+    fn exposition_has_conventional_names_and_a_complete_histogram() {
+        let telemetry = Arc::new(Telemetry::default());
+        telemetry.session_refused(SessionRefusal::PerClient);
+        let registration = telemetry.register(
+            1,
+            "10.0.0.2:1".parse().unwrap(),
+            "203.0.113.2:21".parse().unwrap(),
+            "client-nat",
+        );
+        registration.entry().pinhole_opened(
+            Pinhole::passive(
+                "10.0.0.2".parse().unwrap(),
+                "203.0.113.2".parse().unwrap(),
+                30000,
+            ),
+            Duration::from_micros(30),
+        );
+        registration.entry().channel_refused(ChannelRefusal::Bounce);
+        let text = render(
+            &telemetry.snapshot(Duration::from_secs(30)),
+            Some(Admitted {
+                active: 0,
+                passive: 1,
+            }),
+        );
+        for needle in [
+            "ftp_alg_sessions_active 1",
+            "ftp_alg_sessions_refused_total{reason=\"per_client\"} 1",
+            "ftp_alg_data_channels_opened_total{mode=\"passive\"} 1",
+            "ftp_alg_data_channels_admitted_total{mode=\"passive\"} 1",
+            "ftp_alg_data_channels_refused_total{reason=\"bounce\"} 1",
+            "ftp_alg_pinhole_install_seconds_bucket{le=\"0.00005\"} 1",
+            "ftp_alg_pinhole_install_seconds_bucket{le=\"+Inf\"} 1",
+            "ftp_alg_pinhole_install_seconds_count 1",
+            "# TYPE ftp_alg_pinhole_install_seconds histogram",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("ftp_alg_"), "{line}");
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Operating the daemon: the status socket, the Prometheus endpoint, SIGHUP reload (valid
+//! and invalid), and the SIGTERM drain, against a running daemon in the client-NAT lab.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{alg_binary, assert_clean_shutdown};
+use ftp_alg::lab::raw_client::{RawFtp, parse_227};
+use ftp_alg::lab::{
+    AlgDaemon, AlgOptions, ClientNatLab, ClientNatOptions, DataMode, FTP_PASSWORD, FTP_USER, Netns,
+    SERVER_IP, Vsftpd,
+};
+
+const METRICS: &str = "10.0.0.1:9121";
+
+fn server_addr() -> SocketAddrV4 {
+    SocketAddrV4::new(SERVER_IP, 21)
+}
+
+/// The daemon's PID inside the gateway namespace.
+fn daemon_pid(gateway: &Netns) -> i32 {
+    gateway
+        .pids()
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "ftp-alg")
+        })
+        .expect("ftp-alg running in the gateway")
+}
+
+fn signal(gateway: &Netns, sig: &str) {
+    let pid = daemon_pid(gateway).to_string();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+fn status_json(socket: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(alg_binary())
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .expect("ftp-alg status");
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+fn scrape(lab: &ClientNatLab) -> String {
+    lab.client
+        .run_in(|| {
+            let mut stream = TcpStream::connect_timeout(
+                &METRICS.parse::<SocketAddr>().unwrap(),
+                Duration::from_secs(3),
+            )
+            .expect("metrics endpoint");
+            stream
+                .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+                .expect("request");
+            let mut text = String::new();
+            stream.read_to_string(&mut text).expect("response");
+            text
+        })
+        .expect("client thread")
+}
+
+fn write_config(path: &Path, deny: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "lan_interfaces = [\"lan0\"]\nwan_interface = \"wan0\"\n\
+             [active]\nport_range = \"40000-40999\"\n\
+             [commands]\ndeny = [{deny}]\n"
+        ),
+    )
+    .expect("config");
+}
+
+#[test]
+fn status_metrics_reload_and_drain_work_on_a_live_daemon() {
+    require_lab!("vsftpd");
+    let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");
+    let server = Vsftpd::start(&lab.server).expect("vsftpd");
+    server.put_file("f.bin", &[5u8; 50_000]).expect("file");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket: PathBuf = dir.path().join("status.sock");
+    let config = dir.path().join("ftp-alg.toml");
+    write_config(&config, "\"SITE\"");
+    let mut options = AlgOptions::new(alg_binary());
+    options.extra_args = vec![
+        "--config".into(),
+        config.display().to_string(),
+        "--status-socket".into(),
+        socket.display().to_string(),
+        "--metrics-listen".into(),
+        METRICS.into(),
+        "--drain-grace".into(),
+        "20".into(),
+    ];
+    let mut alg = AlgDaemon::start(&lab.gateway, &options).expect("ftp-alg");
+
+    // A live session with an open (unused) passive pinhole shows in `status`.
+    let (to_client, from_test) = std::sync::mpsc::channel::<&'static str>();
+    let (to_test, from_client) = std::sync::mpsc::channel::<String>();
+    let client = lab
+        .client
+        .spawn_thread(move || -> Result<(), String> {
+            let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
+            ftp.login(FTP_USER, FTP_PASSWORD)
+                .map_err(|e| e.to_string())?;
+            let reply = ftp.command("PASV").map_err(|e| e.to_string())?;
+            let _ = parse_227(&reply.text).ok_or("no 227")?;
+            let _ = to_test.send("pasv".into());
+            // Wait while the test looks; then a real transfer and a denied command.
+            let _ = from_test.recv();
+            let data = ftp
+                .retr(DataMode::Pasv, "f.bin")
+                .map_err(|e| e.to_string())?;
+            if data.len() != 50_000 {
+                return Err("short transfer".into());
+            }
+            let site = ftp.command("SITE HELP").map_err(|e| e.to_string())?;
+            let _ = to_test.send(format!("{} {}", site.code, site.text));
+            // Stay connected across the reload and into the drain.
+            let _ = from_test.recv();
+            let noop = ftp.command("NOOP").map_err(|e| e.to_string())?;
+            let _ = to_test.send(format!("{}", noop.code));
+            let _ = from_test.recv();
+            ftp.quit().map_err(|e| e.to_string())
+        })
+        .expect("client");
+    assert_eq!(
+        from_client.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "pasv"
+    );
+    let status = status_json(&socket);
+    let sessions = status["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{status}");
+    let session_client = sessions[0]["client"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(session_client.starts_with("10.0.0.2"), "{status}");
+    let pinholes = sessions[0]["pinholes"].as_array().expect("pinholes");
+    assert_eq!(pinholes.len(), 1, "{status}");
+    assert!(
+        pinholes[0]["tuple"]
+            .as_str()
+            .unwrap()
+            .contains("203.0.113.2:")
+    );
+    // Text form too.
+    let text = std::process::Command::new(alg_binary())
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("status");
+    assert!(String::from_utf8_lossy(&text.stdout).contains("pinhole passive 10.0.0.2"));
+
+    to_client.send("go").unwrap();
+    let site = from_client.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(site.starts_with("502"), "SITE should be denied: {site}");
+
+    // Metrics after one transfer and one refusal.
+    let metrics = scrape(&lab);
+    for needle in [
+        "HTTP/1.0 200 OK",
+        "ftp_alg_sessions_active 1",
+        "ftp_alg_data_channels_opened_total{mode=\"passive\"} 2",
+        "ftp_alg_data_channels_admitted_total{mode=\"passive\"} 1",
+        "ftp_alg_pinhole_install_seconds_count 2",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle}:\n{metrics}");
+    }
+
+    // SIGHUP with an invalid file: refused, old config kept.
+    std::fs::write(&config, "lan_interfaces = [\"lan0\"]\nmax_lines = 3\n").unwrap();
+    signal(&lab.gateway, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alg.output().contains("new configuration refused") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            alg.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGHUP with a valid file that denies NOOP: the running session keeps its policy, a new
+    // session gets the new one.
+    write_config(&config, "\"SITE\", \"NOOP\"");
+    signal(&lab.gateway, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alg.output().contains("configuration reloaded") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload logged:\n{}",
+            alg.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    to_client.send("noop").unwrap();
+    assert_eq!(
+        from_client.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "200"
+    );
+    let new_session = lab
+        .client
+        .run_in(|| -> Result<u16, String> {
+            let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
+            let reply = ftp.command("NOOP").map_err(|e| e.to_string())?;
+            Ok(reply.code)
+        })
+        .expect("client thread")
+        .expect("new session");
+    assert_eq!(new_session, 502, "the reloaded deny list did not apply");
+
+    // SIGTERM drains: the daemon waits for the running session, which still works.
+    signal(&lab.gateway, "-TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        alg.exit_status().is_none(),
+        "exited before the session ended"
+    );
+    assert!(alg.output().contains("no longer accepting"));
+    to_client.send("quit").unwrap();
+    client
+        .join()
+        .expect("client thread")
+        .unwrap_or_else(|e| panic!("client: {e}\n{}", alg.output()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alg.exit_status().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "did not exit after the drain:\n{}",
+            alg.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!socket.exists(), "status socket left behind");
+    drop(server);
+    assert_clean_shutdown(&lab, alg);
+}
