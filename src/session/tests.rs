@@ -741,7 +741,6 @@ mod properties {
     //! For every input, every pinhole the session asks for names the session's own client
     //! and server and a port above 1023 (DESIGN.md, security invariants).
 
-    use super::*;
     use proptest::prelude::*;
 
     /// Fragments that reach the interesting paths, plus arbitrary bytes.
