@@ -1,5 +1,6 @@
 //! The `ftp-alg` daemon under test, running inside the gateway namespace.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::thread;
@@ -10,6 +11,19 @@ use super::netns::Netns;
 use super::nft::{ALG_TABLE, table_exists};
 use super::process::ServiceChild;
 use super::topology::{LAN_IF, WAN_IF};
+
+/// Which deployment mode the daemon is started in (see DESIGN.md "Deployment modes").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AlgDeployment {
+    /// `client-nat` (the default): `--lan-interface lan0 --wan-interface wan0`.
+    #[default]
+    ClientNat,
+    /// `--mode routed --lan-interface lan0 --listen6 [::]:<listen_port>`: transparent
+    /// interception, the client's own address kept toward the server.
+    Routed,
+    /// Published servers, `--reverse PUBLIC=BACKEND` per pair; nothing is intercepted.
+    Reverse(Vec<(SocketAddr, SocketAddr)>),
+}
 
 /// How the daemon is started.
 #[derive(Debug, Clone)]
@@ -28,6 +42,10 @@ pub struct AlgOptions {
     pub extra_args: Vec<String>,
     /// How long to wait for the table and the listener.
     pub ready_timeout: Duration,
+    /// The deployment mode (default: client-nat).
+    pub deployment: AlgDeployment,
+    /// The intercepted control ports, one `--control-port` each (default: 21).
+    pub control_ports: Vec<u16>,
 }
 
 impl AlgOptions {
@@ -41,11 +59,84 @@ impl AlgOptions {
             log_level: "debug".into(),
             extra_args: Vec::new(),
             ready_timeout: Duration::from_secs(15),
+            deployment: AlgDeployment::ClientNat,
+            control_ports: vec![21],
         }
+    }
+
+    /// The lab's standard settings for `binary` in `deployment`.
+    pub fn with_deployment(binary: impl Into<PathBuf>, deployment: AlgDeployment) -> Self {
+        Self {
+            deployment,
+            ..Self::new(binary)
+        }
+    }
+
+    fn control_port_args(&self) -> Vec<String> {
+        self.control_ports
+            .iter()
+            .flat_map(|port| ["--control-port".to_owned(), port.to_string()])
+            .collect()
+    }
+
+    fn common_tail(&self) -> Vec<String> {
+        vec![
+            "--pinhole-timeout".into(),
+            self.pinhole_timeout_secs.to_string(),
+            "--active-ports".into(),
+            format!("{}-{}", self.active_ports.0, self.active_ports.1),
+            "--log-level".into(),
+            self.log_level.clone(),
+        ]
     }
 
     /// The full command line.
     pub fn argv(&self) -> Vec<String> {
+        let mut argv = vec![self.binary.display().to_string(), "run".into()];
+        match &self.deployment {
+            AlgDeployment::ClientNat => return self.client_nat_argv(),
+            AlgDeployment::Routed => {
+                argv.extend(
+                    [
+                        "--mode",
+                        "routed",
+                        "--lan-interface",
+                        LAN_IF,
+                        "--listen",
+                        &format!("0.0.0.0:{}", self.listen_port),
+                        "--listen6",
+                        &format!("[::]:{}", self.listen_port),
+                    ]
+                    .map(String::from),
+                );
+                argv.extend(self.control_port_args());
+            }
+            AlgDeployment::Reverse(pairs) => {
+                for (public, backend) in pairs {
+                    argv.push("--reverse".into());
+                    argv.push(format!("{public}={backend}"));
+                }
+            }
+        }
+        argv.extend(self.common_tail());
+        argv.extend(self.extra_args.iter().cloned());
+        argv
+    }
+
+    /// Where readiness is checked: `ss` filters, one per listener that must accept.
+    fn ready_filters(&self) -> Vec<Vec<String>> {
+        match &self.deployment {
+            AlgDeployment::Reverse(pairs) => pairs
+                .iter()
+                .map(|(public, _)| vec!["src".to_owned(), public.to_string()])
+                .collect(),
+            AlgDeployment::ClientNat | AlgDeployment::Routed => {
+                vec![vec![format!("sport = :{}", self.listen_port)]]
+            }
+        }
+    }
+
+    fn client_nat_argv(&self) -> Vec<String> {
         let mut argv = vec![
             self.binary.display().to_string(),
             "run".into(),
@@ -55,15 +146,9 @@ impl AlgOptions {
             WAN_IF.into(),
             "--listen".into(),
             format!("0.0.0.0:{}", self.listen_port),
-            "--control-port".into(),
-            "21".into(),
-            "--pinhole-timeout".into(),
-            self.pinhole_timeout_secs.to_string(),
-            "--active-ports".into(),
-            format!("{}-{}", self.active_ports.0, self.active_ports.1),
-            "--log-level".into(),
-            self.log_level.clone(),
         ];
+        argv.extend(self.control_port_args());
+        argv.extend(self.common_tail());
         argv.extend(self.extra_args.iter().cloned());
         argv
     }
@@ -84,13 +169,17 @@ impl AlgDaemon {
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut child = gateway.spawn("ftp-alg", &args)?;
         let start = Instant::now();
-        let listen = format!("sport = :{}", options.listen_port);
+        let filters = options.ready_filters();
         loop {
             let table = table_exists(gateway, "inet", ALG_TABLE)?;
-            let listening = table
-                && !String::from_utf8_lossy(&gateway.exec(&["ss", "-Hltn", &listen])?.stdout)
+            let mut listening = table;
+            for filter in filters.iter().take_while(|_| table) {
+                let mut args = vec!["ss", "-Hltn"];
+                args.extend(filter.iter().map(String::as_str));
+                listening &= !String::from_utf8_lossy(&gateway.exec(&args)?.stdout)
                     .trim()
                     .is_empty();
+            }
             if listening {
                 return Ok(Self { child, argv });
             }
@@ -138,5 +227,50 @@ impl AlgDaemon {
     /// SIGTERM and wait up to `grace`; `None` if it had to be killed.
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
         self.child.terminate(grace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AlgDeployment, AlgOptions};
+
+    #[test]
+    fn client_nat_command_line_is_unchanged_by_the_new_modes() {
+        let argv = AlgOptions::new("/bin/ftp-alg").argv().join(" ");
+        assert_eq!(
+            argv,
+            "/bin/ftp-alg run --lan-interface lan0 --wan-interface wan0 --listen 0.0.0.0:2121 \
+             --control-port 21 --pinhole-timeout 30 --active-ports 40000-40999 --log-level debug"
+        );
+    }
+
+    #[test]
+    fn routed_and_reverse_command_lines() {
+        let routed = AlgOptions::with_deployment("/bin/ftp-alg", AlgDeployment::Routed);
+        assert_eq!(
+            routed.argv().join(" "),
+            "/bin/ftp-alg run --mode routed --lan-interface lan0 --listen 0.0.0.0:2121 \
+             --listen6 [::]:2121 --control-port 21 --pinhole-timeout 30 \
+             --active-ports 40000-40999 --log-level debug"
+        );
+        let reverse = AlgOptions::with_deployment(
+            "/bin/ftp-alg",
+            AlgDeployment::Reverse(vec![
+                (
+                    "203.0.113.1:21".parse().unwrap(),
+                    "198.51.100.2:21".parse().unwrap(),
+                ),
+                (
+                    "[2001:db8:1::1]:21".parse().unwrap(),
+                    "[2001:db8:2::2]:21".parse().unwrap(),
+                ),
+            ]),
+        );
+        assert_eq!(
+            reverse.argv().join(" "),
+            "/bin/ftp-alg run --reverse 203.0.113.1:21=198.51.100.2:21 \
+             --reverse [2001:db8:1::1]:21=[2001:db8:2::2]:21 --pinhole-timeout 30 \
+             --active-ports 40000-40999 --log-level debug"
+        );
     }
 }

@@ -13,6 +13,8 @@
 //! - `--no-ftp-skip-pasv-ip`: curl uses the address in the 227 reply (by default it ignores it
 //!   and reuses the control connection's address, which would hide a wrong 227).
 
+use std::net::SocketAddr;
+
 use super::error::{LabError, Result};
 use super::mode::{DataMode, FtpOp, OpOutcome, SessionReport, TransferPlan};
 use super::netns::Netns;
@@ -23,14 +25,32 @@ const MARK: &str = "~~";
 
 /// Runs `plan` with lftp in `ns` (the client namespace) using `mode`.
 pub fn lftp(ns: &Netns, mode: DataMode, plan: &TransferPlan) -> Result<SessionReport> {
-    let (passive, epsv) = match mode {
-        DataMode::Port => ("off", "no"),
-        DataMode::Pasv => ("on", "no"),
-        DataMode::Epsv => ("on", "yes"),
-        DataMode::Eprt => {
+    lftp_at(ns, mode, plan, SocketAddr::V4(plan.server))
+}
+
+/// Like [`lftp`], against `server` (either family) instead of `plan.server`.
+///
+/// Over IPv6 lftp speaks only EPRT ([`DataMode::Eprt`], `passive-mode off`) and EPSV; PORT and
+/// PASV cannot name an IPv6 address and are refused here.
+pub fn lftp_at(
+    ns: &Netns,
+    mode: DataMode,
+    plan: &TransferPlan,
+    server: SocketAddr,
+) -> Result<SessionReport> {
+    let (passive, epsv) = match (server.is_ipv6(), mode) {
+        (false, DataMode::Port) | (true, DataMode::Eprt) => ("off", "no"),
+        (false, DataMode::Pasv) => ("on", "no"),
+        (_, DataMode::Epsv) => ("on", "yes"),
+        (false, DataMode::Eprt) => {
             return Err(LabError::Unsupported(
                 "lftp sends EPRT only over IPv6; use curl for EPRT over IPv4".into(),
             ));
+        }
+        (true, DataMode::Port | DataMode::Pasv) => {
+            return Err(LabError::Unsupported(format!(
+                "{mode} cannot carry IPv6; lftp uses EPRT/EPSV over IPv6"
+            )));
         }
     };
     let mut script = format!(
@@ -41,7 +61,6 @@ pub fn lftp(ns: &Netns, mode: DataMode, plan: &TransferPlan) -> Result<SessionRe
          open -u {user},{password} ftp://{server}\n",
         user = plan.user,
         password = plan.password,
-        server = plan.server,
     );
     for op in &plan.ops {
         let action = match op {
@@ -81,15 +100,33 @@ pub fn lftp(ns: &Netns, mode: DataMode, plan: &TransferPlan) -> Result<SessionRe
 /// Runs `plan` with curl in `ns` (the client namespace) using `mode`; one curl invocation with a
 /// `--next` segment per op, so the control connection is reused.
 pub fn curl(ns: &Netns, mode: DataMode, plan: &TransferPlan) -> Result<SessionReport> {
-    let mode_flags: &[&str] = match mode {
-        DataMode::Port => &["--ftp-port", "-", "--disable-eprt"],
-        DataMode::Eprt => &["--ftp-port", "-"],
-        DataMode::Pasv => &["--ftp-pasv", "--disable-epsv"],
-        DataMode::Epsv => &["--ftp-pasv"],
+    curl_at(ns, mode, plan, SocketAddr::V4(plan.server))
+}
+
+/// Like [`curl`], against `server` (either family) instead of `plan.server`.
+///
+/// Over IPv6 only EPRT and EPSV exist (PORT/PASV are refused here), and the URL's IPv6 literal
+/// needs `--globoff` so that curl does not read its brackets as a glob.
+pub fn curl_at(
+    ns: &Netns,
+    mode: DataMode,
+    plan: &TransferPlan,
+    server: SocketAddr,
+) -> Result<SessionReport> {
+    let mode_flags: &[&str] = match (server.is_ipv6(), mode) {
+        (false, DataMode::Port) => &["--ftp-port", "-", "--disable-eprt"],
+        (_, DataMode::Eprt) => &["--ftp-port", "-"],
+        (false, DataMode::Pasv) => &["--ftp-pasv", "--disable-epsv"],
+        (_, DataMode::Epsv) => &["--ftp-pasv"],
+        (true, DataMode::Port | DataMode::Pasv) => {
+            return Err(LabError::Unsupported(format!(
+                "{mode} cannot carry IPv6; curl uses EPRT/EPSV over IPv6"
+            )));
+        }
     };
     let max_time = plan.timeout.as_secs().max(2).to_string();
     let credentials = format!("{}:{}", plan.user, plan.password);
-    let base = format!("ftp://{}/", plan.server);
+    let base = format!("ftp://{server}/");
     let mut args: Vec<String> = vec!["curl".into()];
     for (i, op) in plan.ops.iter().enumerate() {
         if i > 0 {
@@ -110,6 +147,9 @@ pub fn curl(ns: &Netns, mode: DataMode, plan: &TransferPlan) -> Result<SessionRe
             .map(String::from),
         );
         args.extend(mode_flags.iter().map(|s| (*s).to_owned()));
+        if server.is_ipv6() {
+            args.push("--globoff".into());
+        }
         args.push("--write-out".into());
         args.push(format!(
             "{MARK} {op} %{{exitcode}} %{{response_code}} %{{size_download}} %{{size_upload}} %{{errormsg}}\\n"

@@ -32,7 +32,7 @@ const MAX_LINE: usize = 8192;
 /// The shim; stops (and cuts its connections) on drop.
 #[derive(Debug)]
 pub struct EprtShim {
-    listen: SocketAddrV4,
+    listen: SocketAddr,
     stop: Arc<AtomicBool>,
     commands: Arc<Mutex<Vec<String>>>,
     connections: Arc<Mutex<Vec<TcpStream>>>,
@@ -42,7 +42,13 @@ pub struct EprtShim {
 impl EprtShim {
     /// Listens on `listen` inside `ns` and relays to `upstream`.
     pub fn start(ns: &Netns, listen: SocketAddrV4, upstream: SocketAddrV4) -> Result<Self> {
-        keep_replies_local(ns, upstream.port())?;
+        Self::start_at(ns, SocketAddr::V4(listen), SocketAddr::V4(upstream))
+    }
+
+    /// Like [`EprtShim::start`], either family (`listen` and `upstream` of the same one). Over
+    /// IPv6 there is no PORT to translate an `EPRT |2|` into: it is forwarded unchanged.
+    pub fn start_at(ns: &Netns, listen: SocketAddr, upstream: SocketAddr) -> Result<Self> {
+        keep_replies_local(ns, upstream)?;
         let stop = Arc::new(AtomicBool::new(false));
         let commands = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(Mutex::new(Vec::new()));
@@ -87,8 +93,19 @@ impl EprtShim {
         })
     }
 
-    /// Where clients connect.
+    /// Where clients connect (an IPv4 shim; see [`EprtShim::socket_addr`]).
+    ///
+    /// # Panics
+    /// For a shim listening on IPv6.
     pub fn addr(&self) -> SocketAddrV4 {
+        match self.listen {
+            SocketAddr::V4(addr) => addr,
+            SocketAddr::V6(addr) => panic!("the shim listens on IPv6 {addr}: use socket_addr()"),
+        }
+    }
+
+    /// Where clients connect, either family.
+    pub fn socket_addr(&self) -> SocketAddr {
         self.listen
     }
 
@@ -119,41 +136,53 @@ impl Drop for EprtShim {
 }
 
 /// The policy route that delivers the upstream server's replies to the shim's transparent
-/// sockets (idempotent).
-fn keep_replies_local(ns: &Netns, upstream_port: u16) -> Result<()> {
-    let table = upstream_port.to_string();
-    let rules = ns.ip(&["rule", "show", "table", &table])?;
+/// sockets (idempotent, per family).
+fn keep_replies_local(ns: &Netns, upstream: SocketAddr) -> Result<()> {
+    let table = upstream.port().to_string();
+    let (family, everything) = if upstream.is_ipv4() {
+        ("-4", "0.0.0.0/0")
+    } else {
+        ("-6", "::/0")
+    };
+    let rules = ns.ip(&[family, "rule", "show", "table", &table])?;
     if String::from_utf8_lossy(&rules.stdout).trim().is_empty() {
         ns.ip(&[
-            "rule", "add", "pref", "1000", "ipproto", "tcp", "sport", &table, "lookup", &table,
+            family, "rule", "add", "pref", "1000", "ipproto", "tcp", "sport", &table, "lookup",
+            &table,
         ])?;
         ns.ip(&[
-            "route",
-            "add",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            &table,
+            family, "route", "add", "local", everything, "dev", "lo", "table", &table,
         ])?;
     }
     Ok(())
 }
 
 /// A connection to `upstream` whose source is the client's own address.
-fn connect_as(client: SocketAddr, upstream: SocketAddrV4) -> io::Result<TcpStream> {
-    let SocketAddr::V4(client) = client else {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "IPv4 only"));
+fn connect_as(client: SocketAddr, upstream: SocketAddr) -> io::Result<TcpStream> {
+    let (domain, level, option) = match (client, upstream) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) => {
+            (socket2::Domain::IPV4, libc::SOL_IP, libc::IP_TRANSPARENT)
+        }
+        (SocketAddr::V6(_), SocketAddr::V6(_)) => (
+            socket2::Domain::IPV6,
+            libc::SOL_IPV6,
+            libc::IPV6_TRANSPARENT,
+        ),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "client and server of different address families",
+            ));
+        }
     };
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
     let one: libc::c_int = 1;
     // SAFETY: setsockopt with a valid fd, option and a pointer/length to a c_int.
     let rc = unsafe {
         libc::setsockopt(
             std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::SOL_IP,
-            libc::IP_TRANSPARENT,
+            level,
+            option,
             std::ptr::from_ref(&one).cast(),
             libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4),
         )
@@ -161,14 +190,14 @@ fn connect_as(client: SocketAddr, upstream: SocketAddrV4) -> io::Result<TcpStrea
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    socket.bind(&SocketAddr::V4(SocketAddrV4::new(*client.ip(), 0)).into())?;
-    socket.connect_timeout(&SocketAddr::V4(upstream).into(), Duration::from_secs(5))?;
+    socket.bind(&SocketAddr::new(client.ip(), 0).into())?;
+    socket.connect_timeout(&upstream.into(), Duration::from_secs(5))?;
     Ok(socket.into())
 }
 
 fn accept_loop(
     listener: &TcpListener,
-    upstream: SocketAddrV4,
+    upstream: SocketAddr,
     stop: &AtomicBool,
     commands: &Arc<Mutex<Vec<String>>>,
     connections: &Arc<Mutex<Vec<TcpStream>>>,
@@ -193,7 +222,7 @@ fn accept_loop(
 fn relay(
     client: TcpStream,
     peer: SocketAddr,
-    upstream: SocketAddrV4,
+    upstream: SocketAddr,
     commands: &Mutex<Vec<String>>,
     connections: &Mutex<Vec<TcpStream>>,
 ) -> io::Result<()> {

@@ -30,22 +30,33 @@ pub mod nft;
 pub mod preflight;
 mod process;
 pub mod raw_client;
+pub mod reverse;
+pub mod routed;
+mod routing_state;
 mod scratch;
 mod topology;
 mod vsftpd;
+mod wiring;
 
+pub use alg::AlgDeployment;
 pub use alg::{AlgDaemon, AlgOptions};
 pub use cli_clients::{curl, lftp};
+pub use cli_clients::{curl_at, lftp_at};
 pub use eprt_shim::EprtShim;
 pub use error::{LabError, Result};
 pub use mode::{DataMode, FtpOp, OpOutcome, SessionReport, TransferPlan};
 pub use netns::{Netns, NsThread, remove_stale_namespaces, unique_tag};
 pub use process::{Bounded, ServiceChild};
+pub use reverse::{ReverseLab, ReverseOptions};
+pub use routed::RoutedLab;
+pub use routing_state::{ALG_ROUTE_MARK, ALG_ROUTE_TABLE, policy_routing_entries};
 pub use scratch::{PAYLOAD_LEN, ScratchDir, set_mode, write_random_file};
 pub use topology::{
     ALG_CT_MARK, CLIENT_IP, ClientNatLab, ClientNatOptions, GATEWAY_LAN_IP, GATEWAY_WAN_IP, LAN_IF,
     SERVER_IP, WAN_IF, gateway_ruleset,
 };
+pub use topology::{CLIENT_IP6, GATEWAY_LAN_IP6, GATEWAY_WAN_IP6, SERVER_IP6};
 pub use vsftpd::{
     FTP_PASSWORD, FTP_USER, VSFTPD_PASV_PORTS, Vsftpd, ensure_ftp_user, parse_commands,
 };
+pub use vsftpd::{LoggedProcess, VsftpdOptions, parse_processes};

@@ -44,7 +44,13 @@ enum DataSetup {
 impl RawFtp {
     /// Connects and reads the greeting.
     pub fn connect(server: SocketAddrV4) -> Result<Self> {
-        let stream = TcpStream::connect_timeout(&SocketAddr::V4(server), IO_TIMEOUT)
+        Self::connect_any(SocketAddr::V4(server))
+    }
+
+    /// Like [`RawFtp::connect`], either family (the data-mode helpers stay IPv4-only; for
+    /// IPv6 use [`RawFtp::command`] directly).
+    pub fn connect_any(server: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect_timeout(&server, IO_TIMEOUT)
             .map_err(|e| LabError::io(format!("connecting to {server}"), e))?;
         set_timeouts(&stream)?;
         let writer = stream

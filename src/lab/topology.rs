@@ -10,7 +10,7 @@
 //! namespace and no route leads out of the lab.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::error::Result;
 use super::netns::{Netns, remove_stale_namespaces, unique_tag};
@@ -23,6 +23,14 @@ pub const GATEWAY_LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const GATEWAY_WAN_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// The FTP server's address.
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+/// The client's IPv6 address on the LAN (with [`ClientNatOptions::ipv6`]).
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+/// The gateway's IPv6 LAN address (the client's IPv6 default route).
+pub const GATEWAY_LAN_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+/// The gateway's IPv6 WAN address (what NAT66 masquerade and a rewritten EPRT announce).
+pub const GATEWAY_WAN_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 1);
+/// The FTP server's IPv6 address.
+pub const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 2);
 /// The gateway's LAN interface.
 pub const LAN_IF: &str = "lan0";
 /// The gateway's WAN interface.
@@ -43,6 +51,9 @@ pub struct ClientNatOptions {
     /// Leave the coexistence line (`ct mark 0x2121 accept`) out of the admin's forward chain,
     /// to show that it is what admits the ALG's data connections.
     pub omit_alg_mark_line: bool,
+    /// Dual stack: also fd00::2 (client) — fd00::1 | 2001:db8:b::1 (gateway, NAT66
+    /// masquerade on `wan0`) — 2001:db8:b::2 (server, no route to fd00::/8).
+    pub ipv6: bool,
 }
 
 /// Three namespaces wired as a client behind a masquerading gateway.
@@ -126,6 +137,28 @@ impl ClientNatLab {
         // Only the connected 203.0.113.0/24: the client's private address is unreachable.
         sv.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
         sv.ip(&["link", "set", "eth0", "up"])?;
+        if self.options.ipv6 {
+            self.wire_ipv6()?;
+        }
+        Ok(())
+    }
+
+    /// The IPv6 half (addresses without duplicate-address detection, so that they are usable
+    /// at once; the lab's links have no other hosts).
+    fn wire_ipv6(&self) -> Result<()> {
+        let (cl, gw, sv) = (&self.client, &self.gateway, &self.server);
+        let client = format!("{CLIENT_IP6}/64");
+        let gw_lan = format!("{GATEWAY_LAN_IP6}/64");
+        let gw_wan = format!("{GATEWAY_WAN_IP6}/64");
+        let server = format!("{SERVER_IP6}/64");
+        let gw_lan_ip = GATEWAY_LAN_IP6.to_string();
+        cl.ip(&["-6", "addr", "add", &client, "dev", "eth0", "nodad"])?;
+        cl.ip(&["-6", "route", "add", "default", "via", &gw_lan_ip])?;
+        gw.ip(&["-6", "addr", "add", &gw_lan, "dev", LAN_IF, "nodad"])?;
+        gw.ip(&["-6", "addr", "add", &gw_wan, "dev", WAN_IF, "nodad"])?;
+        gw.exec_ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
+        // Only the connected 2001:db8:b::/64: the client's fd00:: address is unreachable.
+        sv.ip(&["-6", "addr", "add", &server, "dev", "eth0", "nodad"])?;
         Ok(())
     }
 
@@ -180,6 +213,16 @@ pub fn gateway_ruleset(options: ClientNatOptions) -> String {
         rules.push_str("\t\tiifname \"lan0\" oifname \"wan0\" accept\n");
     }
     rules.push_str("\t}\n}\n");
+    if options.ipv6 {
+        rules.push_str(
+            "table ip6 lab_nat6 {\n\
+             \tchain postrouting {\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\toifname \"wan0\" masquerade\n\
+             \t}\n\
+             }\n",
+        );
+    }
     if options.kernel_helper {
         rules.push_str(
             "table inet lab_helper {\n\

@@ -9,7 +9,7 @@
 //! well-known password out of `/etc/shadow` of whatever machine runs the tests.
 
 use std::fs;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -135,7 +135,50 @@ fn user_ids() -> Result<Option<(u32, u32)>> {
     Ok(parse(&uid.output.stdout).zip(parse(&gid.output.stdout)))
 }
 
-/// A vsftpd listening on 203.0.113.2:21 in the server namespace.
+/// Where and how a [`Vsftpd`] runs ([`Vsftpd::start_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsftpdOptions {
+    /// The control address: IPv4 (`listen_address`) or IPv6 (`listen_ipv6=YES` +
+    /// `listen_address6`; vsftpd serves one family per instance). Default 203.0.113.2:21.
+    pub listen: SocketAddr,
+    /// Announce this address in every 227 instead of the server's own (`pasv_address` with
+    /// `pasv_addr_resolve=NO`), as a server behind its own NAT does. Default: none.
+    pub pasv_address: Option<Ipv4Addr>,
+}
+
+impl Default for VsftpdOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::V4(SocketAddrV4::new(SERVER_IP, 21)),
+            pasv_address: None,
+        }
+    }
+}
+
+impl VsftpdOptions {
+    /// The standard settings, listening on `listen`.
+    pub fn at(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            ..Self::default()
+        }
+    }
+}
+
+/// One vsftpd process's part of the protocol log (vsftpd runs each session's pre-login and
+/// post-login parts in processes of their own; everything after login is one process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedProcess {
+    /// The pid in the log's `[pid N]`.
+    pub pid: u32,
+    /// The peer address vsftpd logged for that process's commands (`Client "..."`).
+    pub client: String,
+    /// The commands it received, in order.
+    pub commands: Vec<String>,
+}
+
+/// A vsftpd listening on 203.0.113.2:21 (or where [`VsftpdOptions`] say) in the server
+/// namespace.
 #[derive(Debug)]
 pub struct Vsftpd {
     // Field order: the process goes before its directory.
@@ -144,11 +187,17 @@ pub struct Vsftpd {
     log: PathBuf,
     ids: (u32, u32),
     _dir: ScratchDir,
+    listen: SocketAddr,
 }
 
 impl Vsftpd {
     /// Writes a config into a scratch dir and starts vsftpd inside `ns`; returns once it listens.
     pub fn start(ns: &Netns) -> Result<Self> {
+        Self::start_with(ns, &VsftpdOptions::default())
+    }
+
+    /// Like [`Vsftpd::start`], with another address or a wrong advertised passive address.
+    pub fn start_with(ns: &Netns, options: &VsftpdOptions) -> Result<Self> {
         let ids = ensure_ftp_user()?;
         let dir = ScratchDir::new("vsftpd")?;
         let root = dir.subdir("root")?;
@@ -156,17 +205,18 @@ impl Vsftpd {
             .map_err(|e| LabError::io(format!("chown {}", root.display()), e))?;
         let log = dir.path().join("vsftpd.log");
         let conf = dir.path().join("vsftpd.conf");
-        fs::write(&conf, config(&root, &log))
+        fs::write(&conf, config_with(&root, &log, options))
             .map_err(|e| LabError::io(format!("writing {}", conf.display()), e))?;
         let conf_arg = conf.to_string_lossy().into_owned();
         let mut child = ns.spawn("vsftpd", &["vsftpd", &conf_arg])?;
-        wait_listening(ns, &mut child, 21)?;
+        wait_listening_on(ns, &mut child, options.listen)?;
         Ok(Self {
             child,
             root,
             log,
             ids,
             _dir: dir,
+            listen: options.listen,
         })
     }
 
@@ -175,9 +225,26 @@ impl Vsftpd {
         &self.root
     }
 
-    /// Where clients connect.
+    /// Where clients connect (an IPv4 instance; for either family see
+    /// [`Vsftpd::socket_addr`]).
+    ///
+    /// # Panics
+    /// For an instance listening on IPv6.
     pub fn addr(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(SERVER_IP, 21)
+        match self.listen {
+            SocketAddr::V4(addr) => addr,
+            SocketAddr::V6(addr) => panic!("vsftpd listens on IPv6 {addr}: use socket_addr()"),
+        }
+    }
+
+    /// Where clients connect, either family.
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The protocol log grouped by vsftpd process, in order of first appearance.
+    pub fn processes(&self) -> Vec<LoggedProcess> {
+        parse_processes(&self.log_text())
     }
 
     /// Puts `data` into the login directory as `name`, readable by the FTP user.
@@ -212,6 +279,7 @@ impl Vsftpd {
 }
 
 /// Waits until something listens on TCP `port` inside `ns`, or `child` exits.
+#[allow(dead_code)] // vsftpd now waits for its exact address; kept for other servers
 pub(crate) fn wait_listening(ns: &Netns, child: &mut ServiceChild, port: u16) -> Result<()> {
     let timeout = Duration::from_secs(10);
     let start = Instant::now();
@@ -237,6 +305,73 @@ pub(crate) fn wait_listening(ns: &Netns, child: &mut ServiceChild, port: u16) ->
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until something listens on exactly `addr` inside `ns`, or `child` exits.
+pub(crate) fn wait_listening_on(
+    ns: &Netns,
+    child: &mut ServiceChild,
+    addr: SocketAddr,
+) -> Result<()> {
+    let timeout = Duration::from_secs(10);
+    let start = Instant::now();
+    let filter = addr.to_string();
+    loop {
+        let out = ns.exec(&["ss", "-Hltn", "src", &filter])?;
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_status() {
+            return Err(LabError::NotReady {
+                what: format!("server on {addr} in {} (exited: {status})", ns.name()),
+                timeout,
+                output: child.output(),
+            });
+        }
+        if start.elapsed() > timeout {
+            return Err(LabError::NotReady {
+                what: format!("server on {addr} in {}", ns.name()),
+                timeout,
+                output: child.output(),
+            });
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn config_with(root: &Path, log: &Path, options: &VsftpdOptions) -> String {
+    let listen = match options.listen {
+        SocketAddr::V4(addr) => format!(
+            "listen=YES\n\
+             listen_ipv6=NO\n\
+             listen_address={}\n\
+             listen_port={}\n",
+            addr.ip(),
+            addr.port()
+        ),
+        SocketAddr::V6(addr) => format!(
+            "listen=NO\n\
+             listen_ipv6=YES\n\
+             listen_address6={}\n\
+             listen_port={}\n",
+            addr.ip(),
+            addr.port()
+        ),
+    };
+    let mut text = config(root, log).replacen(&default_listen_lines(), &listen, 1);
+    if let Some(pasv) = options.pasv_address {
+        text.push_str(&format!("pasv_address={pasv}\npasv_addr_resolve=NO\n"));
+    }
+    text
+}
+
+fn default_listen_lines() -> String {
+    format!(
+        "listen=YES\n\
+         listen_ipv6=NO\n\
+         listen_address={SERVER_IP}\n\
+         listen_port=21\n"
+    )
 }
 
 fn config(root: &Path, log: &Path) -> String {
@@ -285,6 +420,40 @@ pub fn parse_commands(log: &str) -> Vec<String> {
     parse_quoted_after(log, "FTP command: ")
 }
 
+/// The protocol log grouped by `[pid N]`, in order of first appearance; only processes that
+/// logged commands.
+pub fn parse_processes(log: &str) -> Vec<LoggedProcess> {
+    let mut processes: Vec<LoggedProcess> = Vec::new();
+    for line in log.lines() {
+        let Some(pid) = line
+            .split_once("[pid ")
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .and_then(|(pid, _)| pid.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some(rest) = line
+            .find("FTP command: Client \"")
+            .map(|at| &line[at + "FTP command: Client \"".len()..])
+        else {
+            continue;
+        };
+        let Some((client, command)) = rest.split_once("\", \"") else {
+            continue;
+        };
+        let command = command.strip_suffix('"').unwrap_or(command).to_owned();
+        match processes.iter_mut().find(|p| p.pid == pid) {
+            Some(process) => process.commands.push(command),
+            None => processes.push(LoggedProcess {
+                pid,
+                client: client.to_owned(),
+                commands: vec![command],
+            }),
+        }
+    }
+    processes
+}
+
 fn parse_quoted_after(log: &str, marker: &str) -> Vec<String> {
     log.lines()
         .filter_map(|line| {
@@ -298,7 +467,58 @@ fn parse_quoted_after(log: &str, marker: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_commands;
+    use super::{VsftpdOptions, config, config_with, parse_commands, parse_processes};
+    use std::path::Path;
+
+    #[test]
+    fn default_options_give_the_original_config() {
+        let (root, log) = (Path::new("/r"), Path::new("/l"));
+        assert_eq!(
+            config_with(root, log, &VsftpdOptions::default()),
+            config(root, log)
+        );
+        let v6 = config_with(
+            root,
+            log,
+            &VsftpdOptions {
+                listen: "[2001:db8:2::2]:2100".parse().unwrap(),
+                pasv_address: Some("10.9.9.9".parse().unwrap()),
+            },
+        );
+        assert!(
+            v6.contains(
+                "listen=NO\nlisten_ipv6=YES\nlisten_address6=2001:db8:2::2\nlisten_port=2100\n"
+            ),
+            "{v6}"
+        );
+        assert!(
+            v6.contains("pasv_address=10.9.9.9\npasv_addr_resolve=NO\n"),
+            "{v6}"
+        );
+    }
+
+    #[test]
+    fn the_log_is_grouped_by_process() {
+        let log = "Fri Nov 22 01:00:00 2024 [pid 7] CONNECT: Client \"192.0.2.2\"\n\
+                   Fri Nov 22 01:00:00 2024 [pid 7] FTP command: Client \"192.0.2.2\", \"USER ftpalg\"\n\
+                   Fri Nov 22 01:00:00 2024 [pid 9] [ftpalg] FTP command: Client \"2001:db8:a::2\", \"EPSV\"\n\
+                   Fri Nov 22 01:00:00 2024 [pid 8] [ftpalg] FTP command: Client \"192.0.2.2\", \"PORT 192,0,2,2,156,65\"\n\
+                   Fri Nov 22 01:00:00 2024 [pid 8] [ftpalg] FTP response: Client \"192.0.2.2\", \"200 PORT command successful.\"\n\
+                   Fri Nov 22 01:00:00 2024 [pid 8] [ftpalg] FTP command: Client \"192.0.2.2\", \"STOR up-1.bin\"\n";
+        let processes = parse_processes(log);
+        assert_eq!(processes.len(), 3);
+        assert_eq!(processes[0].pid, 7);
+        assert_eq!(processes[1].client, "2001:db8:a::2");
+        assert_eq!(processes[1].commands, vec!["EPSV".to_owned()]);
+        assert_eq!(processes[2].pid, 8);
+        assert_eq!(
+            processes[2].commands,
+            vec![
+                "PORT 192,0,2,2,156,65".to_owned(),
+                "STOR up-1.bin".to_owned()
+            ]
+        );
+    }
 
     #[test]
     fn commands_are_read_from_the_protocol_log() {

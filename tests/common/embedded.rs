@@ -12,10 +12,12 @@
 //! - suppaftp chooses PORT or EPRT by the family of its control socket, so over IPv4 it only
 //!   ever sends PORT. EPRT over IPv4 is driven by the lab's small raw client
 //!   ([`ftp_alg::lab::raw_client`]).
+//! - Over IPv6 ([`EmbeddedServer::start_at`] with an IPv6 address) only EPSV works end to end:
+//!   libunftp has no EPRT, and an `EPRT |2|` has no PORT equivalent for the shim to send.
 
 use std::fs::File;
 use std::io::Write as _;
-use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,7 +28,7 @@ use ftp_alg::lab::{
     ScratchDir, SessionReport, TransferPlan, raw_client,
 };
 use libunftp::ServerBuilder;
-use libunftp::options::{ActivePassiveMode, Shutdown};
+use libunftp::options::{ActivePassiveMode, PassiveHost, Shutdown};
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, FtpStream, Mode};
 use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, Principal};
@@ -105,6 +107,13 @@ pub struct EmbeddedServer {
 impl EmbeddedServer {
     /// Starts both in `ns` and returns once they accept connections.
     pub fn start(ns: &Netns) -> Result<Self, LabError> {
+        Self::start_at(ns, IpAddr::V4(SERVER_IP))
+    }
+
+    /// Like [`EmbeddedServer::start`], on `ip` (either family) instead of 203.0.113.2: the
+    /// shim on `ip`:21, libunftp on `ip`:2100. Over IPv6 libunftp serves EPSV but has no EPRT
+    /// (and PORT cannot name an IPv6 address), so only passive works there.
+    pub fn start_at(ns: &Netns, ip: IpAddr) -> Result<Self, LabError> {
         let dir = ScratchDir::new("libunftp")?;
         let root = dir.subdir("root")?;
         // Fail here, not inside libunftp's storage factory (which cannot return an error).
@@ -129,7 +138,10 @@ impl EmbeddedServer {
                 )
                 .greeting("ftp-alg lab libunftp")
                 .logger(logger)
-                .passive_host(SERVER_IP)
+                .passive_host(match ip {
+                    IpAddr::V4(v4) => PassiveHost::Ip(v4),
+                    IpAddr::V6(_) => PassiveHost::FromConnection,
+                })
                 .passive_ports(LIBUNFTP_PASV_PORTS)
                 .active_passive_mode(ActivePassiveMode::ActiveAndPassive)
                 .idle_session_timeout(60)
@@ -140,16 +152,16 @@ impl EmbeddedServer {
                 .build()
                 .map_err(|e| format!("libunftp build: {e}"))?;
                 server
-                    .listen(format!("{SERVER_IP}:{LIBUNFTP_PORT}"))
+                    .listen(SocketAddr::new(ip, LIBUNFTP_PORT).to_string())
                     .await
                     .map_err(|e| format!("libunftp listen: {e}"))
             })
         })?;
         let mut server = Self {
-            shim: EprtShim::start(
+            shim: EprtShim::start_at(
                 ns,
-                SocketAddrV4::new(SERVER_IP, 21),
-                SocketAddrV4::new(SERVER_IP, LIBUNFTP_PORT),
+                SocketAddr::new(ip, 21),
+                SocketAddr::new(ip, LIBUNFTP_PORT),
             )?,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -198,9 +210,14 @@ impl EmbeddedServer {
         &self.root
     }
 
-    /// Where clients connect (the shim).
+    /// Where clients connect (the shim; an IPv4 server).
     pub fn addr(&self) -> SocketAddrV4 {
         self.shim.addr()
+    }
+
+    /// Where clients connect (the shim), either family.
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.shim.socket_addr()
     }
 
     /// Puts a file into the root.
@@ -254,13 +271,40 @@ pub fn client_session(
     if mode == DataMode::Eprt {
         return raw_client::run_session(ns, mode, plan);
     }
+    client_session_at(ns, mode, plan, SocketAddr::V4(plan.server))
+}
+
+/// Like [`client_session`], against `server` (either family) instead of `plan.server`, always
+/// with suppaftp: over IPv6 its active mode sends EPRT `|2|` (and PORT/PASV do not exist).
+pub fn client_session_at(
+    ns: &Netns,
+    mode: DataMode,
+    plan: &TransferPlan,
+    server: SocketAddr,
+) -> Result<SessionReport, LabError> {
+    match server {
+        SocketAddr::V6(_) if matches!(mode, DataMode::Port | DataMode::Pasv) => {
+            return Err(LabError::Unsupported(format!(
+                "{mode} cannot carry IPv6; suppaftp uses EPRT/EPSV over IPv6"
+            )));
+        }
+        // suppaftp sends PORT over IPv4 even in "EPRT" mode: the raw client does EPRT there.
+        SocketAddr::V4(v4) if mode == DataMode::Eprt => {
+            let plan = TransferPlan {
+                server: v4,
+                ..plan.clone()
+            };
+            return raw_client::run_session(ns, mode, &plan);
+        }
+        _ => {}
+    }
     let plan_in = plan.clone();
     let start = Instant::now();
     let (tx, rx) = mpsc::channel();
     // Abandoned if it overruns (a blocked active-mode data socket has no timeout in suppaftp);
     // the namespace teardown then closes its sockets.
     let _thread = ns.spawn_thread(move || {
-        let _ = tx.send(suppaftp_ops(mode, &plan_in));
+        let _ = tx.send(suppaftp_ops(mode, &plan_in, server));
     })?;
     let (outcomes, timed_out) = match rx.recv_timeout(plan.timeout) {
         Ok(outcomes) => (outcomes, false),
@@ -292,26 +336,29 @@ fn timeouts(stream: &TcpStream) -> std::io::Result<()> {
     stream.set_write_timeout(Some(Duration::from_secs(10)))
 }
 
-fn suppaftp_ops(mode: DataMode, plan: &TransferPlan) -> Vec<(FtpOp, OpOutcome)> {
+fn suppaftp_ops(
+    mode: DataMode,
+    plan: &TransferPlan,
+    server: SocketAddr,
+) -> Vec<(FtpOp, OpOutcome)> {
     let fail_all = |why: String| {
         plan.ops
             .iter()
             .map(|op| (*op, OpOutcome::failed(why.clone())))
             .collect::<Vec<_>>()
     };
-    let stream =
-        match TcpStream::connect_timeout(&SocketAddr::V4(plan.server), Duration::from_secs(5))
-            .and_then(|s| timeouts(&s).map(|()| s))
-        {
-            Ok(s) => s,
-            Err(e) => return fail_all(format!("connect {}: {e}", plan.server)),
-        };
+    let stream = match TcpStream::connect_timeout(&server, Duration::from_secs(5))
+        .and_then(|s| timeouts(&s).map(|()| s))
+    {
+        Ok(s) => s,
+        Err(e) => return fail_all(format!("connect {server}: {e}")),
+    };
     let ftp = match FtpStream::connect_with_stream(stream) {
         Ok(ftp) => ftp,
         Err(e) => return fail_all(format!("greeting: {e}")),
     };
     let mut ftp = match mode {
-        DataMode::Port => ftp.active_mode(Duration::from_secs(8)),
+        DataMode::Port | DataMode::Eprt => ftp.active_mode(Duration::from_secs(8)),
         _ => ftp.passive_stream_builder(|addr: SocketAddr| {
             let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
                 .map_err(FtpError::ConnectionError)?;

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
 pub mod embedded;
+pub mod modes;
 
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
