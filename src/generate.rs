@@ -66,8 +66,18 @@ pub fn write_all(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// The completion script for `shell`.
 pub fn completion(shell: Shell) -> Vec<u8> {
     let mut buf = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), BIN, &mut buf);
+    clap_complete::generate(shell, &mut visible_command(), BIN, &mut buf);
     buf
+}
+
+/// The command line as users see it. clap_complete offers hidden subcommands too, so the
+/// completions are generated from a copy without them.
+fn visible_command() -> Command {
+    let cli = Cli::command();
+    Command::new(BIN)
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(cli.is_subcommand_required_set())
+        .subcommands(cli.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
 }
 
 /// The man page, section 8: the top-level synopsis and options, then one subsection per
@@ -79,12 +89,14 @@ pub fn man_page() -> io::Result<Vec<u8>> {
         .title("FTP-ALG")
         .section("8")
         .manual("System Administration");
+    // Each clap_mangen fragment starts with the same string-definition preamble; keep the
+    // title's and drop the others.
     let mut page = Vec::new();
     man.render_title(&mut page)?;
-    man.render_name_section(&mut page)?;
-    man.render_synopsis_section(&mut page)?;
-    man.render_description_section(&mut page)?;
-    man.render_options_section(&mut page)?;
+    page.extend(section(|w| man.render_name_section(w))?);
+    page.extend(section(|w| man.render_synopsis_section(w))?);
+    page.extend_from_slice(DESCRIPTION_SECTION.as_bytes());
+    page.extend(section(|w| man.render_options_section(w))?);
 
     writeln!(page, ".SH COMMANDS")?;
     // Subcommands that take exactly the same arguments as an earlier one refer to it rather
@@ -94,7 +106,7 @@ pub fn man_page() -> io::Result<Vec<u8>> {
         render_subcommand(&mut page, sub, &mut seen)?;
     }
     page.extend_from_slice(FILES_SECTION.as_bytes());
-    man.render_version_section(&mut page)?;
+    page.extend(section(|w| man.render_version_section(w))?);
     Ok(page)
 }
 
@@ -123,17 +135,25 @@ fn render_subcommand(
     } else if !arguments.is_empty() {
         writeln!(page, ".PP\nOptions:")?;
         let man = Man::new(sub.clone());
-        page.extend(without_heading(&section(|w| man.render_options_section(w))?));
+        page.extend(without_heading(&section(|w| {
+            man.render_options_section(w)
+        })?));
     }
     seen.push((sub.get_name().to_string(), arguments));
     Ok(())
 }
 
-/// Renders one clap_mangen section into a buffer.
+/// Renders one clap_mangen section into a buffer, without the preamble every fragment repeats
+/// (`.ie \n(.g .ds Aq \(aq` / `.el .ds Aq '`).
 fn section(render: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     render(&mut buf)?;
-    Ok(buf)
+    Ok(buf
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|line| !line.starts_with(b".ie \\n(.g .ds Aq") && !line.starts_with(b".el .ds Aq"))
+        .flatten()
+        .copied()
+        .collect())
 }
 
 /// A section's roff without its `.SH` heading lines, to nest it under a subcommand's `.SS`.
@@ -159,6 +179,30 @@ fn escape(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+const DESCRIPTION_SECTION: &str = r#".SH DESCRIPTION
+\fBftp\-alg\fR runs on a Linux gateway as a transparent proxy for the FTP control channel.
+Its own nftables table redirects FTP control connections from the LAN interfaces to its
+listener; it reads PORT/EPRT commands and 227/229 replies, rewrites the embedded addresses
+where NAT requires it, and opens one single\-use, tuple\-exact pinhole per data connection.
+The data connections themselves are forwarded by the kernel.
+.PP
+Settings come from a TOML file (\fB\-\-config\fR); every key also has a flag, which
+overrides the file. \fBftp\-alg check\fR validates a configuration and prints the effective
+settings; \fBftp\-alg rules\fR prints the table the daemon would install.
+.PP
+The daemon needs CAP_NET_ADMIN (nftables, policy routing, transparent sockets), and
+CAP_NET_BIND_SERVICE only for listeners below port 1024. It spawns \fBnft\fR(8) and
+\fBip\fR(8) to install and remove its table.
+.SH SIGNALS
+.TP
+SIGHUP
+Re\-read the configuration; sessions are kept. An invalid configuration is refused with a log
+line and the running one stays.
+.TP
+SIGTERM, SIGINT
+Stop accepting, let sessions finish for up to the drain grace period, then remove the table.
+"#;
 
 const FILES_SECTION: &str = r#".SH FILES
 .TP
@@ -189,7 +233,12 @@ mod tests {
     #[test]
     fn man_page_is_section_8_and_documents_every_visible_subcommand() {
         let text = man_text();
-        assert!(text.starts_with(".TH FTP-ALG 8 "), "title: {}", &text[..40]);
+        assert!(text.contains("\n.TH FTP-ALG 8 "), "no section-8 title");
+        assert_eq!(
+            text.matches(".ds Aq").count(),
+            2,
+            "one preamble (two lines)"
+        );
         let cli = Cli::command();
         let visible: Vec<_> = cli.get_subcommands().filter(|s| !s.is_hide_set()).collect();
         assert!(visible.len() >= 3);
@@ -200,13 +249,19 @@ mod tests {
                 sub.get_name()
             );
         }
-        assert!(!text.contains(".SS generate"), "the hidden subcommand leaked");
+        assert!(
+            !text.contains(".SS generate"),
+            "the hidden subcommand leaked"
+        );
     }
 
     #[test]
     fn man_page_lists_every_long_flag_of_every_subcommand() {
         let text = man_text();
-        for sub in Cli::command().get_subcommands().filter(|s| !s.is_hide_set()) {
+        for sub in Cli::command()
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+        {
             for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
                 if let Some(long) = arg.get_long() {
                     // roff escapes '-' as '\-'.
@@ -229,14 +284,21 @@ mod tests {
     fn every_completion_knows_every_visible_subcommand() {
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let script = String::from_utf8(completion(shell)).unwrap();
-            for sub in Cli::command().get_subcommands().filter(|s| !s.is_hide_set()) {
+            for sub in Cli::command()
+                .get_subcommands()
+                .filter(|s| !s.is_hide_set())
+            {
                 assert!(
                     script.contains(sub.get_name()),
                     "{shell}: `{}` missing",
                     sub.get_name()
                 );
             }
-            assert!(script.contains("--lan-interface"), "{shell}: flags missing");
+            assert!(script.contains("lan-interface"), "{shell}: flags missing");
+            assert!(
+                !script.contains("generate"),
+                "{shell}: hidden subcommand offered"
+            );
         }
     }
 
