@@ -1,0 +1,1528 @@
+//! The core benchmark: pinhole install latency and small-transfer throughput through ftp-alg,
+//! against the kernel's own FTP helper measured in the same run on the same topology.
+//!
+//! Run as root: `sudo bash scripts/bench.sh` (= `cargo bench --bench core`), or
+//! `cargo bench --bench core -- --quick` for a short smoke run. Numbers are printed as a
+//! Markdown table and written to `target/bench/core.json`. This is a benchmark, not a test:
+//! it fails only when it cannot run at all; slow numbers are reported, not asserted.
+//!
+//! What runs (everything inside the lab's own namespaces, see `ftp_alg::lab`):
+//!
+//! 1. Pinhole install latency, kernel ACK included: `NftFirewall::start_in_netns` in the
+//!    gateway namespace with the daemon's base table loaded; N sequential opens, N opens from
+//!    64 concurrent callers, N sequential closes; and as a reference the approach the design
+//!    rejected (spawning `nft add/delete element` per operation).
+//! 2. The daemon's own view of the same latency: its `pinhole acknowledged ... micros=` debug
+//!    lines during the transfer runs.
+//! 3. 1 KiB RETR, each on its own data connection, one control session, PASV and PORT, bounded
+//!    by time and count; through ftp-alg and through the kernel helper (`ct helper` "ftp" +
+//!    nf_nat_ftp). Every transfer's bytes are checked.
+//! 4. A probe with the daemon's *default* per-session limits, which shows how many transfers a
+//!    single session gets before the ALG refuses one.
+
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ftp_alg::firewall::{Firewall, NftFirewall, Pinhole};
+use ftp_alg::lab::preflight::{self, Gate};
+use ftp_alg::lab::{
+    AlgDaemon, AlgOptions, CLIENT_IP, ClientNatLab, ClientNatOptions, FTP_PASSWORD, FTP_USER,
+    Netns, SERVER_IP, Vsftpd, raw_client,
+};
+use socket2::{Domain, Socket, Type};
+
+/// The file every transfer fetches.
+const FILE_NAME: &str = "bench-1k.bin";
+const FILE_LEN: usize = 1024;
+/// The daemon's table name (the lab's default config).
+const TABLE: &str = "ftp_alg";
+/// Bound for every socket operation of the client loop.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Transfers at the start and at the end of each run compared for a trend.
+const TREND_WINDOW: usize = 500;
+/// A transfer run stops after this many failed transfers.
+const MAX_FAILURES: usize = 50;
+
+/// How much to do; `--quick` shrinks everything for a smoke run.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    /// Pinholes per latency series.
+    pinholes: usize,
+    /// Concurrent callers of the second series.
+    callers: usize,
+    /// `nft` spawns per reference series.
+    nft_spawns: usize,
+    /// Time bound of one transfer run.
+    run_time: Duration,
+    /// Count bound of one transfer run.
+    run_max: usize,
+    /// Transfers the default-limits probe attempts.
+    probe_max: usize,
+    /// Rounds of each transfer run (ftp-alg and helper alternate within a round).
+    rounds: usize,
+}
+
+impl Settings {
+    fn from_args() -> Self {
+        let quick = std::env::args().any(|a| a == "--quick");
+        let env = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let full = Self {
+            pinholes: env("FTP_ALG_BENCH_PINHOLES", 10_000) as usize,
+            callers: 64,
+            nft_spawns: env("FTP_ALG_BENCH_NFT_SPAWNS", 100) as usize,
+            run_time: Duration::from_secs(env("FTP_ALG_BENCH_SECS", 10)),
+            run_max: env("FTP_ALG_BENCH_MAX", 5_000) as usize,
+            probe_max: 40,
+            rounds: env("FTP_ALG_BENCH_ROUNDS", 3).max(1) as usize,
+        };
+        if quick {
+            Self {
+                pinholes: 1_000,
+                nft_spawns: 20,
+                run_time: Duration::from_secs(2),
+                run_max: 300,
+                rounds: 1,
+                ..full
+            }
+        } else {
+            full
+        }
+    }
+}
+
+fn main() {
+    let settings = Settings::from_args();
+    match preflight::gate(&["vsftpd"]) {
+        Gate::Ready => {}
+        Gate::Skip(why) => {
+            eprintln!("core benchmark skipped: {why}");
+            return;
+        }
+        Gate::Fail(why) => {
+            eprintln!("core benchmark cannot run: {why}");
+            std::process::exit(1);
+        }
+    }
+    let started = Instant::now();
+    let mut report = Report::default();
+    if let Err(e) = run(settings, &mut report) {
+        eprintln!("core benchmark failed: {e}");
+        std::process::exit(1);
+    }
+    report.total = started.elapsed();
+    let machine = machine_info();
+    println!("{}", report.table(&machine, settings));
+    let path = target_dir().join("bench").join("core.json");
+    let json = report.json(&machine, settings);
+    match std::fs::create_dir_all(path.parent().expect("has a parent"))
+        .and_then(|()| std::fs::write(&path, json))
+    {
+        Ok(()) => println!("written: {}", path.display()),
+        Err(e) => eprintln!("could not write {}: {e}", path.display()),
+    }
+}
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn run(settings: Settings, report: &mut Report) -> BoxResult<()> {
+    let payload = random_payload();
+    report.load_before = load_average();
+
+    // Two labs side by side, so that ftp-alg and helper runs can alternate (the machine's
+    // background load drifts; alternating spreads it over both).
+    say("building the client-NAT lab for ftp-alg and the one with the kernel FTP helper");
+    let lab = ClientNatLab::build(ClientNatOptions::default())?;
+    let server = Vsftpd::start(&lab.server)?;
+    server.put_file(FILE_NAME, &payload)?;
+    let helper_lab = ClientNatLab::build(ClientNatOptions {
+        kernel_helper: true,
+        ..ClientNatOptions::default()
+    })?;
+    let helper_server = Vsftpd::start(&helper_lab.server)?;
+    helper_server.put_file(FILE_NAME, &payload)?;
+
+    say("pinhole latency through NftFirewall::start_in_netns");
+    report.direct = pinhole_latency(&lab.gateway, settings)?;
+
+    // The probe: the lab's standard daemon, default per-session limits.
+    say("probe: one session with the daemon's default per-session limits");
+    {
+        let mut options = alg_options();
+        options.log_level = "ftp_alg=info".into();
+        let mut alg = AlgDaemon::start(&lab.gateway, &options)?;
+        let probe_settings = Settings {
+            run_max: settings.probe_max,
+            run_time: Duration::from_secs(20),
+            ..settings
+        };
+        let mut result = transfer_run(&lab, Mode::Pasv, &payload, probe_settings, 1)?;
+        result.refusal = alg
+            .output()
+            .lines()
+            .find(|l| l.contains("WARN") || l.contains("refus"))
+            .map(str::to_owned);
+        report.probe = Some(result);
+        alg.stop(Duration::from_secs(5));
+    }
+
+    // The measured daemon: per-session pinhole cap and active port range opened up so that
+    // the runs measure speed, not the limits the probe above shows.
+    let mut options = alg_options();
+    options.active_ports = (40000, 49999);
+    options.extra_args = vec!["--max-pinholes".into(), "1000000".into()];
+    {
+        options.log_level = "ftp_alg=debug".into();
+        let alg = AlgDaemon::start(&lab.gateway, &options)?;
+        report.alg_command = alg.command_line();
+        let mut micros: Vec<(Mode, Vec<f64>)> = vec![(Mode::Pasv, vec![]), (Mode::Port, vec![])];
+        let mut sessions = 0;
+        for round in 0..settings.rounds {
+            for mode in [Mode::Pasv, Mode::Port] {
+                // Alternate which goes first.
+                let alg_first = (round + usize::from(mode == Mode::Port)) % 2 == 0;
+                for alg_turn in [alg_first, !alg_first] {
+                    if alg_turn {
+                        say(&format!(
+                            "round {}: ftp-alg (debug log), {}",
+                            round + 1,
+                            mode.name()
+                        ));
+                        let before = alg.output().len();
+                        let result = transfer_run(&lab, mode, &payload, settings, MAX_FAILURES)?;
+                        let log = alg.output();
+                        if let Some((_, samples)) = micros.iter_mut().find(|(m, _)| *m == mode) {
+                            samples
+                                .extend(acknowledged_micros(log.get(before..).unwrap_or(""), mode));
+                        }
+                        sessions += 1 + result.reconnects;
+                        merge_into(&mut report.alg, mode, result);
+                        wait_sessions_ended(&alg, sessions);
+                    } else {
+                        say(&format!(
+                            "round {}: kernel helper, {}",
+                            round + 1,
+                            mode.name()
+                        ));
+                        let result =
+                            transfer_run(&helper_lab, mode, &payload, settings, MAX_FAILURES)?;
+                        merge_into(&mut report.helper, mode, result);
+                    }
+                }
+            }
+        }
+        report.in_daemon = micros
+            .into_iter()
+            .map(|(mode, samples)| (mode, Stats::from_micros(samples)))
+            .collect();
+        save_log_if_failed(&alg, &report.alg, "ftp-alg-debug.log");
+    }
+    {
+        options.log_level = "ftp_alg=info".into();
+        let alg = AlgDaemon::start(&lab.gateway, &options)?;
+        let mut info = Vec::new();
+        let mut sessions = 0;
+        for round in 0..settings.rounds {
+            say(&format!("round {}: ftp-alg (info log), PASV", round + 1));
+            let result = transfer_run(&lab, Mode::Pasv, &payload, settings, MAX_FAILURES)?;
+            sessions += 1 + result.reconnects;
+            merge_into(&mut info, Mode::Pasv, result);
+            wait_sessions_ended(&alg, sessions);
+        }
+        save_log_if_failed(&alg, &info, "ftp-alg-info.log");
+        report.alg_info = info.pop().map(|(_, r)| r);
+    }
+    report.load_after = load_average();
+    Ok(())
+}
+
+/// Waits (at most 10 s) until the daemon has logged the end of `sessions` sessions (more if
+/// reconnects made more). A session removes its pinholes when it ends; runs must not overlap
+/// that clean-up, because the next session opens pinholes with the same keys (same client,
+/// same server, vsftpd's 101 passive ports) and the clean-up would remove them again.
+fn wait_sessions_ended(alg: &AlgDaemon, sessions: usize) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if alg.output().matches("session ended").count() >= sessions {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    say("  the daemon did not log the session's end within 10 s; going on");
+}
+
+/// Adds one run to the per-mode aggregate in `list`.
+fn merge_into(list: &mut Vec<(Mode, RunResult)>, mode: Mode, run: RunResult) {
+    match list.iter_mut().find(|(m, _)| *m == mode) {
+        Some((_, total)) => total.merge(run),
+        None => {
+            let mut first = run;
+            first.round_rates = vec![first.rate_of_run()];
+            list.push((mode, first));
+        }
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Keeps the daemon's log next to the JSON when a run had failures, for the post-mortem.
+fn save_log_if_failed(alg: &AlgDaemon, runs: &[(Mode, RunResult)], name: &str) {
+    if runs.iter().all(|(_, r)| r.failures == 0) {
+        return;
+    }
+    let path = target_dir().join("bench").join(name);
+    let saved = std::fs::create_dir_all(path.parent().expect("has a parent"))
+        .and_then(|()| std::fs::write(&path, alg.output()));
+    match saved {
+        Ok(()) => say(&format!(
+            "  failures: daemon log saved to {}",
+            path.display()
+        )),
+        Err(e) => say(&format!("  could not save {}: {e}", path.display())),
+    }
+}
+
+/// The daemon under test: the binary cargo built, or `FTP_ALG_BENCH_BINARY` (another build,
+/// or a wrapper script that sets an environment or a CPU affinity) to compare against.
+fn alg_options() -> AlgOptions {
+    let binary = std::env::var_os("FTP_ALG_BENCH_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_ftp-alg")),
+        PathBuf::from,
+    );
+    AlgOptions::new(binary)
+}
+
+fn say(text: &str) {
+    eprintln!("[core bench] {text}");
+}
+
+fn random_payload() -> Vec<u8> {
+    let mut data = vec![0u8; FILE_LEN];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut data))
+        .expect("reading /dev/urandom");
+    data
+}
+
+// ------------------------------------------------------------------------------------------
+// Statistics
+
+#[derive(Debug, Clone, Default)]
+struct Stats {
+    n: usize,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    mean: f64,
+}
+
+impl Stats {
+    /// Nearest-rank percentiles of microsecond samples.
+    fn from_micros(mut samples: Vec<f64>) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            let rank = (p * samples.len() as f64).ceil() as usize;
+            samples[rank.clamp(1, samples.len()) - 1]
+        };
+        Self {
+            n: samples.len(),
+            p50: at(0.50),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: samples[samples.len() - 1],
+            mean: samples.iter().sum::<f64>() / samples.len() as f64,
+        }
+    }
+
+    fn from_durations(samples: &[Duration]) -> Self {
+        Self::from_micros(samples.iter().map(|d| d.as_secs_f64() * 1e6).collect())
+    }
+
+    fn triple(&self) -> String {
+        if self.n == 0 {
+            return "no samples".into();
+        }
+        format!("{} / {} / {}", us(self.p50), us(self.p99), us(self.p999))
+    }
+
+    fn json(&self) -> Json {
+        Json::obj([
+            ("n", Json::Int(self.n as u64)),
+            ("p50_us", Json::Num(self.p50)),
+            ("p99_us", Json::Num(self.p99)),
+            ("p999_us", Json::Num(self.p999)),
+            ("max_us", Json::Num(self.max)),
+            ("mean_us", Json::Num(self.mean)),
+        ])
+    }
+}
+
+fn us(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. Pinhole latency, directly through the firewall backend
+
+#[derive(Debug, Clone, Default)]
+struct Series {
+    name: &'static str,
+    /// What did the work: `NftFirewall` or the `nft` reference.
+    backend: &'static str,
+    latency: Stats,
+    ops_per_sec: f64,
+    /// nf_tables transactions the firewall thread sent for this series.
+    transactions: u64,
+    /// Kernel time per transaction (sendmsg + ACK read), µs.
+    kernel_us_per_tx: f64,
+    failures: usize,
+}
+
+impl Series {
+    fn json(&self) -> Json {
+        Json::obj([
+            ("backend", Json::Str(self.backend.into())),
+            ("latency", self.latency.json()),
+            ("ops_per_sec", Json::Num(self.ops_per_sec)),
+            ("transactions", Json::Int(self.transactions)),
+            (
+                "kernel_us_per_transaction",
+                Json::Num(self.kernel_us_per_tx),
+            ),
+            ("failures", Json::Int(self.failures as u64)),
+        ])
+    }
+}
+
+fn pinhole_latency(gateway: &Netns, settings: Settings) -> BoxResult<Vec<Series>> {
+    // The daemon's own table, exactly as `ftp-alg rules` prints it for the lab's settings.
+    let options = alg_options();
+    let mut argv = options.argv();
+    argv[1] = "rules".into();
+    let rules = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()?;
+    if !rules.status.success() {
+        return Err(format!(
+            "`{}` failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&rules.stderr)
+        )
+        .into());
+    }
+    let mut script = format!("table inet {TABLE}\ndelete table inet {TABLE}\n").into_bytes();
+    script.extend_from_slice(&rules.stdout);
+    gateway.exec_stdin_ok(&["nft", "-f", "-"], &script)?;
+    let result = pinhole_series(gateway, settings);
+    // The daemon installs its own copy; leave nothing of ours behind either way.
+    let _ = gateway.exec(&["nft", "delete", "table", "inet", TABLE]);
+    result
+}
+
+fn pinhole_series(gateway: &Netns, settings: Settings) -> BoxResult<Vec<Series>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let fw = NftFirewall::start_in_netns(TABLE, Some(&gateway.path()))?;
+    let n = settings.pinholes;
+    let mut next = 0u32;
+    let mut fresh = |count: usize| -> Vec<Pinhole> {
+        (0..count)
+            .map(|_| {
+                next += 1;
+                // 10.1.0.0/16 and up: set keys only, no packet ever uses them.
+                passive_pinhole(Ipv4Addr::from(0x0a01_0000 + next))
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    let sequential = fresh(n);
+    let concurrent = fresh(n);
+    // Warm-up (first socket use, page faults), not counted.
+    runtime.block_on(drive(&fw, fresh(200), 1, Op::Open, None));
+
+    // Paced: one open per millisecond, so the firewall thread (and the runtime's worker) has
+    // gone idle before each call, as it has in the daemon between two transfers.
+    let paced = fresh(n.min(2_000));
+    for (name, pinholes, callers, op, gap) in [
+        ("open, sequential", sequential.clone(), 1, Op::Open, None),
+        (
+            "open, 64 callers",
+            concurrent,
+            settings.callers,
+            Op::Open,
+            None,
+        ),
+        (
+            "open, paced 1 ms apart",
+            paced,
+            1,
+            Op::Open,
+            Some(Duration::from_millis(1)),
+        ),
+        ("close, sequential", sequential, 1, Op::Close, None),
+    ] {
+        let before = fw.stats();
+        let start = Instant::now();
+        let (times, failures) = runtime.block_on(drive(&fw, pinholes, callers, op, gap));
+        let elapsed = start.elapsed();
+        let after = fw.stats();
+        let tx = after.transactions - before.transactions;
+        let kernel = (after.kernel_time - before.kernel_time).as_secs_f64() * 1e6;
+        out.push(Series {
+            name,
+            backend: "NftFirewall",
+            ops_per_sec: times.len() as f64 / elapsed.as_secs_f64(),
+            latency: Stats::from_durations(&times),
+            transactions: tx,
+            kernel_us_per_tx: kernel / tx.max(1) as f64,
+            failures,
+        });
+    }
+    drop(fw);
+    drop(runtime);
+
+    out.extend(nft_spawn_series(gateway, settings.nft_spawns)?);
+    Ok(out)
+}
+
+/// A passive pinhole `client -> server:30000` (the only place that builds a [`Pinhole`]).
+fn passive_pinhole(client: Ipv4Addr) -> Pinhole {
+    Pinhole::passive(IpAddr::V4(client), IpAddr::V4(SERVER_IP), 30000)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Open,
+    Close,
+}
+
+/// Opens or closes `pinholes` from `callers` concurrent tasks, each awaiting its ACK before
+/// the next call (after `gap`, if given). Bounded: every call by 5 s, the whole series by 120 s.
+async fn drive(
+    fw: &NftFirewall,
+    pinholes: Vec<Pinhole>,
+    callers: usize,
+    op: Op,
+    gap: Option<Duration>,
+) -> (Vec<Duration>, usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let per = pinholes.len().div_ceil(callers.max(1)).max(1);
+    let tasks: Vec<_> = pinholes
+        .chunks(per)
+        .map(|chunk| {
+            let fw = fw.clone();
+            let chunk = chunk.to_vec();
+            tokio::spawn(async move {
+                let mut times = Vec::with_capacity(chunk.len());
+                let mut failures = 0;
+                for pinhole in chunk {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    if let Some(gap) = gap {
+                        tokio::time::sleep(gap).await;
+                    }
+                    let t = Instant::now();
+                    let call = async {
+                        match op {
+                            Op::Open => fw.open(pinhole, Duration::from_secs(60)).await,
+                            Op::Close => fw.close(pinhole).await,
+                        }
+                    };
+                    match tokio::time::timeout(Duration::from_secs(5), call).await {
+                        Ok(Ok(())) => times.push(t.elapsed()),
+                        _ => failures += 1,
+                    }
+                }
+                (times, failures)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        if let Ok((times, failed)) = task.await {
+            all.extend(times);
+            failures += failed;
+        }
+    }
+    (all, failures)
+}
+
+/// The rejected alternative, as a reference: one `nft` process per element add / delete, run
+/// from a thread inside the gateway namespace (so no `ip netns exec` in the measurement).
+fn nft_spawn_series(gateway: &Netns, count: usize) -> BoxResult<Vec<Series>> {
+    let thread = gateway.spawn_thread(move || {
+        let mut out = Vec::new();
+        for verb in ["add", "delete"] {
+            let mut times = Vec::new();
+            let mut failures = 0;
+            let start = Instant::now();
+            for i in 0..count {
+                if start.elapsed() > Duration::from_secs(30) {
+                    break;
+                }
+                let element = format!(
+                    "{{ 10.2.{}.{} . {SERVER_IP} . 30000{} }}",
+                    i / 250,
+                    i % 250 + 1,
+                    if verb == "add" { " timeout 60s" } else { "" }
+                );
+                let t = Instant::now();
+                let ok = run_bounded(
+                    Command::new("nft")
+                        .args([verb, "element", "inet", TABLE, "passive_pin"])
+                        .arg(&element),
+                    Duration::from_secs(5),
+                );
+                if ok {
+                    times.push(t.elapsed());
+                } else {
+                    failures += 1;
+                }
+            }
+            let elapsed = start.elapsed();
+            out.push(Series {
+                name: if verb == "add" {
+                    "`nft add element` per op"
+                } else {
+                    "`nft delete element` per op"
+                },
+                backend: "reference: one nft process per op",
+                ops_per_sec: times.len() as f64 / elapsed.as_secs_f64(),
+                latency: Stats::from_durations(&times),
+                transactions: times.len() as u64,
+                kernel_us_per_tx: 0.0,
+                failures,
+            });
+        }
+        out
+    })?;
+    Ok(thread.join()?)
+}
+
+/// Runs `cmd` (output discarded), killing it after `timeout`; whether it succeeded.
+fn run_bounded(cmd: &mut Command, timeout: Duration) -> bool {
+    let Ok(mut child) = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if start.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_micros(50)),
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The daemon's `pinhole acknowledged` debug lines for one mode: their `micros=` values.
+fn acknowledged_micros(log: &str, mode: Mode) -> Vec<f64> {
+    let kind = match mode {
+        Mode::Pasv => "pinhole=passive",
+        Mode::Port => "pinhole=active",
+    };
+    log.lines()
+        .filter(|l| l.contains("pinhole acknowledged") && l.contains(kind))
+        .filter_map(|l| {
+            let rest = &l[l.find("micros=")? + "micros=".len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. Small transfers on one control session
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Pasv,
+    Port,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pasv => "PASV",
+            Self::Port => "PORT",
+        }
+    }
+}
+
+/// Where a transfer's time goes, one sample per successful transfer.
+#[derive(Debug, Clone, Default)]
+struct Phases {
+    /// PASV → 227, or PORT → 200 (through the ALG: includes the pinhole install).
+    negotiate: Vec<Duration>,
+    /// Passive: the data connection's connect (SYN through the gateway and back).
+    connect: Vec<Duration>,
+    /// RETR → 150 (active: the server connects to us before it answers).
+    opening: Vec<Duration>,
+    /// 150 → end of data (active: includes accept).
+    data: Vec<Duration>,
+    /// End of data → 226.
+    complete: Vec<Duration>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct RunResult {
+    ok: usize,
+    failures: usize,
+    reconnects: usize,
+    elapsed: Duration,
+    /// Time spent in transfers that failed (timeouts included).
+    failed_time: Duration,
+    transfers: Vec<Duration>,
+    /// The first and the last [`TREND_WINDOW`] transfer times of each run: a session that
+    /// gets slower as it goes shows it here.
+    early: Vec<Duration>,
+    late: Vec<Duration>,
+    phases: Phases,
+    /// The first few distinct errors.
+    errors: Vec<String>,
+    /// 1-based index of the first failed transfer.
+    first_failure_at: Option<usize>,
+    /// Whether the run was cut by its time bound (else by count or failures).
+    timed_out: bool,
+    /// For the probe: the daemon's first warning.
+    refusal: Option<String>,
+    /// Transfers/s of each round merged into this aggregate.
+    round_rates: Vec<f64>,
+}
+
+impl RunResult {
+    /// Transfers/s of this run alone.
+    fn rate_of_run(&self) -> f64 {
+        if self.elapsed.is_zero() {
+            0.0
+        } else {
+            self.ok as f64 / self.elapsed.as_secs_f64()
+        }
+    }
+
+    /// The median over the merged rounds (or this run's rate).
+    fn rate(&self) -> f64 {
+        if self.round_rates.is_empty() {
+            return self.rate_of_run();
+        }
+        let mut rates = self.round_rates.clone();
+        rates.sort_by(f64::total_cmp);
+        rates[(rates.len() - 1) / 2]
+    }
+
+    /// "min–max" of the round rates.
+    fn rate_range(&self) -> String {
+        let min = self
+            .round_rates
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let max = self.round_rates.iter().copied().fold(0.0, f64::max);
+        if self.round_rates.len() < 2 {
+            String::new()
+        } else {
+            format!(" ({min:.0}–{max:.0})")
+        }
+    }
+
+    fn merge(&mut self, run: Self) {
+        self.round_rates.push(run.rate_of_run());
+        self.ok += run.ok;
+        self.failures += run.failures;
+        self.reconnects += run.reconnects;
+        self.elapsed += run.elapsed;
+        self.failed_time += run.failed_time;
+        self.transfers.extend(run.transfers);
+        self.early.extend(run.early);
+        self.late.extend(run.late);
+        self.phases.negotiate.extend(run.phases.negotiate);
+        self.phases.connect.extend(run.phases.connect);
+        self.phases.opening.extend(run.phases.opening);
+        self.phases.data.extend(run.phases.data);
+        self.phases.complete.extend(run.phases.complete);
+        for error in run.errors {
+            if self.errors.len() < 5 && !self.errors.contains(&error) {
+                self.errors.push(error);
+            }
+        }
+        self.timed_out |= run.timed_out;
+    }
+
+    fn json(&self) -> Json {
+        let phase = |samples: &[Duration]| Stats::from_durations(samples).json();
+        Json::obj([
+            ("transfers_ok", Json::Int(self.ok as u64)),
+            ("failures", Json::Int(self.failures as u64)),
+            ("reconnects", Json::Int(self.reconnects as u64)),
+            ("elapsed_s", Json::Num(self.elapsed.as_secs_f64())),
+            (
+                "time_in_failed_transfers_s",
+                Json::Num(self.failed_time.as_secs_f64()),
+            ),
+            ("transfers_per_sec_median_of_rounds", Json::Num(self.rate())),
+            (
+                "transfers_per_sec_each_round",
+                Json::Arr(self.round_rates.iter().map(|r| Json::Num(*r)).collect()),
+            ),
+            ("stopped_by_time_bound", Json::Bool(self.timed_out)),
+            (
+                "transfer_latency",
+                Stats::from_durations(&self.transfers).json(),
+            ),
+            (
+                "transfer_latency_first_500_of_each_run",
+                Stats::from_durations(&self.early).json(),
+            ),
+            (
+                "transfer_latency_last_500_of_each_run",
+                Stats::from_durations(&self.late).json(),
+            ),
+            (
+                "phases",
+                Json::obj([
+                    ("negotiate", phase(&self.phases.negotiate)),
+                    ("data_connect", phase(&self.phases.connect)),
+                    ("retr_to_150", phase(&self.phases.opening)),
+                    ("data", phase(&self.phases.data)),
+                    ("to_226", phase(&self.phases.complete)),
+                ]),
+            ),
+            (
+                "first_failure_at",
+                self.first_failure_at
+                    .map_or(Json::Null, |i| Json::Int(i as u64)),
+            ),
+            (
+                "errors",
+                Json::Arr(self.errors.iter().cloned().map(Json::Str).collect()),
+            ),
+        ])
+    }
+}
+
+/// Runs the client loop in the client namespace, bounded by the run's time plus a margin.
+fn transfer_run(
+    lab: &ClientNatLab,
+    mode: Mode,
+    payload: &[u8],
+    settings: Settings,
+    max_failures: usize,
+) -> BoxResult<RunResult> {
+    let expect = payload.to_vec();
+    let (tx, rx) = mpsc::channel();
+    let bound = settings.run_time;
+    let max = settings.run_max;
+    let _thread = lab.client.spawn_thread(move || {
+        let server = SocketAddrV4::new(SERVER_IP, 21);
+        let _ = tx.send(client_loop(server, mode, &expect, max, bound, max_failures));
+    })?;
+    // Every socket carries a timeout, so the loop ends soon after its bound; the margin only
+    // guards against a bug. An overrunning thread is abandoned.
+    let result = rx
+        .recv_timeout(bound + Duration::from_secs(60))
+        .map_err(|_| format!("{mode:?} client loop did not finish within its bound + 60 s"))?;
+    say(&format!(
+        "  {}: {} ok, {} failed, {:.1} s, {:.0} transfers/s",
+        mode.name(),
+        result.ok,
+        result.failures,
+        result.elapsed.as_secs_f64(),
+        result.rate()
+    ));
+    Ok(result)
+}
+
+fn client_loop(
+    server: SocketAddrV4,
+    mode: Mode,
+    expect: &[u8],
+    max: usize,
+    bound: Duration,
+    max_failures: usize,
+) -> RunResult {
+    let mut result = RunResult::default();
+    let mut control: Option<Control> = None;
+    let mut buf = Vec::with_capacity(FILE_LEN * 2);
+    let start = Instant::now();
+    let mut attempts = 0;
+    while attempts < max && result.failures < max_failures {
+        if start.elapsed() >= bound {
+            result.timed_out = true;
+            break;
+        }
+        if control.is_none() {
+            match Control::login(server) {
+                Ok(c) => control = Some(c),
+                Err(e) => {
+                    note_error(&mut result, attempts + 1, format!("login: {e}"));
+                    attempts += 1;
+                    continue;
+                }
+            }
+        }
+        let Some(ctl) = control.as_mut() else {
+            continue;
+        };
+        attempts += 1;
+        let t = Instant::now();
+        match ctl.retr(mode, &mut buf, &mut result.phases) {
+            Ok(()) if buf == expect => {
+                result.ok += 1;
+                result.transfers.push(t.elapsed());
+            }
+            Ok(()) => {
+                note_error(
+                    &mut result,
+                    attempts,
+                    format!("received {} bytes that differ from the file", buf.len()),
+                );
+            }
+            Err(failure) => {
+                result.failed_time += t.elapsed();
+                note_error(
+                    &mut result,
+                    attempts,
+                    format!("{}: {}", failure.step, failure.message),
+                );
+                if !failure.in_sync {
+                    // The control connection may be out of step: start a fresh session.
+                    control = None;
+                    result.reconnects += 1;
+                }
+            }
+        }
+    }
+    result.elapsed = start.elapsed();
+    let window = TREND_WINDOW.min(result.transfers.len() / 2);
+    result.early = result.transfers[..window].to_vec();
+    result.late = result.transfers[result.transfers.len() - window..].to_vec();
+    if let Some(mut ctl) = control {
+        let _ = ctl.send("QUIT");
+    }
+    result
+}
+
+fn note_error(result: &mut RunResult, attempt: usize, error: String) {
+    result.failures += 1;
+    result.first_failure_at.get_or_insert(attempt);
+    if result.errors.len() < 5 && !result.errors.contains(&error) {
+        result.errors.push(error);
+    }
+}
+
+/// A logged-in control connection, kept minimal and fast (no per-line allocation beyond the
+/// reply text, TCP_NODELAY, every socket bounded by [`IO_TIMEOUT`]).
+struct Control {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    line: String,
+}
+
+impl Control {
+    fn login(server: SocketAddrV4) -> io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&SocketAddr::V4(server), IO_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let mut ctl = Self {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+            line: String::new(),
+        };
+        ctl.expect(&[220])?;
+        ctl.send(&format!("USER {FTP_USER}"))?;
+        if ctl.expect(&[230, 331])? == 331 {
+            ctl.send(&format!("PASS {FTP_PASSWORD}"))?;
+            ctl.expect(&[230])?;
+        }
+        ctl.send("TYPE I")?;
+        ctl.expect(&[200])?;
+        Ok(ctl)
+    }
+
+    fn send(&mut self, line: &str) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(line.len() + 2);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        self.writer.write_all(&bytes)
+    }
+
+    /// Reads one reply (multi-line aware) into `self.line`; returns its code.
+    fn reply(&mut self) -> io::Result<u16> {
+        self.line.clear();
+        if self.reader.read_line(&mut self.line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "control connection closed",
+            ));
+        }
+        let code: u16 = self
+            .line
+            .get(..3)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("not a reply: {:?}", self.line)))?;
+        if self.line.as_bytes().get(3) == Some(&b'-') {
+            let end = format!("{code} ");
+            let mut next = String::new();
+            loop {
+                next.clear();
+                if self.reader.read_line(&mut next)? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "control connection closed in a multi-line reply",
+                    ));
+                }
+                self.line.push_str(&next);
+                if next.starts_with(&end) {
+                    break;
+                }
+            }
+        }
+        Ok(code)
+    }
+
+    fn expect(&mut self, codes: &[u16]) -> io::Result<u16> {
+        let code = self.reply()?;
+        if codes.contains(&code) {
+            Ok(code)
+        } else {
+            Err(io::Error::other(format!(
+                "expected {codes:?}, got {}",
+                self.line.trim_end()
+            )))
+        }
+    }
+
+    /// One `RETR` of the benchmark file on a fresh data connection, into `buf`.
+    fn retr(&mut self, mode: Mode, buf: &mut Vec<u8>, phases: &mut Phases) -> Result<(), Failure> {
+        buf.clear();
+        let t0 = Instant::now();
+        let (mut data, t1, t2, t3) = match mode {
+            Mode::Pasv => {
+                self.send("PASV").map_err(Failure::control("PASV"))?;
+                self.expect(&[227]).map_err(Failure::reply("PASV"))?;
+                let addr = raw_client::parse_227(&self.line).ok_or_else(|| Failure {
+                    step: "PASV",
+                    message: format!("bad 227: {}", self.line.trim_end()),
+                    in_sync: true,
+                })?;
+                let t1 = Instant::now();
+                // The server waits for this connection; if it fails the session is still in
+                // step (the next PASV replaces the listener).
+                let data = TcpStream::connect_timeout(&SocketAddr::V4(addr), IO_TIMEOUT)
+                    .map_err(Failure::reply("data connect"))?;
+                data.set_read_timeout(Some(IO_TIMEOUT))
+                    .map_err(Failure::control("data socket"))?;
+                let t2 = Instant::now();
+                self.send(&format!("RETR {FILE_NAME}"))
+                    .map_err(Failure::control("RETR"))?;
+                self.expect(&[125, 150]).map_err(Failure::control("RETR"))?;
+                (data, t1, t2, Instant::now())
+            }
+            Mode::Port => {
+                let listen = || -> io::Result<(Socket, u16)> {
+                    let listener = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+                    listener.bind(&SocketAddr::V4(SocketAddrV4::new(CLIENT_IP, 0)).into())?;
+                    listener.listen(4)?;
+                    // SO_RCVTIMEO bounds accept() on Linux.
+                    listener.set_read_timeout(Some(IO_TIMEOUT))?;
+                    let port = listener
+                        .local_addr()?
+                        .as_socket_ipv4()
+                        .ok_or_else(|| io::Error::other("listener is not IPv4"))?
+                        .port();
+                    Ok((listener, port))
+                };
+                let (listener, port) = listen().map_err(Failure::reply("listen"))?;
+                let [a, b, c, d] = CLIENT_IP.octets();
+                self.send(&format!(
+                    "PORT {a},{b},{c},{d},{},{}",
+                    port >> 8,
+                    port & 0xff
+                ))
+                .map_err(Failure::control("PORT"))?;
+                self.expect(&[200]).map_err(Failure::reply("PORT"))?;
+                let t1 = Instant::now();
+                self.send(&format!("RETR {FILE_NAME}"))
+                    .map_err(Failure::control("RETR"))?;
+                // A server that cannot connect answers 425 here: still in step.
+                self.expect(&[125, 150]).map_err(Failure::reply("RETR"))?;
+                let t2 = Instant::now();
+                let (socket, _) = listener.accept().map_err(Failure::control("accept"))?;
+                let data: TcpStream = socket.into();
+                data.set_read_timeout(Some(IO_TIMEOUT))
+                    .map_err(Failure::control("data socket"))?;
+                (data, t1, t1, t2)
+            }
+        };
+        data.read_to_end(buf).map_err(Failure::control("data"))?;
+        drop(data);
+        let t4 = Instant::now();
+        self.expect(&[226, 250]).map_err(Failure::control("226"))?;
+        let t5 = Instant::now();
+        phases.negotiate.push(t1 - t0);
+        if mode == Mode::Pasv {
+            phases.connect.push(t2 - t1);
+        }
+        phases.opening.push(t3 - t2);
+        phases.data.push(t4 - t3);
+        phases.complete.push(t5 - t4);
+        Ok(())
+    }
+}
+
+/// A failed transfer: where, why, and whether the control connection is still usable.
+struct Failure {
+    step: &'static str,
+    message: String,
+    in_sync: bool,
+}
+
+impl Failure {
+    /// An error after which the control connection is out of step (reconnect).
+    fn control(step: &'static str) -> impl FnOnce(io::Error) -> Self {
+        move |e| Self {
+            step,
+            message: e.to_string(),
+            in_sync: false,
+        }
+    }
+
+    /// An error (an unexpected reply, a failed data connect) after which it is still in step.
+    /// A timeout on the control connection is never in step.
+    fn reply(step: &'static str) -> impl FnOnce(io::Error) -> Self {
+        move |e| Self {
+            step,
+            in_sync: !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+            ) || step == "data connect",
+            message: e.to_string(),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. Report
+
+#[derive(Debug, Default)]
+struct Report {
+    direct: Vec<Series>,
+    in_daemon: Vec<(Mode, Stats)>,
+    alg: Vec<(Mode, RunResult)>,
+    alg_info: Option<RunResult>,
+    helper: Vec<(Mode, RunResult)>,
+    probe: Option<RunResult>,
+    alg_command: String,
+    total: Duration,
+    load_before: String,
+    load_after: String,
+}
+
+struct Machine {
+    nproc: usize,
+    kernel: String,
+    cpu: String,
+    date: String,
+    commit: String,
+}
+
+fn machine_info() -> Machine {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let stdout = |cmd: &mut Command| {
+        cmd.stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(1, usize::from),
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        cpu: read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_default(),
+        date: stdout(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+        commit: stdout(
+            Command::new("git")
+                .args(["rev-parse", "--short", "HEAD"])
+                .current_dir(env!("CARGO_MANIFEST_DIR")),
+        ),
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+impl Report {
+    fn run(list: &[(Mode, RunResult)], mode: Mode) -> Option<&RunResult> {
+        list.iter().find(|(m, _)| *m == mode).map(|(_, r)| r)
+    }
+
+    fn table(&self, m: &Machine, s: Settings) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "\n## ftp-alg core benchmark — {} — {} × {}, kernel {}, commit {}\n",
+            m.date, m.nproc, m.cpu, m.kernel, m.commit
+        );
+        let _ = writeln!(
+            t,
+            "Transfers: {} rounds per row, each run bounded by {} s or {} transfers; ftp-alg and \
+             helper runs alternate. Load average before/after: {} / {}.\n",
+            s.rounds,
+            s.run_time.as_secs(),
+            s.run_max,
+            self.load_before,
+            self.load_after
+        );
+        let _ = writeln!(
+            t,
+            "| metric | ftp-alg | kernel helper | ratio (alg/helper) |"
+        );
+        let _ = writeln!(t, "|---|---|---|---|");
+        for series in &self.direct {
+            let kernel = if series.kernel_us_per_tx > 0.0 {
+                format!(
+                    "; {} transactions, {:.1} µs kernel each",
+                    series.transactions, series.kernel_us_per_tx
+                )
+            } else {
+                String::new()
+            };
+            let failed = if series.failures > 0 {
+                format!("; **{} failed**", series.failures)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                t,
+                "| pinhole {} ({}, n={}): p50/p99/p999 µs; ops/s | {}; {:.0}/s{kernel}{failed} | n/a | |",
+                series.name,
+                series.backend,
+                series.latency.n,
+                series.latency.triple(),
+                series.ops_per_sec
+            );
+        }
+        for (mode, stats) in &self.in_daemon {
+            let _ = writeln!(
+                t,
+                "| pinhole open inside the daemon during the {} runs (its log), p50/p99/p999 µs | {} (n={}) | n/a | |",
+                mode.name(),
+                stats.triple(),
+                stats.n
+            );
+        }
+        for mode in [Mode::Pasv, Mode::Port] {
+            let (Some(a), Some(h)) = (Self::run(&self.alg, mode), Self::run(&self.helper, mode))
+            else {
+                continue;
+            };
+            let name = mode.name();
+            let _ = writeln!(
+                t,
+                "| **1 KiB RETR {name}, one session, transfers/s** (median of rounds, range) | **{:.0}**{} | **{:.0}**{} | **{:.2}** |",
+                a.rate(),
+                a.rate_range(),
+                h.rate(),
+                h.rate_range(),
+                a.rate() / h.rate().max(f64::MIN_POSITIVE)
+            );
+            let _ = writeln!(
+                t,
+                "| … transfers ok / failed (time spent in failed ones) | {} / {} ({:.2} s) | {} / {} ({:.2} s) | |",
+                a.ok,
+                a.failures,
+                a.failed_time.as_secs_f64(),
+                h.ok,
+                h.failures,
+                h.failed_time.as_secs_f64()
+            );
+            let (la, lh) = (
+                Stats::from_durations(&a.transfers),
+                Stats::from_durations(&h.transfers),
+            );
+            let _ = writeln!(
+                t,
+                "| … per-transfer latency p50/p99/p999 µs | {} | {} | {:.2} |",
+                la.triple(),
+                lh.triple(),
+                la.p50 / lh.p50.max(f64::MIN_POSITIVE)
+            );
+            let trend = |r: &RunResult| {
+                format!(
+                    "{} → {}",
+                    us(Stats::from_durations(&r.early).p50),
+                    us(Stats::from_durations(&r.late).p50)
+                )
+            };
+            let _ = writeln!(
+                t,
+                "| … per-transfer p50 µs, first {TREND_WINDOW} → last {TREND_WINDOW} transfers of a run | {} | {} | |",
+                trend(a),
+                trend(h)
+            );
+            for (label, pa, ph) in [
+                (
+                    if mode == Mode::Pasv {
+                        "PASV→227"
+                    } else {
+                        "PORT→200"
+                    },
+                    &a.phases.negotiate,
+                    &h.phases.negotiate,
+                ),
+                ("data connect", &a.phases.connect, &h.phases.connect),
+                ("RETR→150", &a.phases.opening, &h.phases.opening),
+                ("150→data EOF", &a.phases.data, &h.phases.data),
+                ("EOF→226", &a.phases.complete, &h.phases.complete),
+            ] {
+                if pa.is_empty() && ph.is_empty() {
+                    continue;
+                }
+                let (sa, sh) = (Stats::from_durations(pa), Stats::from_durations(ph));
+                let _ = writeln!(
+                    t,
+                    "| … phase {label}, p50 µs | {} | {} | {:.2} |",
+                    us(sa.p50),
+                    us(sh.p50),
+                    sa.p50 / sh.p50.max(f64::MIN_POSITIVE)
+                );
+            }
+        }
+        if let (Some(info), Some(h)) = (&self.alg_info, Self::run(&self.helper, Mode::Pasv)) {
+            let _ = writeln!(
+                t,
+                "| 1 KiB RETR PASV, daemon at log level info, transfers/s | {:.0}{} ({} failed) | {:.0} | {:.2} |",
+                info.rate(),
+                info.rate_range(),
+                info.failures,
+                h.rate(),
+                info.rate() / h.rate().max(f64::MIN_POSITIVE)
+            );
+        }
+        if let Some(probe) = &self.probe {
+            let _ = writeln!(
+                t,
+                "| default limits (max 8 pinholes/session, 30 s timeout): PASV transfers in one session before the first refusal | {} | none refused ({} in one session) | |",
+                probe
+                    .first_failure_at
+                    .map_or(format!("none in {}", probe.ok), |i| (i - 1).to_string()),
+                Self::run(&self.helper, Mode::Pasv).map_or(0, |r| r.ok)
+            );
+        }
+        let _ = writeln!(
+            t,
+            "\nTotal benchmark time: {:.1} s",
+            self.total.as_secs_f64()
+        );
+        for (label, list) in [("ftp-alg", &self.alg), ("kernel helper", &self.helper)] {
+            for (mode, r) in list {
+                if !r.errors.is_empty() {
+                    let _ = writeln!(t, "{label} {} errors: {:?}", mode.name(), r.errors);
+                }
+            }
+        }
+        if let Some(info) = self.alg_info.as_ref().filter(|r| !r.errors.is_empty()) {
+            let _ = writeln!(t, "ftp-alg PASV (log level info) errors: {:?}", info.errors);
+        }
+        if let Some(probe) = &self.probe {
+            if !probe.errors.is_empty() {
+                let _ = writeln!(t, "probe errors: {:?}", probe.errors);
+            }
+            if let Some(refusal) = &probe.refusal {
+                let _ = writeln!(t, "probe: daemon said: {refusal}");
+            }
+        }
+        let _ = writeln!(t, "daemon: {}", self.alg_command);
+        t
+    }
+
+    fn json(&self, m: &Machine, s: Settings) -> String {
+        let runs = |list: &[(Mode, RunResult)]| {
+            Json::Obj(
+                list.iter()
+                    .map(|(mode, r)| (mode.name().to_owned(), r.json()))
+                    .collect(),
+            )
+        };
+        let root = Json::obj([
+            (
+                "machine",
+                Json::obj([
+                    ("nproc", Json::Int(m.nproc as u64)),
+                    ("kernel", Json::Str(m.kernel.clone())),
+                    ("cpu", Json::Str(m.cpu.clone())),
+                    ("date", Json::Str(m.date.clone())),
+                    ("commit", Json::Str(m.commit.clone())),
+                    ("loadavg_before", Json::Str(self.load_before.clone())),
+                    ("loadavg_after", Json::Str(self.load_after.clone())),
+                ]),
+            ),
+            (
+                "settings",
+                Json::obj([
+                    ("pinholes_per_series", Json::Int(s.pinholes as u64)),
+                    ("concurrent_callers", Json::Int(s.callers as u64)),
+                    ("run_time_bound_s", Json::Num(s.run_time.as_secs_f64())),
+                    ("run_count_bound", Json::Int(s.run_max as u64)),
+                    ("rounds", Json::Int(s.rounds as u64)),
+                    ("file_bytes", Json::Int(FILE_LEN as u64)),
+                    ("daemon_command", Json::Str(self.alg_command.clone())),
+                ]),
+            ),
+            (
+                "pinhole_direct",
+                Json::Obj(
+                    self.direct
+                        .iter()
+                        .map(|s| (s.name.to_owned(), s.json()))
+                        .collect(),
+                ),
+            ),
+            (
+                "pinhole_in_daemon",
+                Json::Obj(
+                    self.in_daemon
+                        .iter()
+                        .map(|(mode, st)| (mode.name().to_owned(), st.json()))
+                        .collect(),
+                ),
+            ),
+            ("transfers_ftp_alg", runs(&self.alg)),
+            ("transfers_kernel_helper", runs(&self.helper)),
+            (
+                "transfers_ftp_alg_pasv_log_info",
+                self.alg_info.as_ref().map_or(Json::Null, RunResult::json),
+            ),
+            (
+                "probe_default_limits_pasv",
+                self.probe.as_ref().map_or(Json::Null, |p| {
+                    let mut j = p.json();
+                    if let Json::Obj(fields) = &mut j {
+                        fields.push((
+                            "daemon_warning".into(),
+                            p.refusal.clone().map_or(Json::Null, Json::Str),
+                        ));
+                    }
+                    j
+                }),
+            ),
+            ("total_seconds", Json::Num(self.total.as_secs_f64())),
+        ]);
+        let mut out = String::new();
+        root.write(&mut out);
+        out.push('\n');
+        out
+    }
+}
+
+/// Just enough JSON for the report (no extra dependency).
+enum Json {
+    Null,
+    Bool(bool),
+    Int(u64),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Self>),
+    Obj(Vec<(String, Self)>),
+}
+
+impl Json {
+    fn obj<const N: usize>(fields: [(&str, Self); N]) -> Self {
+        Self::Obj(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            Self::Null => out.push_str("null"),
+            Self::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Self::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Self::Num(n) if n.is_finite() => {
+                let _ = write!(out, "{}", (n * 1000.0).round() / 1000.0);
+            }
+            Self::Num(_) => out.push_str("null"),
+            Self::Str(s) => {
+                out.push('"');
+                for c in s.chars() {
+                    match c {
+                        '"' => out.push_str("\\\""),
+                        '\\' => out.push_str("\\\\"),
+                        c if (c as u32) < 0x20 => {
+                            let _ = write!(out, "\\u{:04x}", c as u32);
+                        }
+                        c => out.push(c),
+                    }
+                }
+                out.push('"');
+            }
+            Self::Arr(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    item.write(out);
+                }
+                out.push(']');
+            }
+            Self::Obj(fields) => {
+                out.push('{');
+                for (i, (key, value)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    Self::Str(key.clone()).write(out);
+                    out.push_str(": ");
+                    value.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The core benchmark (see BENCHMARKS.md): pinhole install latency and 1 KiB transfers/s through
+# ftp-alg, against the kernel's FTP helper measured in the same run on the same lab topology.
+#
+#   sudo bash scripts/bench.sh            # full run (about a minute once built)
+#   sudo bash scripts/bench.sh --quick    # smoke run (seconds)
+#
+# Needs root: the lab builds its own network namespaces (deleted again on exit) and nftables
+# tables inside them; nothing is configured in the host's own namespace.
+#
+# The numbers are only as good as the machine is quiet. Before starting, the script waits (up
+# to FTP_ALG_BENCH_QUIET_WAIT seconds, default 120; 0 = don't wait) for the 1-minute load
+# average to drop below half the CPU count, then runs anyway; the load before and after is in
+# the report. Other knobs (environment): FTP_ALG_BENCH_SECS, FTP_ALG_BENCH_MAX,
+# FTP_ALG_BENCH_ROUNDS, FTP_ALG_BENCH_PINHOLES, FTP_ALG_BENCH_NFT_SPAWNS,
+# FTP_ALG_BENCH_BINARY (benchmark another ftp-alg build or a wrapper script).
+#
+# Output: a Markdown table on stdout, all numbers in target/bench/core.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+require_root "$@"
+apt_install nftables iproute2 procps vsftpd
+require_cargo
+
+# Build first, so the compiler's load is gone before the wait and the measurement.
+cargo bench --bench core --no-run
+
+wait_quiet() {
+	local limit="${FTP_ALG_BENCH_QUIET_WAIT:-120}"
+	local cpus load waited=0
+	cpus="$(nproc)"
+	while :; do
+		load="$(cut -d' ' -f1 /proc/loadavg)"
+		if awk -v l="$load" -v c="$cpus" 'BEGIN { exit !(l < c / 2) }'; then
+			return 0
+		fi
+		if [ "$waited" -ge "$limit" ]; then
+			echo "bench: load average still $load on $cpus CPUs after ${waited}s; running anyway (numbers will be noisy)" >&2
+			return 0
+		fi
+		[ "$waited" -eq 0 ] && echo "bench: load average $load on $cpus CPUs; waiting up to ${limit}s for it to drop" >&2
+		sleep 5
+		waited=$((waited + 5))
+	done
+}
+wait_quiet
+
+exec cargo bench --bench core -- "$@"
