@@ -50,10 +50,10 @@ fn reverse_through_alg_vsftpd_lftp_curl_every_mode_both_families() {
     require_lab!("vsftpd", "lftp", "curl");
     let (payload, payload_sha) = random_payload();
     let lab = ReverseLab::build(ReverseOptions::default()).expect("lab");
-    let servers = Servers {
-        v4: FtpServer::vsftpd(&lab.server, backend_addr(false), &payload),
-        v6: FtpServer::vsftpd(&lab.server, backend_addr(true), &payload),
-    };
+    let servers = Servers::both(
+        FtpServer::vsftpd(&lab.server, backend_addr(false), &payload),
+        FtpServer::vsftpd(&lab.server, backend_addr(true), &payload),
+    );
     let alg = start_alg(&lab);
 
     // The client only knows the public network: the 227 it gets must name the gateway.
@@ -66,29 +66,29 @@ fn reverse_through_alg_vsftpd_lftp_curl_every_mode_both_families() {
         pasv.code == 227 && announced.is_some_and(|a| *a.ip() == PUBLIC_IP),
         "PASV through the ALG answered `{}`: must name the public address {PUBLIC_IP}\n--- backend replies: {:?}\n{}",
         pasv.text,
-        servers.v4.replies(),
+        servers.get(false).replies(),
         gateway_context(&lab.gateway, &alg)
     );
     assert!(
         servers
-            .v4
+            .get(false)
             .replies()
             .iter()
             .any(|r| r.starts_with("227 ") && r.contains(&SERVER_IP.to_string().replace('.', ","))),
         "the backend did not announce its own address: {:?}",
-        servers.v4.replies()
+        servers.get(false).replies()
     );
 
     let mut runs = vsftpd_runs(false);
     runs.extend(vsftpd_runs(true));
     let done = run_sessions(&lab.client, &servers, &target, &runs);
-    let problems = judge(TOPOLOGY, &done, &payload_sha, &backend_sees);
+    let problems = judge(TOPOLOGY, true, &done, &payload_sha, &backend_sees);
     assert_no_problems(&problems, &gateway_context(&lab.gateway, &alg));
 
     assert_ipv6_port_pasv_refused(
         &lab.client,
         target(true),
-        &servers.v6,
+        servers.get(true),
         &gateway_context(&lab.gateway, &alg),
     );
     assert_drained(&lab.gateway, &alg);
@@ -100,15 +100,15 @@ fn reverse_through_alg_libunftp_suppaftp_every_supported_mode_both_families() {
     require_lab!();
     let (payload, payload_sha) = random_payload();
     let lab = ReverseLab::build(ReverseOptions::default()).expect("lab");
-    let servers = Servers {
-        v4: FtpServer::embedded(&lab.server, IpAddr::V4(SERVER_IP), &payload),
-        v6: FtpServer::embedded(&lab.server, IpAddr::V6(SERVER_IP6), &payload),
-    };
+    let servers = Servers::both(
+        FtpServer::embedded(&lab.server, IpAddr::V4(SERVER_IP), &payload),
+        FtpServer::embedded(&lab.server, IpAddr::V6(SERVER_IP6), &payload),
+    );
     let alg = start_alg(&lab);
     let mut runs = embedded_runs(false);
     runs.extend(embedded_runs(true));
     let done = run_sessions(&lab.client, &servers, &target, &runs);
-    let problems = judge(TOPOLOGY, &done, &payload_sha, &backend_sees);
+    let problems = judge(TOPOLOGY, true, &done, &payload_sha, &backend_sees);
     assert_no_problems(&problems, &gateway_context(&lab.gateway, &alg));
     assert_drained(&lab.gateway, &alg);
     assert_nothing_left(&lab.gateway, alg);

@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use super::error::Result;
 use super::netns::{Netns, remove_stale_namespaces, unique_tag};
 use super::topology::{ALG_CT_MARK, LAN_IF, WAN_IF};
-use super::wiring::{PEER_IF, address, default_via, forwarding, link};
+use super::wiring::{PEER_IF, address, default_via, forwarding, link, no_dad};
 
 /// The client on the public network.
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
@@ -101,6 +101,9 @@ impl ReverseLab {
 
     fn wire(&self) -> Result<()> {
         let (cl, gw, sv) = (&self.client, &self.gateway, &self.server);
+        for ns in [cl, gw, sv] {
+            no_dad(ns)?;
+        }
         link(gw, WAN_IF, cl)?;
         link(gw, LAN_IF, sv)?;
         address(cl, PEER_IF, &format!("{CLIENT_IP}/24"))?;

@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use super::error::Result;
 use super::netns::{Netns, remove_stale_namespaces, unique_tag};
 use super::topology::{ALG_CT_MARK, LAN_IF, WAN_IF};
-use super::wiring::{PEER_IF, address, default_via, forwarding, link};
+use super::wiring::{PEER_IF, address, default_via, forwarding, link, no_dad};
 
 /// The client.
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -91,6 +91,9 @@ impl RoutedLab {
 
     fn wire(&self) -> Result<()> {
         let (cl, gw, sv) = (&self.client, &self.gateway, &self.server);
+        for ns in [cl, gw, sv] {
+            no_dad(ns)?;
+        }
         link(gw, LAN_IF, cl)?;
         link(gw, WAN_IF, sv)?;
         address(cl, PEER_IF, &format!("{CLIENT_IP}/24"))?;

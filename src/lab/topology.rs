@@ -98,6 +98,11 @@ impl ClientNatLab {
 
     fn wire(&self) -> Result<()> {
         let (cl, gw, sv) = (&self.client, &self.gateway, &self.server);
+        if self.options.ipv6 {
+            for ns in [cl, gw, sv] {
+                super::wiring::no_dad(ns)?;
+            }
+        }
         // veth pairs born inside the gateway, their peers moved straight into the neighbours.
         gw.ip(&[
             "link",

@@ -51,3 +51,16 @@ pub(crate) fn forwarding(ns: &Netns) -> Result<()> {
     ns.exec_ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
     Ok(())
 }
+
+/// No duplicate-address detection on interfaces created from now on in `ns` — including the
+/// automatic link-local addresses, which would otherwise stay tentative for about a second
+/// after the lab is built (the first IPv6 connection then waits for a SYN retransmission).
+pub(crate) fn no_dad(ns: &Netns) -> Result<()> {
+    for key in [
+        "net.ipv6.conf.all.accept_dad=0",
+        "net.ipv6.conf.default.accept_dad=0",
+    ] {
+        ns.exec_ok(&["sysctl", "-q", "-w", key])?;
+    }
+    Ok(())
+}

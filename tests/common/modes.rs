@@ -70,7 +70,7 @@ pub struct Run {
 impl Run {
     /// "IPv4" / "IPv6".
     pub fn family(&self) -> &'static str {
-        if self.ipv6 { "IPv6" } else { "IPv4" }
+        family_name(self.ipv6)
     }
 
     /// Server + client, as the matrix names them.
@@ -230,16 +230,51 @@ impl FtpServer {
     }
 }
 
-/// A lab's servers, one per family.
+/// A lab's servers, at most one per family.
 pub struct Servers {
-    pub v4: FtpServer,
-    pub v6: FtpServer,
+    v4: Option<FtpServer>,
+    v6: Option<FtpServer>,
 }
 
 impl Servers {
-    pub fn get(&self, ipv6: bool) -> &FtpServer {
-        if ipv6 { &self.v6 } else { &self.v4 }
+    /// One server per family.
+    pub fn both(v4: FtpServer, v6: FtpServer) -> Self {
+        Self {
+            v4: Some(v4),
+            v6: Some(v6),
+        }
     }
+
+    /// An IPv4 server only.
+    pub fn v4_only(v4: FtpServer) -> Self {
+        Self {
+            v4: Some(v4),
+            v6: None,
+        }
+    }
+
+    /// The server of one family.
+    ///
+    /// # Panics
+    /// If the lab has none of that family.
+    pub fn get(&self, ipv6: bool) -> &FtpServer {
+        let server = if ipv6 { &self.v6 } else { &self.v4 };
+        server
+            .as_ref()
+            .unwrap_or_else(|| panic!("no {} server in this lab", family_name(ipv6)))
+    }
+
+    fn has(&self, ipv6: bool) -> bool {
+        if ipv6 {
+            self.v6.is_some()
+        } else {
+            self.v4.is_some()
+        }
+    }
+}
+
+fn family_name(ipv6: bool) -> &'static str {
+    if ipv6 { "IPv6" } else { "IPv4" }
 }
 
 /// What one session did, with the content hashes it is judged by.
@@ -402,9 +437,11 @@ pub fn matrix_row(topology: &str, with_alg: bool, run: &Run, verdict: &str) {
     }
 }
 
-/// Judges every session that had to work, records the matrix, and returns the problems.
+/// Judges every session that had to work (through the ALG if `with_alg`), records the
+/// matrix, and returns the problems.
 pub fn judge(
     topology: &str,
+    with_alg: bool,
     done: &[Done],
     payload_sha: &str,
     sees: &dyn Fn(bool) -> IpAddr,
@@ -412,10 +449,18 @@ pub fn judge(
     let mut all = Vec::new();
     for d in done {
         let found = problems(d, payload_sha, sees(d.run.ipv6));
-        eprintln!("{topology} through ftp-alg: {}", d.report);
+        eprintln!(
+            "{topology} {}: {}",
+            if with_alg {
+                "through ftp-alg"
+            } else {
+                "without the ALG"
+            },
+            d.report
+        );
         matrix_row(
             topology,
-            true,
+            with_alg,
             &d.run,
             if found.is_empty() { "pass" } else { "FAIL" },
         );
@@ -482,7 +527,7 @@ pub fn expect_all_fail(
             ));
         }
     }
-    for ipv6 in [false, true] {
+    for ipv6 in [false, true].into_iter().filter(|&f| servers.has(f)) {
         let log = servers.get(ipv6).commands();
         for mode in DataMode::ALL {
             let wanted = runs
@@ -496,7 +541,7 @@ pub fn expect_all_fail(
             if seen < wanted {
                 found.push(format!(
                     "{} {mode}: the server saw it {seen} times for {wanted} sessions — they failed before the data path\n    server saw: {log:?}",
-                    if ipv6 { "IPv6" } else { "IPv4" }
+                    family_name(ipv6)
                 ));
             }
         }
