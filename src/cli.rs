@@ -33,6 +33,65 @@ pub enum Subcommands {
     Generate(crate::generate::GenerateArgs),
     /// Show the running daemon's sessions, pinholes and counters.
     Status(StatusArgs),
+    /// Build a namespace lab, try every FTP mode through three topologies without a helper,
+    /// with the kernel's helper and with ftp-alg, explain each failure, draw each session.
+    Lab(LabArgs),
+    /// Explain live FTP traffic on a gateway or in a lab namespace (read-only capture).
+    Watch(WatchArgs),
+}
+
+/// `ftp-alg lab`.
+#[derive(Debug, Clone, Args)]
+pub struct LabArgs {
+    /// Run only the matching cells: TOPOLOGY[/MODE[/VARIANT]], `*` for any part; repeatable.
+    /// Topologies: client-nat, reverse, routed; modes: PORT, EPRT, PASV, EPSV; variants:
+    /// none, kernel-helper, ftp-alg. E.g. `routed/PORT/none`, `reverse/*/ftp-alg`.
+    #[arg(long, value_name = "TOPOLOGY/MODE/VARIANT")]
+    pub scenario: Vec<String>,
+    /// Leave the namespaces (and their firewall rules) up for exploring; prints how to enter
+    /// and delete them.
+    #[arg(long)]
+    pub keep: bool,
+    /// Write one SVG sequence diagram per cell, index.html and results.json into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// The ftp-alg binary started in the gateway (default: this executable).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub alg_binary: Option<PathBuf>,
+}
+
+/// `ftp-alg watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Capture on this interface only (default: every interface but loopback).
+    #[arg(short, long, value_name = "IF")]
+    pub interface: Option<String>,
+    /// Watch inside this network namespace (a name from `ip netns list`, or a path).
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+    /// FTP control port; repeatable.
+    #[arg(long = "control-port", value_name = "PORT", default_values_t = [21u16])]
+    pub control_ports: Vec<u16>,
+    /// Seconds a data connection's SYN may go unanswered before it is reported.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    pub no_answer_after: f64,
+    /// Stop after this many seconds (default: at Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}
+
+impl WatchArgs {
+    /// The options of [`crate::watch::run`].
+    pub fn options(&self) -> crate::watch::WatchOptions {
+        let secs = |s: f64| std::time::Duration::from_secs_f64(s.clamp(0.0, 86_400.0 * 365.0));
+        crate::watch::WatchOptions {
+            interface: self.interface.clone(),
+            netns: self.netns.clone(),
+            control_ports: self.control_ports.clone(),
+            no_answer_after: secs(self.no_answer_after),
+            duration: self.duration.map(secs),
+        }
+    }
 }
 
 /// `ftp-alg status`.

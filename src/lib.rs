@@ -10,7 +10,9 @@
 //! - [`firewall`]: the only code that talks to netfilter (base table and pinholes).
 //! - [`config`]: the typed configuration, validated once at load.
 //! - [`generate`]: the man page and shell completions, from the [`cli`] definitions.
-//! - [`lab`]: network-namespace test beds used by the tests, the demo and the benchmark.
+//! - [`lab`]: network-namespace test beds used by the tests, the demo and the benchmark, and
+//!   `ftp-alg lab` (scenarios, diagrams, report).
+//! - [`watch`]: `ftp-alg watch`, the live explainer (read-only capture, plain-word findings).
 
 pub mod cli;
 pub mod config;
@@ -22,3 +24,4 @@ pub mod lab;
 pub mod proxy;
 pub mod session;
 pub mod telemetry;
+pub mod watch;

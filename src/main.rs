@@ -56,6 +56,17 @@ fn real_main() -> anyhow::Result<()> {
                 print!("{}", ftp_alg::telemetry::render_status(&snapshot));
             }
         }
+        Subcommands::Lab(args) => {
+            let stop = ftp_alg::watch::stop::install();
+            if !ftp_alg::lab::scenario::command(&args, stop)? {
+                anyhow::bail!("the lab's table does not match the physics (see UNEXPECTED above)");
+            }
+        }
+        Subcommands::Watch(args) => {
+            let stop = ftp_alg::watch::stop::install();
+            ftp_alg::watch::run(&args.options(), &mut std::io::stdout().lock(), stop)
+                .context("watch")?;
+        }
     }
     Ok(())
 }

@@ -1,0 +1,626 @@
+//! `ftp-alg lab`: every FTP data mode through three gateways, without a helper, with the
+//! kernel's FTP helper and with ftp-alg — observed, judged, explained and drawn.
+//!
+//! For each topology × variant it builds a lab (the namespace test beds of [`crate::lab`]),
+//! starts the lab's own FTP server ([`peers`]) and, for the ftp-alg variant, this very binary
+//! as `ftp-alg run` in the gateway. For each mode it runs one short client session (log in,
+//! negotiate the mode, `RETR` a 64 KiB file, compare it) while recording three things:
+//!
+//! 1. the peers' own account: every line sent and received, the real addresses of every
+//!    socket, and the errors their connects got (no route, timeout, refused);
+//! 2. a capture on all the gateway's interfaces (the recorder of `ftp-alg watch`), which shows
+//!    whether a SYN crossed the gateway and how it was translated;
+//! 3. the SYNs the admin's forward chain dropped, counted by an nft set the lab adds as the
+//!    last rule of that chain.
+//!
+//! From these it judges the cell ([`verdict`]), explains a failure in words (`SYN from
+//! 203.0.113.2:20 to 192.0.2.2:40123 dropped by the gateway's forward chain`), and draws the
+//! session ([`sequence`] → [`crate::lab::diagram`]). The three topologies:
+//!
+//! | topology | gateway | without a helper |
+//! |---|---|---|
+//! | `client-nat` | home router: masquerade, any outbound connection, nothing inbound | active fails: PORT names the client's private address |
+//! | `reverse` | a published server: port-forward of :21, the server may connect out (masqueraded) | passive fails: 227 names the server's inside address |
+//! | `routed` | strict stateful firewall, no NAT: control connections only | both fail: the data SYN is dropped |
+
+mod observe;
+pub mod peers;
+mod sequence;
+mod setup;
+mod verdict;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub use observe::DroppedSyn;
+pub use setup::{Addresses, ScenarioLab};
+pub use verdict::Verdict;
+
+use self::observe::{Recorder, clear_dropped, dropped_syns};
+use self::peers::{ClientOutcome, Event, EventLog, PeerEvent};
+use super::diagram::{Sequence, render};
+use super::{DataMode, LabError, Result};
+use crate::watch::{ExplainConfig, Explainer, Finding, Segment};
+
+/// Size of the file each session downloads.
+pub const FILE_LEN: usize = 64 * 1024;
+/// Bound of one client session (a failing one ends after its connect timeout, ~2 s).
+const SESSION_BOUND: Duration = Duration::from_secs(20);
+/// Time for the last segments of a session to reach the capture.
+const SETTLE: Duration = Duration::from_millis(150);
+
+/// Where the gateway sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topology {
+    /// The client behind a masquerading home router.
+    ClientNat,
+    /// The server behind a port-forward (published on the gateway's address).
+    Reverse,
+    /// A routing firewall without NAT between client and server.
+    Routed,
+}
+
+impl Topology {
+    /// All three, in table order.
+    pub const ALL: [Self; 3] = [Self::ClientNat, Self::Reverse, Self::Routed];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ClientNat => "client-nat",
+            Self::Reverse => "reverse",
+            Self::Routed => "routed",
+        }
+    }
+
+    /// Words for headings.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::ClientNat => "client behind NAT",
+            Self::Reverse => "server behind a port-forward",
+            Self::Routed => "routed firewall",
+        }
+    }
+
+    /// What the gateway's admin configured.
+    pub fn firewall(self) -> &'static str {
+        match self {
+            Self::ClientNat => {
+                "home router: masquerade on wan0; forward policy drop with established/related and every LAN→WAN connection accepted"
+            }
+            Self::Reverse => {
+                "published server: DNAT of 203.0.113.1:21 to 198.51.100.2:21 (ftp-alg: it listens there instead); forward policy drop with established/related, the forwarded :21 and the server's outbound connections (masqueraded) accepted"
+            }
+            Self::Routed => {
+                "stateful firewall, no NAT: forward policy drop with established/related and LAN→WAN :21 accepted"
+            }
+        }
+    }
+}
+
+/// What helps the gateway with FTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Variant {
+    /// Nothing: the firewall as the admin wrote it.
+    None,
+    /// The kernel's own helper: `ct helper` "ftp" (nf_conntrack_ftp) and nf_nat_ftp.
+    KernelHelper,
+    /// ftp-alg running in the gateway.
+    FtpAlg,
+}
+
+impl Variant {
+    /// All three, in column order.
+    pub const ALL: [Self; 3] = [Self::None, Self::KernelHelper, Self::FtpAlg];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::KernelHelper => "kernel-helper",
+            Self::FtpAlg => "ftp-alg",
+        }
+    }
+
+    /// Words for headings.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::None => "no helper",
+            Self::KernelHelper => "kernel helper",
+            Self::FtpAlg => "ftp-alg",
+        }
+    }
+}
+
+/// One cell of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScenarioId {
+    /// Where.
+    pub topology: Topology,
+    /// Which data mode.
+    pub mode: DataMode,
+    /// With what help.
+    pub variant: Variant,
+}
+
+impl fmt::Display for ScenarioId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.topology.name(),
+            self.mode,
+            self.variant.name()
+        )
+    }
+}
+
+impl ScenarioId {
+    /// A file name stem: `client-nat-port-none`.
+    pub fn file_stem(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.topology.name(),
+            self.mode.command().to_ascii_lowercase(),
+            self.variant.name()
+        )
+    }
+
+    /// What the physics says: without a helper, active fails behind client NAT, passive
+    /// fails behind a port-forward, both fail through a strict firewall; with the kernel
+    /// helper or ftp-alg everything works.
+    pub fn expected_ok(&self) -> bool {
+        match (self.variant, self.topology) {
+            (Variant::None, Topology::ClientNat) => !self.mode.is_active(),
+            (Variant::None, Topology::Reverse) => self.mode.is_active(),
+            (Variant::None, Topology::Routed) => false,
+            _ => true,
+        }
+    }
+}
+
+fn parse_mode(text: &str) -> Option<DataMode> {
+    DataMode::ALL
+        .into_iter()
+        .find(|m| m.command().eq_ignore_ascii_case(text))
+}
+
+impl FromStr for ScenarioId {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let parts: Vec<&str> = text.split('/').collect();
+        let [topology, mode, variant] = parts.as_slice() else {
+            return Err(format!("`{text}` is not TOPOLOGY/MODE/VARIANT"));
+        };
+        Ok(Self {
+            topology: parse_topology(topology)?,
+            mode: parse_mode(mode).ok_or_else(|| format!("unknown mode `{mode}`"))?,
+            variant: parse_variant(variant)?,
+        })
+    }
+}
+
+fn parse_topology(text: &str) -> std::result::Result<Topology, String> {
+    Topology::ALL
+        .into_iter()
+        .find(|t| t.name().eq_ignore_ascii_case(text))
+        .ok_or_else(|| format!("unknown topology `{text}` (client-nat, reverse, routed)"))
+}
+
+fn parse_variant(text: &str) -> std::result::Result<Variant, String> {
+    Variant::ALL
+        .into_iter()
+        .find(|v| v.name().eq_ignore_ascii_case(text))
+        .ok_or_else(|| format!("unknown variant `{text}` (none, kernel-helper, ftp-alg)"))
+}
+
+/// A `--scenario` pattern: TOPOLOGY[/MODE[/VARIANT]], `*` for any part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    topology: Option<Topology>,
+    mode: Option<DataMode>,
+    variant: Option<Variant>,
+}
+
+impl FromStr for Pattern {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let parts: Vec<&str> = text.split('/').collect();
+        if parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+            return Err(format!("`{text}` is not TOPOLOGY[/MODE[/VARIANT]]"));
+        }
+        let any = |i: usize| parts.get(i).is_none_or(|p| *p == "*");
+        Ok(Self {
+            topology: if any(0) {
+                None
+            } else {
+                Some(parse_topology(parts[0])?)
+            },
+            mode: if any(1) {
+                None
+            } else {
+                Some(parse_mode(parts[1]).ok_or_else(|| format!("unknown mode `{}`", parts[1]))?)
+            },
+            variant: if any(2) {
+                None
+            } else {
+                Some(parse_variant(parts[2])?)
+            },
+        })
+    }
+}
+
+impl Pattern {
+    /// Whether `id` matches.
+    pub fn matches(&self, id: &ScenarioId) -> bool {
+        self.topology.is_none_or(|t| t == id.topology)
+            && self.mode.is_none_or(|m| m == id.mode)
+            && self.variant.is_none_or(|v| v == id.variant)
+    }
+}
+
+/// Every cell, in table order, that any of `patterns` matches (all when there are none).
+pub fn selected(patterns: &[Pattern]) -> Vec<ScenarioId> {
+    let mut ids = Vec::new();
+    for topology in Topology::ALL {
+        for variant in Variant::ALL {
+            for mode in DataMode::ALL {
+                let id = ScenarioId {
+                    topology,
+                    mode,
+                    variant,
+                };
+                if patterns.is_empty() || patterns.iter().any(|p| p.matches(&id)) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// Everything one cell's judgement and drawing are made from.
+pub(crate) struct Observation<'a> {
+    id: ScenarioId,
+    addresses: Addresses,
+    events: &'a [Event],
+    segments: &'a [Segment],
+    dropped: &'a [DroppedSyn],
+    client: &'a ClientOutcome,
+}
+
+/// The result of one cell.
+#[derive(Debug, Clone)]
+pub struct CellResult {
+    /// Which cell.
+    pub id: ScenarioId,
+    /// Did it work, and the words for it.
+    pub verdict: Verdict,
+    /// What the peers recorded.
+    pub events: Vec<Event>,
+    /// What the gateway capture says, in the words of `ftp-alg watch`.
+    pub findings: Vec<Finding>,
+    /// SYNs the admin's forward chain dropped.
+    pub dropped: Vec<DroppedSyn>,
+    /// The diagram.
+    pub sequence: Sequence,
+    /// Every port the session's sockets used (both peers' views).
+    pub ports: BTreeSet<u16>,
+    /// Segments the gateway capture saw.
+    pub segments_seen: usize,
+    /// How long the cell took.
+    pub elapsed: Duration,
+}
+
+impl CellResult {
+    /// Whether the outcome is the one the physics predicts.
+    pub fn as_expected(&self) -> bool {
+        self.verdict.ok == self.id.expected_ok()
+    }
+
+    /// The diagram as an SVG document.
+    pub fn svg(&self) -> String {
+        render(&self.sequence)
+    }
+}
+
+/// Namespaces left up by `--keep`.
+#[derive(Debug, Clone)]
+pub struct KeptLab {
+    /// Topology.
+    pub topology: Topology,
+    /// Variant.
+    pub variant: Variant,
+    /// client, gateway, server namespace names.
+    pub namespaces: Vec<String>,
+    /// How the ALG was started there, if it was.
+    pub alg_command: Option<String>,
+}
+
+/// What `ftp-alg lab` was asked for.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// The binary started as `ftp-alg run` in the gateway.
+    pub alg_binary: PathBuf,
+    /// Which cells (none: all).
+    pub patterns: Vec<Pattern>,
+    /// Leave the namespaces up.
+    pub keep: bool,
+}
+
+/// The whole run.
+#[derive(Debug, Clone)]
+pub struct LabReport {
+    /// One per cell run, in table order.
+    pub cells: Vec<CellResult>,
+    /// Namespaces left up (`--keep`).
+    pub kept: Vec<KeptLab>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Stopped early by SIGINT/SIGTERM.
+    pub interrupted: bool,
+}
+
+impl LabReport {
+    /// Whether every cell came out as the physics predicts.
+    pub fn matches_physics(&self) -> bool {
+        !self.interrupted && self.cells.iter().all(CellResult::as_expected)
+    }
+
+    /// The cell `id`, if it was run.
+    pub fn cell(&self, id: &ScenarioId) -> Option<&CellResult> {
+        self.cells.iter().find(|c| c.id == *id)
+    }
+}
+
+/// Runs the selected cells, reporting progress lines to `progress`. Stops between cells when
+/// `stop` is set; everything built is removed on return (unless kept), also on error or panic.
+pub fn run(
+    options: &LabOptions,
+    progress: &mut dyn FnMut(&str),
+    stop: &AtomicBool,
+) -> Result<LabReport> {
+    let start = Instant::now();
+    let ids = selected(&options.patterns);
+    let file = Arc::new(random_bytes(FILE_LEN)?);
+    let mut report = LabReport {
+        cells: Vec::new(),
+        kept: Vec::new(),
+        elapsed: Duration::ZERO,
+        interrupted: false,
+    };
+    let total = ids.len();
+    let mut groups: Vec<(Topology, Variant, Vec<DataMode>)> = Vec::new();
+    for id in &ids {
+        match groups.last_mut() {
+            Some((t, v, modes)) if *t == id.topology && *v == id.variant => modes.push(id.mode),
+            _ => groups.push((id.topology, id.variant, vec![id.mode])),
+        }
+    }
+    for (topology, variant, modes) in groups {
+        if stop.load(Ordering::Relaxed) {
+            report.interrupted = true;
+            break;
+        }
+        progress(&format!(
+            "building {} ({}) with {} …",
+            topology.title(),
+            topology.name(),
+            variant.title()
+        ));
+        let lab =
+            ScenarioLab::build_with(topology, variant, &options.alg_binary, Arc::clone(&file))?;
+        for mode in modes {
+            if stop.load(Ordering::Relaxed) {
+                report.interrupted = true;
+                break;
+            }
+            let id = ScenarioId {
+                topology,
+                mode,
+                variant,
+            };
+            let cell = lab.run(mode)?;
+            let n = report.cells.len() + 1;
+            let mark = match (cell.verdict.ok, cell.as_expected()) {
+                (true, true) => "ok".to_owned(),
+                (false, true) => "FAIL (as expected)".to_owned(),
+                (true, false) => "ok — UNEXPECTED".to_owned(),
+                (false, false) => "FAIL — UNEXPECTED".to_owned(),
+            };
+            progress(&format!(
+                "  [{n:>2}/{total}] {:<26} {mark} ({:.1} s): {}",
+                id.to_string(),
+                cell.elapsed.as_secs_f64(),
+                cell.verdict.text
+            ));
+            if !cell.as_expected() && variant == Variant::FtpAlg {
+                let log = lab.alg_output();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                for line in tail.into_iter().rev() {
+                    progress(&format!("        ftp-alg: {line}"));
+                }
+            }
+            report.cells.push(cell);
+        }
+        if options.keep {
+            let alg_command = lab.alg_command();
+            report.kept.push(KeptLab {
+                topology,
+                variant,
+                alg_command,
+                namespaces: lab.keep(),
+            });
+        }
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// `len` random bytes (the file the sessions download).
+pub(crate) fn random_bytes(len: usize) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut data = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut data))
+        .map_err(|e| LabError::io("reading /dev/urandom", e))?;
+    Ok(data)
+}
+
+impl ScenarioLab {
+    /// Runs one session in `mode` and judges it: the cell `topology/mode/variant`.
+    pub fn run(&self, mode: DataMode) -> Result<CellResult> {
+        run_cell(
+            self,
+            ScenarioId {
+                topology: self.topology,
+                mode,
+                variant: self.variant,
+            },
+        )
+    }
+}
+
+fn run_cell(lab: &ScenarioLab, id: ScenarioId) -> Result<CellResult> {
+    let file = &lab.file;
+    let start = Instant::now();
+    let addresses = id.topology.addresses();
+    let epoch = Instant::now();
+    let log = EventLog::new(epoch);
+    lab.server().set_log(log.clone());
+    clear_dropped(lab.gateway())?;
+    let recorder = Recorder::start(lab.gateway(), epoch)?;
+    let client = peers::run_client(
+        lab.client(),
+        addresses.target,
+        id.mode,
+        Arc::clone(file),
+        log.clone(),
+        SESSION_BOUND,
+    );
+    std::thread::sleep(SETTLE);
+    let segments = recorder.finish()?;
+    let client = client?;
+    let dropped = dropped_syns(lab.gateway())?;
+    let events = log.take();
+    let mut explainer = Explainer::new(ExplainConfig {
+        control_ports: vec![21],
+        no_answer_after: Duration::from_millis(1500),
+    });
+    for segment in &segments {
+        explainer.tick(segment.at);
+        explainer.feed(segment);
+    }
+    explainer.finish(epoch.elapsed());
+    let findings = explainer.take_findings();
+    let observation = Observation {
+        id,
+        addresses,
+        events: &events,
+        segments: &segments,
+        dropped: &dropped,
+        client: &client,
+    };
+    let verdict = verdict::judge(&observation);
+    let sequence = sequence::build(&observation, &verdict);
+    let ports = ports_of(&events, &dropped);
+    Ok(CellResult {
+        id,
+        verdict,
+        findings,
+        dropped,
+        sequence,
+        ports,
+        segments_seen: segments.len(),
+        events,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn ports_of(events: &[Event], dropped: &[DroppedSyn]) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for event in events {
+        match &event.what {
+            PeerEvent::ControlConnected { local, remote }
+            | PeerEvent::DataConnected { local, remote } => {
+                ports.insert(local.port());
+                ports.insert(remote.port());
+            }
+            PeerEvent::ControlAccepted { local, peer }
+            | PeerEvent::DataAccepted { local, peer } => {
+                ports.insert(local.port());
+                ports.insert(peer.port());
+            }
+            PeerEvent::Listening(addr) => {
+                ports.insert(addr.port());
+            }
+            PeerEvent::DataConnectFailed { local, remote, .. } => {
+                if let Some(local) = local {
+                    ports.insert(local.port());
+                }
+                ports.insert(remote.port());
+            }
+            _ => {}
+        }
+    }
+    for drop in dropped {
+        ports.insert(drop.src.port());
+        ports.insert(drop.dst.port());
+    }
+    ports
+}
+
+/// `ftp-alg lab`: checks the machine, runs, prints progress (stderr) and the table (stdout),
+/// writes the report when asked. Returns whether the table matches the physics.
+pub fn command(args: &crate::cli::LabArgs, stop: &AtomicBool) -> anyhow::Result<bool> {
+    use anyhow::Context as _;
+    if let Err(why) = super::preflight::lab_available() {
+        anyhow::bail!("the lab cannot run here: {why}");
+    }
+    let patterns = args
+        .scenario
+        .iter()
+        .map(|p| p.parse::<Pattern>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--scenario: {e}"))?;
+    if selected(&patterns).is_empty() {
+        anyhow::bail!("--scenario matches no cell");
+    }
+    let alg_binary = match &args.alg_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("cannot find this executable")?,
+    };
+    let options = LabOptions {
+        alg_binary,
+        patterns,
+        keep: args.keep,
+    };
+    let mut progress = |line: &str| eprintln!("{line}");
+    let report = run(&options, &mut progress, stop).map_err(|e: LabError| anyhow::anyhow!(e))?;
+    println!();
+    print!("{}", super::report::table(&report));
+    if let Some(dir) = &args.out {
+        let written = super::report::write(dir, &report)
+            .with_context(|| format!("cannot write the report to {}", dir.display()))?;
+        println!(
+            "\nwrote {} files to {} (open {})",
+            written.len(),
+            dir.display(),
+            dir.join("index.html").display()
+        );
+    }
+    if !report.kept.is_empty() {
+        print!("{}", super::report::kept_instructions(&report.kept));
+    }
+    if report.interrupted {
+        eprintln!("interrupted: the namespaces built so far are removed");
+    }
+    Ok(report.matches_physics())
+}
