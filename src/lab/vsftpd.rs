@@ -144,6 +144,9 @@ pub struct VsftpdOptions {
     /// Announce this address in every 227 instead of the server's own (`pasv_address` with
     /// `pasv_addr_resolve=NO`), as a server behind its own NAT does. Default: none.
     pub pasv_address: Option<Ipv4Addr>,
+    /// Passive port range instead of [`VSFTPD_PASV_PORTS`] (a single port makes every PASV of
+    /// every session use the same one). Default: none.
+    pub pasv_ports: Option<(u16, u16)>,
 }
 
 impl Default for VsftpdOptions {
@@ -151,6 +154,7 @@ impl Default for VsftpdOptions {
         Self {
             listen: SocketAddr::V4(SocketAddrV4::new(SERVER_IP, 21)),
             pasv_address: None,
+            pasv_ports: None,
         }
     }
 }
@@ -362,6 +366,14 @@ fn config_with(root: &Path, log: &Path, options: &VsftpdOptions) -> String {
     if let Some(pasv) = options.pasv_address {
         text.push_str(&format!("pasv_address={pasv}\npasv_addr_resolve=NO\n"));
     }
+    if let Some((min, max)) = options.pasv_ports {
+        let (default_min, default_max) = VSFTPD_PASV_PORTS;
+        text = text.replacen(
+            &format!("pasv_min_port={default_min}\npasv_max_port={default_max}\n"),
+            &format!("pasv_min_port={min}\npasv_max_port={max}\n"),
+            1,
+        );
+    }
     text
 }
 
@@ -483,7 +495,12 @@ mod tests {
             &VsftpdOptions {
                 listen: "[2001:db8:2::2]:2100".parse().unwrap(),
                 pasv_address: Some("10.9.9.9".parse().unwrap()),
+                pasv_ports: Some((30000, 30000)),
             },
+        );
+        assert!(
+            v6.contains("pasv_min_port=30000\npasv_max_port=30000\n"),
+            "{v6}"
         );
         assert!(
             v6.contains(
