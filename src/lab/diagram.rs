@@ -42,6 +42,8 @@ pub enum Style {
     Data,
     /// Something that did not get through (red, ends in a cross).
     Blocked,
+    /// Something that never left its sender (a short red stub ending in a cross).
+    NotSent,
 }
 
 /// One row of the diagram.
@@ -131,8 +133,10 @@ fn row_height(row: &Row) -> f64 {
 /// Renders the diagram as a standalone SVG document.
 pub fn render(seq: &Sequence) -> String {
     let rows_height: f64 = seq.rows.iter().map(row_height).sum();
+    let verdict_lines = wrap(&seq.verdict.1, VERDICT_CHARS, 3);
     let verdict_y = TOP + rows_height + 14.0;
-    let height = verdict_y + 44.0;
+    let verdict_h = 14.0 + 16.0 * verdict_lines.len() as f64;
+    let height = verdict_y + verdict_h + 14.0;
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -140,9 +144,9 @@ pub fn render(seq: &Sequence) -> String {
 <svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="DejaVu Sans Mono, Menlo, Consolas, monospace" font-size="11">
 <title>{title}</title>
 <defs>
-<marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#333"/></marker>
-<marker id="arrow-blue" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#1565c0"/></marker>
-<marker id="arrow-grey" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#777"/></marker>
+<marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="10" markerHeight="10" markerUnits="userSpaceOnUse" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#333"/></marker>
+<marker id="arrow-blue" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="10" markerHeight="10" markerUnits="userSpaceOnUse" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#1565c0"/></marker>
+<marker id="arrow-grey" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="10" markerHeight="10" markerUnits="userSpaceOnUse" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#777"/></marker>
 </defs>
 <rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>
 <text x="{half}" y="20" text-anchor="middle" font-size="13" font-weight="bold">{title}</text>
@@ -194,24 +198,61 @@ pub fn render(seq: &Sequence) -> String {
         }
         y += row_height(row);
     }
-    let (ok, words) = &seq.verdict;
-    let (fill, stroke, mark) = if *ok {
+    let ok = seq.verdict.0;
+    let (fill, stroke, mark) = if ok {
         ("#e8f5e9", "#2e7d32", "✔")
     } else {
         ("#ffebee", "#c62828", "✘")
     };
-    let _ = write!(
+    let _ = writeln!(
         svg,
-        r##"<rect x="20" y="{verdict_y}" width="{w}" height="30" rx="6" fill="{fill}" stroke="{stroke}"/>
-<text x="{half}" y="{ty}" text-anchor="middle" font-size="12" font-weight="bold" fill="{stroke}">{mark} {words}</text>
-</svg>
-"##,
+        r##"<rect x="20" y="{verdict_y}" width="{w}" height="{verdict_h}" rx="6" fill="{fill}" stroke="{stroke}"/>"##,
         w = WIDTH - 40.0,
-        half = WIDTH / 2.0,
-        ty = verdict_y + 19.0,
-        words = escape(&fit(words, 118)),
     );
+    for (i, line) in verdict_lines.iter().enumerate() {
+        let prefix = if i == 0 {
+            format!("{mark} ")
+        } else {
+            "  ".into()
+        };
+        let _ = writeln!(
+            svg,
+            r##"<text x="34" y="{}" font-size="12" font-weight="bold" fill="{stroke}">{}{}</text>"##,
+            verdict_y + 19.0 + 16.0 * i as f64,
+            prefix,
+            escape(line)
+        );
+    }
+    svg.push_str("</svg>\n");
     svg
+}
+
+/// Characters of the bold verdict per line (12 px bold monospace in 820 px).
+const VERDICT_CHARS: usize = 104;
+
+/// Splits `text` at spaces into lines of at most `width` characters, at most `max` lines
+/// (the last one cut with `…`).
+fn wrap(text: &str, width: usize, max: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for word in text.split(' ') {
+        let len = current.chars().count();
+        if len > 0 && len + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(word);
+    }
+    if !current.is_empty() || lines.is_empty() {
+        lines.push(current);
+    }
+    if lines.len() > max {
+        let rest = lines.split_off(max - 1).join(" ");
+        lines.push(fit(&rest, width));
+    }
+    lines.into_iter().map(|l| fit(&l, width)).collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -229,8 +270,9 @@ fn draw_arrow(
     let line_y = y + 20.0;
     let span = (x2 - x1).abs();
     let max_chars = ((span - 10.0) / CHAR_W).max(12.0) as usize;
-    let mid = (x1 + x2) / 2.0;
     let dir = if x2 >= x1 { 1.0 } else { -1.0 };
+    // Labels sit over the whole span, also for a stub.
+    let mid = (x1 + x2) / 2.0;
     if let Some(ms) = at_ms {
         let _ = writeln!(
             svg,
@@ -244,10 +286,16 @@ fn draw_arrow(
         Style::Reply => ("#777777", 1.2, "5 3", "url(#arrow-grey)"),
         Style::Connect => ("#1565c0", 1.8, "", "url(#arrow-blue)"),
         Style::Data => ("#1565c0", 4.0, "", "url(#arrow-blue)"),
-        Style::Blocked => ("#c62828", 1.8, "6 3", ""),
+        Style::Blocked | Style::NotSent => ("#c62828", 1.8, "6 3", ""),
     };
-    // Stop short of the lane line so that the head (or the cross) is visible on it.
-    let end_x = x2 - dir * 4.0;
+    // Stop short of the lane line so that the head (or the cross) is visible on it; what was
+    // never sent is a stub at its sender.
+    let (x2, end_x) = if style == Style::NotSent {
+        let x = x1 + dir * 40.0;
+        (x, x)
+    } else {
+        (x2, x2 - dir * 4.0)
+    };
     let _ = write!(
         svg,
         r##"<line x1="{x1}" y1="{line_y}" x2="{end_x}" y2="{line_y}" stroke="{stroke}" stroke-width="{width}""##
@@ -259,7 +307,7 @@ fn draw_arrow(
         let _ = write!(svg, r##" marker-end="{marker}""##);
     }
     svg.push_str("/>\n");
-    if style == Style::Blocked {
+    if matches!(style, Style::Blocked | Style::NotSent) {
         let cx = x2 - dir * 2.0;
         let _ = writeln!(
             svg,
@@ -270,21 +318,27 @@ fn draw_arrow(
             d = line_y + 7.0,
         );
     }
-    let label_fill = if style == Style::Blocked {
+    let label_fill = if matches!(style, Style::Blocked | Style::NotSent) {
         "#c62828"
     } else {
         "#212121"
     };
+    // A stub's words go beside its cross, toward where it was meant to go.
+    let (text_x, anchor) = if style == Style::NotSent {
+        (x2 + dir * 14.0, if dir < 0.0 { "end" } else { "start" })
+    } else {
+        (mid, "middle")
+    };
     let _ = writeln!(
         svg,
-        r##"<text x="{mid}" y="{}" text-anchor="middle" fill="{label_fill}">{}</text>"##,
+        r##"<text x="{text_x}" y="{}" text-anchor="{anchor}" fill="{label_fill}">{}</text>"##,
         line_y - 5.0,
         escape(&fit(label, max_chars))
     );
     if let Some(detail) = detail {
         let _ = writeln!(
             svg,
-            r##"<text x="{mid}" y="{}" text-anchor="middle" fill="#546e7a" font-size="10">{}</text>"##,
+            r##"<text x="{text_x}" y="{}" text-anchor="{anchor}" fill="#546e7a" font-size="10">{}</text>"##,
             line_y + 13.0,
             escape(&fit(detail, max_chars + max_chars / 10))
         );
@@ -371,6 +425,16 @@ mod tests {
         assert!(!svg.contains("<policy"));
         assert!(svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<svg").count(), 1);
+    }
+
+    #[test]
+    fn a_long_verdict_wraps_at_spaces() {
+        let text = "word ".repeat(60);
+        let lines = wrap(text.trim(), 30, 3);
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|l| l.chars().count() <= 30));
+        assert!(lines[2].ends_with('…'));
+        assert_eq!(wrap("short", 30, 3), vec!["short".to_owned()]);
     }
 
     #[test]

@@ -115,6 +115,7 @@ pub(super) fn build(obs: &Observation<'_>, verdict: &Verdict) -> Sequence {
         _ => None,
     });
     let mut login_drawn = [false, false];
+    let mut data_drawn = false;
     for (i, event) in events.iter().enumerate() {
         if used[i] {
             continue;
@@ -209,20 +210,24 @@ pub(super) fn build(obs: &Observation<'_>, verdict: &Verdict) -> Sequence {
             }
             PeerEvent::DataConnectFailed { .. } => data_failed_rows(obs, &mut rows, at),
             PeerEvent::DataAccepted { .. } => {}
+            PeerEvent::Transferred { .. } if event.side == Side::Server => {
+                // The bytes as the client got them, drawn where the server finished sending
+                // (before its 226).
+                let got = events.iter().find_map(|e| match e.what {
+                    PeerEvent::Transferred { bytes, intact } if e.side == Side::Client => {
+                        Some((bytes, intact))
+                    }
+                    _ => None,
+                });
+                if let Some((bytes, intact)) = got {
+                    rows.push(data_row(bytes, intact, at));
+                    data_drawn = true;
+                }
+            }
             PeerEvent::Transferred { bytes, intact } => {
-                if event.side == Side::Client {
-                    rows.push(Row::Arrow {
-                        from: Lane::Server,
-                        to: Lane::Client,
-                        label: format!("data: {bytes} bytes of lab.bin"),
-                        detail: Some(if *intact {
-                            "identical to the served file".into()
-                        } else {
-                            "NOT the served file".into()
-                        }),
-                        style: Style::Data,
-                        at_ms: at,
-                    });
+                if !data_drawn {
+                    rows.push(data_row(*bytes, *intact, at));
+                    data_drawn = true;
                 }
             }
             PeerEvent::ControlAccepted { .. } => {}
@@ -233,6 +238,21 @@ pub(super) fn build(obs: &Observation<'_>, verdict: &Verdict) -> Sequence {
         lanes,
         rows,
         verdict: (verdict.ok, verdict.text.clone()),
+    }
+}
+
+fn data_row(bytes: usize, intact: bool, at_ms: Option<u64>) -> Row {
+    Row::Arrow {
+        from: Lane::Server,
+        to: Lane::Client,
+        label: format!("data: {bytes} bytes of lab.bin"),
+        detail: Some(if intact {
+            "identical to the served file".into()
+        } else {
+            "NOT the served file".into()
+        }),
+        style: Style::Data,
+        at_ms,
     }
 }
 
@@ -353,7 +373,7 @@ fn control_rows(
                 }
                 format!("kernel forwards it: {}", parts.join(", "))
             } else {
-                "intercepted: ftp-alg proxies the control connection".to_owned()
+                "ftp-alg takes the control connection and opens its own to the server".to_owned()
             };
             rows.push(Row::Note {
                 lane: Lane::Gateway,
@@ -519,16 +539,18 @@ fn data_connected_rows(
             if l_peer != local {
                 parts.push(format!("SNAT {local} → {l_peer}"));
             }
-            let mut text = parts.join(", ");
-            if let Some(admitted) = admitted {
-                text.push_str("; ");
-                text.push_str(admitted);
-            }
             rows.push(Row::Note {
                 lane: Lane::Gateway,
-                text,
+                text: parts.join(", "),
                 alarm: false,
             });
+            if let Some(admitted) = admitted {
+                rows.push(Row::Note {
+                    lane: Lane::Gateway,
+                    text: admitted.into(),
+                    alarm: false,
+                });
+            }
             rows.push(Row::Arrow {
                 from: Lane::Gateway,
                 to: lane(listener),
@@ -567,9 +589,12 @@ fn data_failed_rows(obs: &Observation<'_>, rows: &mut Vec<Row>, at_ms: Option<u6
             rows.push(Row::Arrow {
                 from: lane(opener),
                 to: Lane::Gateway,
-                label: format!("SYN to {} (from {verb}): no route", f.remote),
-                detail: Some("nothing is sent".into()),
-                style: Style::Blocked,
+                label: format!("SYN to {} (from {verb})", f.remote),
+                detail: Some(match f.local {
+                    Some(local) => format!("from {local}: no route, nothing is sent"),
+                    None => "no route, nothing is sent".to_owned(),
+                }),
+                style: Style::NotSent,
                 at_ms,
             });
             rows.push(Row::Note {
@@ -615,14 +640,44 @@ fn data_failed_rows(obs: &Observation<'_>, rows: &mut Vec<Row>, at_ms: Option<u6
                 at_ms,
             }),
         },
-        ConnectFailure::Refused => rows.push(Row::Arrow {
-            from: Lane::Gateway,
-            to: lane(opener),
-            label: format!("RST for {from} → {}", f.remote),
-            detail: Some("refused: nothing listens there".into()),
-            style: Style::Blocked,
-            at_ms,
-        }),
+        ConnectFailure::Refused => {
+            let gateway = [
+                obs.addresses.gateway_client_side,
+                obs.addresses.gateway_server_side,
+            ]
+            .contains(&f.remote.ip());
+            rows.push(Row::Arrow {
+                from: lane(opener),
+                to: if gateway {
+                    Lane::Gateway
+                } else {
+                    lane(listener)
+                },
+                label: format!("SYN {from} → {}", f.remote),
+                detail: None,
+                style: Style::Connect,
+                at_ms,
+            });
+            rows.push(Row::Arrow {
+                from: if gateway {
+                    Lane::Gateway
+                } else {
+                    lane(listener)
+                },
+                to: lane(opener),
+                label: "RST: refused".into(),
+                detail: Some(if gateway {
+                    format!(
+                        "no port-forward for :{}, nothing listens there",
+                        f.remote.port()
+                    )
+                } else {
+                    "nothing listens there".into()
+                }),
+                style: Style::Blocked,
+                at_ms,
+            });
+        }
         ConnectFailure::Other => rows.push(Row::Arrow {
             from: lane(opener),
             to: Lane::Gateway,
