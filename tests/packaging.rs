@@ -227,7 +227,8 @@ fn package_installs_the_unit_but_neither_enables_nor_starts_it() {
     assert_eq!(units["enable"].as_bool(), Some(false));
     assert_eq!(units["start"].as_bool(), Some(false));
     let depends = meta["depends"].as_str().unwrap();
-    for package in ["nftables", "iproute2"] {
+    // procps: /bin/kill, which ExecReload runs.
+    for package in ["nftables", "iproute2", "procps"] {
         assert!(depends.contains(package), "depends = {depends}");
     }
 }
@@ -307,7 +308,7 @@ fn built_deb_declares_dependencies_and_the_conffile() {
         .args(["-f"])
         .arg(&deb)
         .arg("Depends"));
-    for package in ["nftables", "iproute2", "libc6"] {
+    for package in ["nftables", "iproute2", "procps", "libc6"] {
         assert!(depends.contains(package), "Depends: {depends}");
     }
     let control = tempfile::tempdir().unwrap();
