@@ -208,7 +208,10 @@ pub(super) fn build(obs: &Observation<'_>, verdict: &Verdict) -> Sequence {
             PeerEvent::DataConnected { local, remote } => {
                 data_connected_rows(obs, &mut rows, event.side, *local, *remote, at);
             }
-            PeerEvent::DataConnectFailed { .. } => data_failed_rows(obs, &mut rows, at),
+            PeerEvent::DataConnectFailed { waited, .. } => {
+                // Drawn when the first SYN left, not when the opener gave up.
+                data_failed_rows(obs, &mut rows, ms(event.at.saturating_sub(*waited)));
+            }
             PeerEvent::DataAccepted { .. } => {}
             PeerEvent::Transferred { .. } if event.side == Side::Server => {
                 // The bytes as the client got them, drawn where the server finished sending
@@ -667,10 +670,7 @@ fn data_failed_rows(obs: &Observation<'_>, rows: &mut Vec<Row>, at_ms: Option<u6
                 to: lane(opener),
                 label: "RST: refused".into(),
                 detail: Some(if gateway {
-                    format!(
-                        "no port-forward for :{}, nothing listens there",
-                        f.remote.port()
-                    )
+                    format!("no port-forward for :{}", f.remote.port())
                 } else {
                     "nothing listens there".into()
                 }),
