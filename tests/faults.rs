@@ -161,3 +161,50 @@ fn a_transfer_survives_a_sigkill_of_the_daemon_and_a_restart_cleans_up() {
     assert_pinholes_drained(&lab, &restarted);
     assert_clean_shutdown(&lab, restarted);
 }
+
+#[test]
+fn a_transfer_longer_than_the_idle_timeout_keeps_its_control_connection() {
+    require_lab!("vsftpd", "conntrack");
+    let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");
+    let server = Vsftpd::start(&lab.server).expect("vsftpd");
+    let payload = vec![9u8; 4_000_000];
+    server.put_file("slow.bin", &payload).expect("file");
+    let mut options = AlgOptions::new(alg_binary());
+    options.extra_args = vec!["--idle-timeout".into(), "2".into()];
+    let alg = AlgDaemon::start(&lab.gateway, &options).expect("ftp-alg");
+    let result = lab
+        .client
+        .run_in(|| -> Result<(usize, u16), String> {
+            let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
+            ftp.login(FTP_USER, FTP_PASSWORD)
+                .map_err(|e| e.to_string())?;
+            let reply = ftp.command("PASV").map_err(|e| e.to_string())?;
+            let data_addr = parse_227(&reply.text).ok_or("no 227")?;
+            let mut data =
+                TcpStream::connect_timeout(&SocketAddr::V4(data_addr), Duration::from_secs(5))
+                    .map_err(|e| e.to_string())?;
+            ftp.command("RETR slow.bin").map_err(|e| e.to_string())?;
+            // Read slowly: about 5 s in all, more than twice the idle timeout.
+            let mut got = 0;
+            let mut buf = [0u8; 16384];
+            loop {
+                let n = data.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+                std::thread::sleep(Duration::from_micros(20_000));
+            }
+            let done = ftp.read_reply().map_err(|e| e.to_string())?;
+            Ok((got, done.code))
+        })
+        .expect("client thread");
+    let (got, code) = result.unwrap_or_else(|e| panic!("{e}\n{}", alg.output()));
+    assert_eq!(got, payload.len());
+    assert_eq!(
+        code, 226,
+        "the control connection was cut during the transfer"
+    );
+    drop(server);
+    assert_clean_shutdown(&lab, alg);
+}

@@ -27,6 +27,8 @@ struct State {
     close_failures: VecDeque<FirewallError>,
     open_delay: Duration,
     in_flight: usize,
+    /// What `connection_alive` answers (None: true, a transfer is assumed to run).
+    connections_alive: Option<bool>,
 }
 
 impl FakeFirewall {
@@ -37,6 +39,11 @@ impl FakeFirewall {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes `connection_alive` answer `alive` (by default it answers true).
+    pub fn set_connections_alive(&self, alive: bool) {
+        self.state().connections_alive = Some(alive);
     }
 
     /// Pinholes currently installed, in the order they were first opened.
@@ -137,6 +144,10 @@ impl Firewall for FakeFirewall {
         state.live.retain(|p| *p != pinhole);
         state.closed.push(pinhole);
         Ok(())
+    }
+
+    async fn connection_alive(&self, _pinhole: Pinhole) -> bool {
+        self.state().connections_alive.unwrap_or(true)
     }
 }
 

@@ -103,4 +103,8 @@ impl<F: Firewall> Firewall for Healing<F> {
     async fn close(&self, pinhole: Pinhole) -> Result<(), FirewallError> {
         self.inner.close(pinhole).await
     }
+
+    async fn connection_alive(&self, pinhole: Pinhole) -> bool {
+        self.inner.connection_alive(pinhole).await
+    }
 }

@@ -14,6 +14,7 @@
 //! the session logic is unit-tested against [`FakeFirewall`] and the kernel backend is tested
 //! on its own, in network namespaces.
 
+mod conntrack;
 pub mod fake;
 mod healing;
 mod netlink;
@@ -237,6 +238,16 @@ pub trait Firewall: Send + Sync + 'static {
 
     /// Removes it; a pinhole that is already gone (consumed or expired) is not an error.
     fn close(&self, pinhole: Pinhole) -> impl Future<Output = Result<(), FirewallError>> + Send;
+
+    /// Whether the data connection this pinhole admitted is still alive in the kernel
+    /// (asked when a control connection has been idle for its timeout during a transfer).
+    fn connection_alive(&self, pinhole: Pinhole) -> impl Future<Output = bool> + Send {
+        async move {
+            tokio::task::spawn_blocking(move || conntrack::alive(&pinhole))
+                .await
+                .unwrap_or(true)
+        }
+    }
 }
 
 #[cfg(test)]

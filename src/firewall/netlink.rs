@@ -32,6 +32,7 @@
 //! TIMEOUT (be64 ms) } }`. Concatenated keys pad every component to 4 bytes, in network
 //! byte order (`inet_service` is 2 bytes big-endian plus 2 zero bytes).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -97,6 +98,9 @@ const ACK_WAIT: Duration = Duration::from_secs(5);
 /// transaction: polling halves the latency of back-to-back calls, for at most 50 us of CPU
 /// after each burst.
 const SPIN: Duration = Duration::from_micros(50);
+/// How often an add refused with EBUSY is retried, and the back-off step between tries.
+const BUSY_RETRIES: u32 = 5;
+const BUSY_BACKOFF: Duration = Duration::from_millis(1);
 
 /// The kernel backend of [`Firewall`]: a cheap, cloneable handle to the firewall thread.
 ///
@@ -582,6 +586,11 @@ struct Backend {
     rx: Vec<u8>,
     replies: Vec<Reply>,
     counters: Arc<Counters>,
+    /// How many callers currently hold each pinhole. Two sessions can ask for the very
+    /// same tuple (a client's second session gets the server's passive port the first one
+    /// used); the kernel has one element for both, so it is removed only when the last
+    /// holder closes. Counted here because this thread sees every request in order.
+    owners: HashMap<Pinhole, u32>,
 }
 
 impl Backend {
@@ -610,6 +619,7 @@ impl Backend {
             tx: Vec::with_capacity(64 << 10),
             rx: Vec::with_capacity(64 << 10),
             replies: Vec::new(),
+            owners: HashMap::new(),
             counters,
         };
         backend.probe()?;
@@ -827,8 +837,13 @@ impl Backend {
 
     fn run(&mut self, queue: &mpsc::Receiver<Request>) {
         let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+        let mut busy = false;
         loop {
-            let first = match spin_recv(queue) {
+            // Spin briefly only under load (the last batch had company): with one request
+            // at a time the spin never catches the next one and steals a core from the
+            // tasks that produce it.
+            let spun = if busy { spin_recv(queue) } else { None };
+            let first = match spun {
                 Some(request) => request,
                 None => match queue.recv() {
                     Ok(request) => request,
@@ -842,6 +857,7 @@ impl Backend {
                     Err(_) => break,
                 }
             }
+            busy = batch.len() > 1;
             self.process(&mut batch);
             batch.clear();
         }
@@ -852,6 +868,36 @@ impl Backend {
         // An open whose caller stopped waiting would leave an untracked pinhole behind (until
         // its timeout): skip it. Closes always run.
         batch.retain(|r| !(matches!(r.kind, Kind::Add { .. }) && r.reply.is_closed()));
+        // Account for shared tuples in request order; a close that leaves other holders
+        // is answered without touching the kernel.
+        let mut kept = Vec::with_capacity(batch.len());
+        for request in batch.drain(..) {
+            let still_held = match request.kind {
+                Kind::Add { .. } => {
+                    *self.owners.entry(request.pinhole).or_default() += 1;
+                    false
+                }
+                Kind::Remove => match self.owners.get_mut(&request.pinhole) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        true
+                    }
+                    Some(_) => {
+                        self.owners.remove(&request.pinhole);
+                        false
+                    }
+                    None => false,
+                },
+            };
+            if still_held {
+                debug!(pinhole = %request.pinhole, "pinhole still held by another session; kept");
+                Counters::add(&self.counters.requests, 1);
+                let _ = request.reply.send(Ok(()));
+            } else {
+                kept.push(request);
+            }
+        }
+        *batch = kept;
         if batch.is_empty() {
             return;
         }
@@ -900,7 +946,25 @@ impl Backend {
         .unwrap_or_else(|| Outcome::Lost("empty transaction".into()))
     }
 
-    fn finish(&mut self, request: Request, outcome: Outcome) {
+    fn finish(&mut self, request: Request, mut outcome: Outcome) {
+        // EBUSY: the kernel is resizing the set under a concurrent transaction. It is not a
+        // clash of keys; a retry a moment later succeeds.
+        let mut retries = 0;
+        while matches!(request.kind, Kind::Add { .. })
+            && matches!(
+                outcome,
+                Outcome::Refused {
+                    errno: libc::EBUSY,
+                    ..
+                }
+            )
+            && retries < BUSY_RETRIES
+        {
+            retries += 1;
+            Counters::add(&self.counters.replays, 1);
+            std::thread::sleep(BUSY_BACKOFF * retries);
+            outcome = self.transact_one(&request);
+        }
         let result = match (request.kind, outcome) {
             (Kind::Remove, Outcome::Refused { errno, .. })
                 if self.destroy && (errno == libc::EINVAL || errno == libc::EOPNOTSUPP) =>
@@ -918,6 +982,14 @@ impl Backend {
         };
         if let Err(error) = &result {
             debug!(pinhole = %request.pinhole, %error, "pinhole operation failed");
+            if matches!(request.kind, Kind::Add { .. })
+                && let Some(n) = self.owners.get_mut(&request.pinhole)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.owners.remove(&request.pinhole);
+                }
+            }
         }
         Counters::add(&self.counters.requests, 1);
         let _ = request.reply.send(result);
@@ -990,7 +1062,11 @@ impl Backend {
                 libc::ENFILE | libc::ENOSPC | libc::E2BIG => {
                     FirewallError::SetFull { set: set(element) }
                 }
-                libc::EEXIST | libc::EBUSY => FirewallError::Conflict { set: set(element) },
+                libc::EEXIST => FirewallError::Conflict { set: set(element) },
+                libc::EBUSY => kernel_error(
+                    &format!("add to set {} (busy; retried)", set(element)),
+                    errno,
+                ),
                 _ => {
                     let what = if adding {
                         format!("add an element to set {}", set(element))

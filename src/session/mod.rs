@@ -132,6 +132,8 @@ pub struct Session<F> {
     epsv_all: bool,
     pinholes: Vec<Held>,
     telemetry: Option<Arc<SessionEntry>>,
+    /// When the last complete line arrived from either side.
+    last_line: tokio::time::Instant,
 }
 
 /// A pinhole this session opened, and the port lease it holds.
@@ -140,6 +142,8 @@ struct Held {
     pinhole: Pinhole,
     opened: Instant,
     lease: Option<(IpAddr, u16)>,
+    /// A transfer started after it was opened: its data connection is that transfer's.
+    used: bool,
 }
 
 impl<F: Firewall> Session<F> {
@@ -156,6 +160,7 @@ impl<F: Firewall> Session<F> {
             topology,
             epsv_all: false,
             telemetry: None,
+            last_line: tokio::time::Instant::now(),
             client_lines: LineFramer::new(policy.max_line),
             server_lines: LineFramer::new(policy.max_line),
             replies: ReplyAssembler::new(policy.max_line * 16),
@@ -255,19 +260,17 @@ impl<F: Firewall> Session<F> {
         let mut server_buf = vec![0u8; 4096];
         let mut client_open = true;
         loop {
-            let idle = if self.transfer_running {
-                // RFC 5382: the control connection sits idle during a long transfer.
-                Duration::from_secs(u64::from(u32::MAX))
-            } else {
-                self.policy.idle_timeout
-            };
+            // Idle is measured from the last complete line: bytes that never finish a line
+            // (a slowloris trickle) do not keep a session alive.
+            let idle = self.policy.idle_timeout;
+            let deadline = self.last_line + idle;
             let read_client = client_open
                 && self.in_flight.len() < MAX_IN_FLIGHT
                 && self.in_flight.back() != Some(&Pending::Auth);
             let step = tokio::select! {
                 r = client_r.read(&mut client_buf), if read_client => Step::Client(r),
                 r = server_r.read(&mut server_buf) => Step::Server(r),
-                () = tokio::time::sleep(idle) => Step::Idle,
+                () = tokio::time::sleep_until(deadline) => Step::Idle,
             };
             let result = match step {
                 Step::Client(Ok(0)) => {
@@ -303,6 +306,12 @@ impl<F: Firewall> Session<F> {
                     return Stop::Ended(Ending::IoError);
                 }
                 Step::Idle => {
+                    // RFC 5382: the control connection sits idle during a long transfer;
+                    // wait as long as its data connection lives, and no longer.
+                    if self.transfer_running && self.transfer_alive().await {
+                        self.last_line = tokio::time::Instant::now();
+                        continue;
+                    }
                     info!(timeout_s = idle.as_secs(), "idle timeout; closing session");
                     let _ = client_w
                         .write_all(&ftp::render_reply(
@@ -324,6 +333,16 @@ impl<F: Firewall> Session<F> {
         }
     }
 
+    /// Whether the data connection of the running transfer is alive in the kernel.
+    async fn transfer_alive(&self) -> bool {
+        for held in self.pinholes.iter().filter(|held| held.used) {
+            if self.firewall.connection_alive(held.pinhole).await {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Handles every complete line the client has sent.
     async fn drain_client<CW, SW>(
         &mut self,
@@ -335,6 +354,7 @@ impl<F: Firewall> Session<F> {
         SW: AsyncWrite + Unpin,
     {
         while let Some(framed) = self.client_lines.next_line() {
+            self.last_line = tokio::time::Instant::now();
             let line = match framed {
                 Ok(line) => line,
                 Err(FrameError::TooLong { max }) => {
@@ -482,6 +502,7 @@ impl<F: Firewall> Session<F> {
         CW: AsyncWrite + Unpin,
     {
         while let Some(framed) = self.server_lines.next_line() {
+            self.last_line = tokio::time::Instant::now();
             let line = match framed {
                 Ok(line) => line,
                 Err(FrameError::TooLong { max }) => {
@@ -539,8 +560,40 @@ impl<F: Firewall> Session<F> {
                     client_w.write_all(&bytes).await?;
                 }
             }
+            if !self.transfer_running {
+                self.release_used().await;
+            }
         }
         Ok(false)
+    }
+
+    /// Closes the pinholes of transfers that have ended (consumed, or never used by a
+    /// transfer that is over), so a session can run any number of transfers.
+    async fn release_used(&mut self) {
+        if !self.pinholes.iter().any(|held| held.used) {
+            return;
+        }
+        let (done, pending): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.pinholes)
+            .into_iter()
+            .partition(|held| held.used);
+        self.pinholes = pending;
+        for held in done {
+            self.release(held).await;
+        }
+    }
+
+    /// Removes one pinhole from the kernel (a no-op if its connection consumed it) and
+    /// returns its port lease.
+    async fn release(&self, held: Held) {
+        if let Err(e) = self.firewall.close(held.pinhole).await {
+            warn!(pinhole = %held.pinhole, error = %e, "could not remove pinhole");
+        }
+        if let Some((owner, port)) = held.lease {
+            self.ports.release(owner, port);
+        }
+        if let Some(entry) = &self.telemetry {
+            entry.pinhole_closed(&held.pinhole);
+        }
     }
 
     /// Whether the reply that starts now is one the policy replaces.
@@ -558,6 +611,10 @@ impl<F: Firewall> Session<F> {
         if code < 200 {
             if (100..200).contains(&code) && self.greeted {
                 self.transfer_running = true;
+                // Each PASV/PORT serves one transfer: the pinholes open now belong to it.
+                for held in &mut self.pinholes {
+                    held.used = true;
+                }
             }
             return None;
         }
@@ -712,6 +769,7 @@ impl<F: Firewall> Session<F> {
                     pinhole: plan.pinhole,
                     opened: Instant::now(),
                     lease: plan.lease,
+                    used: false,
                 });
                 Ok(())
             }
@@ -728,15 +786,7 @@ impl<F: Firewall> Session<F> {
 
     async fn close_all(&mut self) {
         for held in std::mem::take(&mut self.pinholes) {
-            if let Err(e) = self.firewall.close(held.pinhole).await {
-                warn!(pinhole = %held.pinhole, error = %e, "could not remove pinhole at session end");
-            }
-            if let Some((owner, port)) = held.lease {
-                self.ports.release(owner, port);
-            }
-            if let Some(entry) = &self.telemetry {
-                entry.pinhole_closed(&held.pinhole);
-            }
+            self.release(held).await;
         }
     }
 }

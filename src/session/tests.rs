@@ -505,7 +505,7 @@ async fn pinholes_per_session_are_capped() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn idle_timeout_closes_with_421_but_not_during_a_transfer() {
+async fn idle_timeout_closes_with_421_but_not_while_the_data_connection_lives() {
     let mut h = start_with(
         Policy {
             idle_timeout: Duration::from_secs(5),
@@ -514,11 +514,16 @@ async fn idle_timeout_closes_with_421_but_not_during_a_transfer() {
         FakeFirewall::default(),
     );
     h.greet().await;
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 ok (203,0,113,2,117,48)\r\n").await;
+    read_line(&mut h.client).await;
     h.client_says(b"RETR big\r\n").await;
     read_line(&mut h.server).await;
     h.server_says(b"150 Opening data connection\r\n").await;
     read_line(&mut h.client).await;
-    // A long transfer: the control channel is silent far beyond the idle timeout.
+    // A long transfer (the fake says its connection lives): the control channel is silent
+    // far beyond the idle timeout.
     tokio::time::sleep(Duration::from_secs(3600)).await;
     h.server_says(b"226 done\r\n").await;
     assert_eq!(read_line(&mut h.client).await, "226 done\r\n");
@@ -532,6 +537,59 @@ async fn idle_timeout_closes_with_421_but_not_during_a_transfer() {
             .unwrap(),
         Ending::IdleTimeout
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_150_without_a_live_data_connection_does_not_hold_the_session() {
+    let firewall = FakeFirewall::default();
+    firewall.set_connections_alive(false);
+    let mut h = start_with(
+        Policy {
+            idle_timeout: Duration::from_secs(5),
+            ..policy()
+        },
+        firewall,
+    );
+    h.greet().await;
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 ok (203,0,113,2,117,48)\r\n").await;
+    read_line(&mut h.client).await;
+    h.client_says(b"RETR big\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"150 Opening data connection\r\n").await;
+    read_line(&mut h.client).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("421 "), "{line}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_line_trickled_byte_by_byte_is_cut_at_the_idle_timeout() {
+    let mut h = start_with(
+        Policy {
+            idle_timeout: Duration::from_secs(5),
+            ..policy()
+        },
+        FakeFirewall::default(),
+    );
+    h.greet().await;
+    // One byte a second, never a line end: no complete line, so the session goes idle.
+    let mut cut = false;
+    for _ in 0..20 {
+        h.client_says(b"N").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if h.session.is_finished() {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut,
+        "a trickling client held its session past the idle timeout"
+    );
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("421 "), "{line}");
 }
 
 #[tokio::test]
@@ -841,4 +899,33 @@ mod properties {
             crate::session::checks::check_session(&encode(&events));
         }
     }
+}
+
+#[tokio::test]
+async fn a_session_runs_more_transfers_than_its_pinhole_limit() {
+    let mut h = start_with(
+        Policy {
+            max_pinholes: 2,
+            ..policy()
+        },
+        FakeFirewall::default(),
+    );
+    h.greet().await;
+    for round in 0..10u16 {
+        h.client_says(b"PASV\r\n").await;
+        read_line(&mut h.server).await;
+        let port = 30000 + round;
+        h.server_says(format!("227 ok (203,0,113,2,{},{})\r\n", port >> 8, port & 0xff).as_bytes())
+            .await;
+        let reply = read_line(&mut h.client).await;
+        assert!(reply.starts_with("227 "), "round {round}: {reply}");
+        h.client_says(b"RETR f\r\n").await;
+        read_line(&mut h.server).await;
+        h.server_says(b"150 go\r\n226 done\r\n").await;
+        read_line(&mut h.client).await;
+        read_line(&mut h.client).await;
+    }
+    // The used pinholes were closed when their transfers ended.
+    assert_eq!(h.firewall.opened().len(), 10);
+    assert!(h.firewall.live().is_empty(), "{:?}", h.firewall.live());
 }

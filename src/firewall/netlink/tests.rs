@@ -366,6 +366,33 @@ const T: &str = "fa_test";
 const LONG: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_pinhole_of_two_holders_stays_until_the_last_closes() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let fw = ns.start(T);
+    // Two sessions of one client get the same passive port of one server.
+    let p = passive("10.0.0.2", "203.0.113.2", 30000);
+    fw.open(p, LONG).await.expect("first holder");
+    fw.open(p, LONG).await.expect("second holder");
+    fw.close(p).await.expect("first holder leaves");
+    assert_eq!(
+        ns.count(T, "passive_pin"),
+        1,
+        "the second holder's pinhole was removed: {}",
+        ns.list(T, "passive_pin")
+    );
+    fw.close(p).await.expect("second holder leaves");
+    assert_eq!(
+        ns.count(T, "passive_pin"),
+        0,
+        "{}",
+        ns.list(T, "passive_pin")
+    );
+    // A close without a holder (already closed) is still harmless.
+    fw.close(p).await.expect("extra close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_pinhole_opens_with_timeout_and_closes_idempotently() {
     let Some(ns) = Netns::new() else { return };
     ns.load(T, 1024);
