@@ -305,8 +305,9 @@ fn one_scenario_with_keep_leaves_its_namespaces_and_the_drop_evidence() {
     );
 }
 
-/// `ftp-alg watch --netns` on the gateway while `mode` runs; returns its output and the cell.
-fn watch_during(lab: &ScenarioLab, mode: DataMode) -> (String, CellResult) {
+/// `ftp-alg watch --netns <gateway> [extra]` while `mode` runs; returns its output and the
+/// cell.
+fn watch_during(lab: &ScenarioLab, mode: DataMode, extra: &[&str]) -> (String, CellResult) {
     let mut watch: Child = Command::new(binary())
         .args([
             "watch",
@@ -317,6 +318,7 @@ fn watch_during(lab: &ScenarioLab, mode: DataMode) -> (String, CellResult) {
             "--duration",
             "30",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -336,7 +338,7 @@ fn watch_during(lab: &ScenarioLab, mode: DataMode) -> (String, CellResult) {
     let first = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("watch printed nothing");
-    assert!(first.starts_with("watching every interface"), "{first}");
+    assert!(first.starts_with("watching "), "{first}");
     let cell = lab.run(mode).expect("session");
     // Let an unanswered SYN pass the 1 s bound, then stop it like Ctrl-C would.
     std::thread::sleep(Duration::from_millis(1500));
@@ -375,7 +377,7 @@ fn event_addr(
 fn watch_names_the_dropped_active_syn_of_a_strict_firewall() {
     require_lab!();
     let lab = ScenarioLab::build(Topology::Routed, Variant::None, &binary()).expect("lab");
-    let (text, cell) = watch_during(&lab, DataMode::Port);
+    let (text, cell) = watch_during(&lab, DataMode::Port, &[]);
     assert!(!cell.verdict.ok, "routed PORT without a helper must fail");
     // The client's real listening port, as its socket had it.
     let listening = event_addr(&cell, |w| match w {
@@ -403,7 +405,7 @@ fn watch_names_the_dropped_active_syn_of_a_strict_firewall() {
 fn watch_names_the_alg_rewrite_and_the_admitted_data_connection() {
     require_lab!();
     let lab = ScenarioLab::build(Topology::ClientNat, Variant::FtpAlg, &binary()).expect("lab");
-    let (text, cell) = watch_during(&lab, DataMode::Port);
+    let (text, cell) = watch_during(&lab, DataMode::Port, &[]);
     assert!(
         cell.verdict.ok,
         "client-nat PORT through ftp-alg must work: {}",
@@ -453,7 +455,7 @@ fn watch_names_the_alg_rewrite_and_the_admitted_data_connection() {
 fn watch_names_a_227_that_points_behind_the_port_forward() {
     require_lab!();
     let lab = ScenarioLab::build(Topology::Reverse, Variant::None, &binary()).expect("lab");
-    let (text, cell) = watch_during(&lab, DataMode::Pasv);
+    let (text, cell) = watch_during(&lab, DataMode::Pasv, &[]);
     assert!(!cell.verdict.ok);
     let announced = event_addr(&cell, |w| match w {
         PeerEvent::Listening(addr) => Some(*addr),
@@ -467,4 +469,40 @@ fn watch_names_a_227_that_points_behind_the_port_forward() {
         text.contains("227 names 198.51.100.2, but the client reached the server at 203.0.113.1"),
         "{text}"
     );
+}
+
+#[test]
+fn watch_on_one_interface_reports_only_what_that_interface_shows() {
+    require_lab!();
+    let lab = ScenarioLab::build(Topology::Routed, Variant::None, &binary()).expect("lab");
+    let (text, cell) = watch_during(&lab, DataMode::Pasv, &["--interface", "lan0"]);
+    assert!(!cell.verdict.ok);
+    assert!(
+        text.starts_with(&format!(
+            "watching interface lan0 in network namespace {}",
+            lab.gateway_name()
+        )),
+        "{text}"
+    );
+    // The client's real data socket, as it reported it.
+    let (local, remote) = cell
+        .events
+        .iter()
+        .find_map(|e| match e.what {
+            PeerEvent::DataConnectFailed { local, remote, .. } => Some((local?, remote)),
+            _ => None,
+        })
+        .expect("the client's failed data connection");
+    let line = text
+        .lines()
+        .find(|l| {
+            l.contains(&format!(
+                "client connects {local} → {remote} (the address in 227)"
+            ))
+        })
+        .unwrap_or_else(|| panic!("no line about the client's SYN:\n{text}"));
+    assert!(line.contains("arriving on lan0"), "{line}");
+    assert!(line.contains("got no answer"), "{line}");
+    assert!(line.contains("this capture sees only lan0"), "{line}");
+    assert!(!text.contains("wan0"), "only lan0 was captured:\n{text}");
 }

@@ -37,6 +37,9 @@ pub struct ExplainConfig {
     pub control_ports: Vec<u16>,
     /// A data SYN without answer for this long is reported as unanswered.
     pub no_answer_after: Duration,
+    /// Whether the capture sees every interface of the host (so a SYN that arrives and never
+    /// leaves was dropped here), or only one (where it went next is not visible).
+    pub all_interfaces: bool,
 }
 
 impl Default for ExplainConfig {
@@ -44,6 +47,7 @@ impl Default for ExplainConfig {
         Self {
             control_ports: vec![21],
             no_answer_after: Duration::from_secs(3),
+            all_interfaces: true,
         }
     }
 }
@@ -674,7 +678,13 @@ impl Explainer {
                     if tries == 1 { "" } else { "s" },
                     waited.as_secs_f64()
                 );
-                if attempt.stopped_here() {
+                if !self.config.all_interfaces {
+                    let _ = write!(
+                        why,
+                        ": this capture sees only {}, so where it stopped is not visible here",
+                        first.iface
+                    );
+                } else if attempt.stopped_here() {
                     let _ = write!(
                         why,
                         ": it arrived on {} and never left the gateway — dropped here, the \

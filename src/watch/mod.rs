@@ -74,6 +74,7 @@ pub fn run(
     let mut explainer = Explainer::new(ExplainConfig {
         control_ports: options.control_ports.clone(),
         no_answer_after: options.no_answer_after,
+        all_interfaces: options.interface.is_none(),
     });
     let place = match (&options.interface, &options.netns) {
         (Some(iface), Some(ns)) => format!("interface {iface} in network namespace {ns}"),

@@ -513,6 +513,7 @@ fn run_cell(lab: &ScenarioLab, id: ScenarioId) -> Result<CellResult> {
     let mut explainer = Explainer::new(ExplainConfig {
         control_ports: vec![21],
         no_answer_after: Duration::from_millis(1500),
+        all_interfaces: true,
     });
     for segment in &segments {
         explainer.tick(segment.at);
