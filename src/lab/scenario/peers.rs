@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -198,12 +198,6 @@ impl EventLog {
     /// The epoch.
     pub fn epoch(&self) -> Instant {
         self.epoch
-    }
-
-    /// Starts a new epoch (a new scenario) and forgets what was recorded.
-    pub fn restart(&mut self, epoch: Instant) {
-        self.epoch = epoch;
-        self.take();
     }
 }
 
@@ -797,7 +791,7 @@ impl Client {
             } else {
                 let text = self.expect("EPSV", &[229])?;
                 let port = parse_229(&text).ok_or_else(|| format!("no port in `{text}`"))?;
-                SocketAddr::new(remote_ip(remote), port)
+                SocketAddr::new(remote.ip(), port)
             };
             let stream = connect_from(
                 None,
@@ -835,8 +829,4 @@ impl Client {
         }
         Ok(())
     }
-}
-
-fn remote_ip(remote: SocketAddr) -> IpAddr {
-    remote.ip()
 }
