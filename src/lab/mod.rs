@@ -22,22 +22,22 @@
 
 mod alg;
 mod cli_clients;
-mod eprt_shim;
 pub mod diagram;
 mod error;
+mod eprt_shim;
 mod mode;
 mod netns;
 pub mod nft;
 pub mod preflight;
 mod process;
 pub mod raw_client;
-pub mod reverse;
 pub mod report;
 pub mod routed;
+pub mod reverse;
 mod routing_state;
-mod scratch;
 pub mod scenario;
 mod topology;
+mod scratch;
 mod vsftpd;
 mod wiring;
 
