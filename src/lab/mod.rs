@@ -23,8 +23,8 @@
 mod alg;
 mod cli_clients;
 pub mod diagram;
-mod error;
 mod eprt_shim;
+mod error;
 mod mode;
 mod netns;
 pub mod nft;
@@ -32,12 +32,12 @@ pub mod preflight;
 mod process;
 pub mod raw_client;
 pub mod report;
-pub mod routed;
 pub mod reverse;
+pub mod routed;
 mod routing_state;
 pub mod scenario;
-mod topology;
 mod scratch;
+mod topology;
 mod vsftpd;
 mod wiring;
 
