@@ -20,17 +20,27 @@
 #     READY=1 arrives and the table exists; WATCHDOG=1 pings; `ftp-alg status` answers on
 #     /run/ftp-alg/status.sock; SIGHUP (the unit's ExecReload) gives RELOADING=1 then READY=1;
 #     SIGTERM gives STOPPING=1, exit status 0, the table and the socket gone.
-#     Not emulated: the unit's seccomp filter, mount and namespace restrictions.
+#  6. Then the real thing: the same root boots under systemd-nspawn (systemd as PID 1 of a
+#     container with a private network namespace, nothing connected to the host's network),
+#     where the admin's steps are taken: a test-only unit makes eth0/eth1, ftp-alg.service is
+#     enabled and started by systemd with the whole unit (DynamicUser, capabilities, seccomp,
+#     sandbox, notify, watchdog). Checked: active with status "listening" and the table in
+#     place; the process is unprivileged, NoNewPrivs, seccomp-filtered, with exactly the
+#     unit's capabilities; `ftp-alg status`; still running without a restart after
+#     WatchdogSec; `systemctl reload`; a `status.group` hands the socket to that group (a member
+#     reads it, another user is refused); `systemd-analyze security` on the live unit;
+#     `systemctl stop` ends with result "success" and no table. `--no-boot` skips this stage.
 #
-# Usage: sudo scripts/deb-install-test.sh [--static-only] [--keep] [PATH.deb]
+# Usage: sudo scripts/deb-install-test.sh [--static-only] [--no-boot] [--keep] [PATH.deb]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-static_only=0 keep=0 deb=""
+static_only=0 keep=0 boot=1 deb=""
 for arg in "$@"; do
 	case "$arg" in
 	--static-only) static_only=1 ;;
+	--no-boot) boot=0 ;;
 	--keep) keep=1 ;;
 	*.deb) deb=$(realpath "$arg") ;;
 	*) die "unknown argument: $arg" ;;
@@ -63,10 +73,15 @@ chmod 0755 "$root" # mktemp makes it 0700: the service's user must be able to en
 ns="fa-pkg-$$"
 daemon=""
 notify_pid=""
+nspawn_pid=""
 cleanup() {
 	set +e
 	[ -n "$daemon" ] && kill -KILL "$daemon" 2>/dev/null
 	[ -n "$notify_pid" ] && kill "$notify_pid" 2>/dev/null
+	if [ -n "$nspawn_pid" ]; then
+		kill -KILL "$nspawn_pid" 2>/dev/null
+		wait "$nspawn_pid" 2>/dev/null
+	fi
 	ip netns del "$ns" 2>/dev/null
 	if [ "$keep" -eq 1 ]; then
 		echo "kept: $root"
@@ -244,5 +259,126 @@ step "notifications, in order"
 cat "$notify_log"
 step "daemon log"
 cat "$work/daemon.log"
+kill "$notify_pid" 2>/dev/null || true
+wait "$notify_pid" 2>/dev/null || true
+notify_pid=""
+rm -f "$root/run/notify.sock"
+rm -rf "$root/run/ftp-alg"
+ip netns del "$ns"
+
+if [ "$boot" -eq 0 ]; then
+	echo
+	echo "deb-install-test: all checks passed, the systemd boot skipped (--no-boot) ($deb)"
+	exit 0
+fi
+
+# ---- 6. systemd as PID 1 of a container booted from the same root ---------------------------
+apt_install systemd-container
+step "enabling the unit in the root (the admin's step) and a test-only unit for eth0/eth1"
+cat >"$root/etc/systemd/system/fa-test-links.service" <<'UNIT'
+# Test only (scripts/deb-install-test.sh): the interfaces the shipped config names, inside
+# the container's private network namespace.
+[Unit]
+Description=test only: eth0/eth1 veth pair for ftp-alg
+Before=ftp-alg.service
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/ip link add eth1 type veth peer name eth0
+ExecStart=/usr/sbin/ip addr add 192.0.2.1/24 dev eth1
+ExecStart=/usr/sbin/ip addr add 198.51.100.1/24 dev eth0
+ExecStart=/usr/sbin/ip link set eth1 up
+ExecStart=/usr/sbin/ip link set eth0 up
+[Install]
+WantedBy=multi-user.target
+UNIT
+in_root systemctl enable fa-test-links.service ftp-alg.service
+rm -f "$root/usr/sbin/policy-rc.d"
+
+step "booting the root with systemd-nspawn (private network)"
+machine="fa-pkg-$$"
+# --keep-unit --register=no: no host systemd or machined to talk to; --console=pipe: no tty.
+systemd-nspawn --quiet --directory="$root" --machine="$machine" --private-network \
+	--register=no --keep-unit --console=pipe --boot </dev/null >"$work/nspawn.log" 2>&1 &
+nspawn_pid=$!
+init=""
+for _ in $(seq 100); do
+	init=$(pgrep -P "$nspawn_pid" -x systemd | head -n 1) && [ -n "$init" ] && break
+	sleep 0.1
+done
+[ -n "$init" ] || { cat "$work/nspawn.log"; die "the container did not start"; }
+in_ct() { nsenter --target "$init" --all -- "$@"; }
+state=""
+for _ in $(seq 120); do
+	state=$(in_ct systemctl is-system-running 2>/dev/null || true)
+	case "$state" in running | degraded) break ;; esac
+	sleep 0.5
+done
+echo "container systemd: $state"
+in_ct systemctl is-active --quiet ftp-alg.service || {
+	in_ct systemctl status ftp-alg.service --no-pager || true
+	in_ct journalctl -u ftp-alg.service --no-pager || true
+	die "ftp-alg.service is not active under systemd"
+}
+in_ct systemctl status ftp-alg.service --no-pager | head -n 9
+[ "$(in_ct systemctl show -P StatusText ftp-alg.service)" = listening ] || die "no READY/STATUS from the daemon"
+in_ct nft list table inet ftp_alg >/dev/null || die "the service runs but its table is missing"
+echo "table inet ftp_alg installed"
+
+step "the service's process, as systemd set it up"
+main=$(in_ct systemctl show -P MainPID ftp-alg.service)
+proc=$(in_ct grep -E '^(Uid|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' "/proc/$main/status")
+echo "$proc"
+uid=$(echo "$proc" | awk '/^Uid:/ { print $2 }')
+[ "$uid" -ne 0 ] || die "the service runs as root"
+echo "$proc" | grep -q '^NoNewPrivs:[[:space:]]*1' || die "NoNewPrivileges not in effect"
+echo "$proc" | grep -q '^Seccomp:[[:space:]]*2' || die "no seccomp filter"
+# CAP_CHOWN (0), CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12) = 0x1401, nothing else.
+for set in CapEff CapBnd CapAmb; do
+	echo "$proc" | grep -q "^$set:[[:space:]]*0000000000001401" || die "$set is not exactly the unit's capabilities"
+done
+in_ct ftp-alg status
+
+step "watchdog: still running, not restarted, after WatchdogSec"
+sleep "$(($(unit_value WatchdogSec | tr -dc 0-9) + 3))"
+in_ct systemctl is-active --quiet ftp-alg.service || die "the service died within WatchdogSec"
+[ "$(in_ct systemctl show -P NRestarts ftp-alg.service)" = 0 ] || die "the service was restarted (watchdog?)"
+echo "active, NRestarts=0, last ping $(in_ct systemctl show -P WatchdogTimestamp ftp-alg.service)"
+
+step "systemctl reload ftp-alg"
+in_ct systemctl reload ftp-alg.service
+in_ct journalctl -u ftp-alg.service --no-pager | grep -q 'SIGHUP: configuration reloaded' || die "no reload in the journal"
+[ "$(in_ct systemctl show -P MainPID ftp-alg.service)" = "$main" ] || die "reload restarted the process"
+echo "reloaded in place (pid $main)"
+
+step "status.group: the socket goes to that group (CAP_CHOWN), whose members may read it"
+in_ct groupadd --system ftpalg-ops
+in_ct useradd --no-create-home --groups ftpalg-ops fa-member
+in_ct useradd --no-create-home fa-other
+in_ct sed -i 's/^# group = .*/group = "ftpalg-ops"/' /etc/ftp-alg/ftp-alg.toml
+in_ct grep -q '^group = "ftpalg-ops"' /etc/ftp-alg/ftp-alg.toml || die "the shipped config has no commented status.group line to set"
+in_ct systemctl restart ftp-alg.service
+in_ct ls -l /run/ftp-alg/status.sock
+in_ct stat -c %G /run/ftp-alg/status.sock | grep -qx ftpalg-ops || die "the status socket is not in the status group"
+in_ct setpriv --reuid=fa-member --regid=fa-member --init-groups ftp-alg status >/dev/null || die "a status-group member cannot read the status"
+if in_ct setpriv --reuid=fa-other --regid=fa-other --init-groups ftp-alg status >/dev/null 2>&1; then
+	die "a user outside the status group can read the status"
+fi
+echo "member reads it; another user is refused"
+
+step "systemd-analyze security ftp-alg (the live unit)"
+in_ct systemd-analyze security --no-pager ftp-alg.service | tail -n 1
+
+step "systemctl stop ftp-alg"
+in_ct systemctl stop ftp-alg.service
+[ "$(in_ct systemctl show -P Result ftp-alg.service)" = success ] || die "the stop did not end in success"
+in_ct nft list table inet ftp_alg >/dev/null 2>&1 && die "table left after stop"
+in_ct journalctl -u ftp-alg.service --no-pager | tail -n 6
+in_ct systemctl poweroff 2>/dev/null || true
+for _ in $(seq 60); do
+	kill -0 "$nspawn_pid" 2>/dev/null || break
+	sleep 0.5
+done
+kill -0 "$nspawn_pid" 2>/dev/null && echo "the container did not power off in 30 s; killing it"
 echo
 echo "deb-install-test: all checks passed ($deb)"
