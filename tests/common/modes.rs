@@ -14,11 +14,10 @@
 //! every session stores a file of its own name, and the process that logged that `STOR` logged
 //! all of the session's commands after login.
 //!
-//! Known daemon bug these concurrent runs hit now and then (about one run in eight of the
-//! reverse matrix on the machine they were written on): when two sessions of one client meet
-//! the same server passive port, the end of the first removes the second's pinhole (they share
-//! its set keys), and the second's data connection is dropped. `tests/pinhole_shared_key.rs`
-//! reproduces it every time.
+//! Concurrent sessions of one client can meet the same server passive port; the end of one
+//! must not take the other's pinhole (they share its set keys). These runs hit that about one
+//! time in eight before the daemon counted holders per key; `tests/pinhole_shared_key.rs`
+//! provokes it every time.
 
 use std::fmt;
 use std::io::Write as _;
