@@ -21,6 +21,7 @@
 //! because those crates are dev-dependencies.
 
 mod alg;
+pub mod attacker;
 mod cli_clients;
 pub mod diagram;
 mod eprt_shim;
