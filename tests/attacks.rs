@@ -261,6 +261,17 @@ fn bounce_port_and_eprt_naming_another_host_or_a_low_port_get_501_and_open_nothi
             reply.text
         );
     }
+    // IPv6 in EPRT on an IPv4 control connection, the client's address IPv4-mapped included:
+    // the wrong family (RFC 2428: 522), never a pinhole.
+    for command in [
+        "EPRT |2|::ffff:10.0.0.2|51201|",
+        "EPRT |2|::ffff:198.51.100.7|51201|",
+        "EPRT |2|fd00::2|51201|",
+        "EPRT |2|::1|51201|",
+    ] {
+        let reply = ctl.cmd(command).expect(command);
+        assert_eq!(reply.code, 522, "{command} -> {}", reply.text);
+    }
     assert!(
         data_commands_received(&server).is_empty(),
         "a refused command reached the server: {:?}",
@@ -271,7 +282,7 @@ fn bounce_port_and_eprt_naming_another_host_or_a_low_port_get_501_and_open_nothi
         + refusals_logged(&alg, "EPRT refused", cases.len() / 2);
     assert_eq!(
         logged,
-        cases.len(),
+        cases.len() + 4,
         "each refusal must be logged in its session's span\n{}",
         alg.output()
     );
@@ -857,6 +868,77 @@ fn telnet_iac_sequences_cannot_smuggle_a_port() {
         "clean rewritten PORT: {ports:?}"
     );
     assert_eq!(admitted(&lab), (0, 0));
+}
+
+#[test]
+fn an_endless_multiline_227_is_bounded_and_opens_nothing() {
+    require_lab!();
+    let lab = plain_lab();
+    let (_server, next) = scripted_with_queue(&lab, &["PASV"]);
+    // The ALG buffers a multi-line 227 of at most 16 lines' worth (16 x 128 bytes here).
+    let alg = start_alg(&lab.gateway, &["--max-line", "128"]);
+    let mut ctl = login(&lab);
+    let mut answer = b"227-Entering Passive Mode (203,0,113,2,119,36)\r\n".to_vec();
+    for i in 0..200 {
+        answer.extend_from_slice(format!("227-{i:04} {}\r\n", "x".repeat(100)).as_bytes());
+    }
+    answer.extend_from_slice(b"227 Entering Passive Mode (203,0,113,2,119,36)\r\n");
+    next.push(answer);
+    ctl.send(b"PASV\r\n").expect("PASV");
+    let got = ctl
+        .read_until(b"227 Entering", REPLY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", context(&alg, &ctl)));
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("451 ftp-alg:"),
+        "the client must be told that the reply was cut: {text:?}"
+    );
+    assert_nothing_opened(&lab, &alg, &ctl);
+    // The session goes on.
+    assert_eq!(ctl.cmd("NOOP").expect("NOOP").code, 200);
+}
+
+#[test]
+#[ignore = "weakness: a PORT line in the body of an HTTP request sent to a port the ALG \
+            intercepts is acted on (NAT slipstreaming without any segment-size trick): \
+            src/session/mod.rs on_command interprets every complete line, whatever the \
+            session's first line was"]
+fn a_port_in_an_http_request_body_opens_nothing() {
+    require_lab!();
+    let lab = plain_lab();
+    // A hostile server (it greets and says 230 to anything, so login state proves nothing).
+    let server = scripted(&lab, |_| Some(b"230 OK\r\n".to_vec()));
+    let alg = start_alg(&lab.gateway, &[]);
+    // Some service of the victim's on a high port (a development web server, say).
+    let victim = listen_in(&lab.client, v4(CLIENT_IP, 51201)).expect("victim service");
+    let mut ctl = Control::connect(&lab.client, control_addr()).expect("connect");
+    assert_eq!(ctl.read_reply(REPLY_TIMEOUT).expect("greeting").code, 220);
+    // What a browser sends when a page makes it POST a form to the attacker's port 21.
+    let body = "PORT 10,0,0,2,200,1\r\n";
+    let request = format!(
+        "POST /x HTTP/1.1\r\nHost: 203.0.113.2:21\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    ctl.send(request.as_bytes()).expect("request");
+    std::thread::sleep(Duration::from_millis(500));
+    let forwarded = data_commands_received(&server);
+    let left = pinholes(&lab);
+    // The attacker's server follows the PORT it was given, as any FTP server would.
+    let reached = forwarded
+        .first()
+        .and_then(|line| gateway_port_in(line.as_bytes()))
+        .is_some_and(|port| {
+            let _ = connect_in(&lab.server, None, v4(GATEWAY_WAN_IP, port), BLOCKED);
+            accept_within(&victim, Duration::from_millis(500)).is_some()
+        });
+    assert!(
+        left.is_empty() && !reached,
+        "an HTTP request body opened {left:#?}; the server (the attacker) got {forwarded:?} \
+         and {} the victim's port 51201 through the gateway\n{}",
+        if reached { "reached" } else { "did not reach" },
+        alg.output()
+    );
 }
 
 // ---------------------------------------------------------------------------------------
