@@ -45,7 +45,17 @@ fn attack_lab() -> AttackLab {
 }
 
 fn start_alg(gateway: &Netns, extra: &[&str]) -> AlgDaemon {
+    start_alg_tuned(gateway, |_| {}, extra)
+}
+
+/// Like [`start_alg`], with the lab's own settings (pinhole timeout, active ports) changed.
+fn start_alg_tuned(
+    gateway: &Netns,
+    tune: impl FnOnce(&mut AlgOptions),
+    extra: &[&str],
+) -> AlgDaemon {
     let mut options = AlgOptions::new(alg_binary());
+    tune(&mut options);
     options.extra_args = extra.iter().map(ToString::to_string).collect();
     AlgDaemon::start(gateway, &options).expect("starting ftp-alg")
 }
@@ -1143,6 +1153,113 @@ fn an_active_mode_gateway_port_admits_only_the_server_and_only_once() {
     assert!(set(&lab, "set", "dnat_once").is_empty());
     drop(ctl);
     common::assert_pinholes_drained(&lab, &alg);
+}
+
+#[test]
+fn a_pending_pinhole_goes_with_its_session_and_expires_on_its_own() {
+    require_lab!();
+    let lab = plain_lab();
+    let _server = scripted(&lab, |_| None);
+    let data = listen_in(&lab.server, v4(SERVER_IP, PASV_PORT)).expect("data listener");
+    let alg = start_alg_tuned(&lab.gateway, |o| o.pinhole_timeout_secs = 2, &[]);
+
+    // A session that ends takes its pending pinholes (passive, and active with its DNAT
+    // mapping) along, long before they would expire.
+    let mut ctl = login(&lab);
+    assert_eq!(ctl.cmd("PASV").expect("PASV").code, 227);
+    assert_eq!(ctl.cmd("PORT 10,0,0,2,200,1").expect("PORT").code, 200);
+    assert_eq!(pinholes(&lab).len(), 4, "{:#?}", pinholes(&lab));
+    let ended = Instant::now();
+    drop(ctl);
+    common::assert_pinholes_drained(&lab, &alg);
+    assert!(
+        ended.elapsed() < Duration::from_millis(1500),
+        "removed only after {:?} (the pinhole timeout is 2 s)",
+        ended.elapsed()
+    );
+
+    // One left pending in a live session expires after the pinhole timeout: the client's
+    // connection then finds nothing.
+    let mut ctl = login(&lab);
+    assert_eq!(ctl.cmd("PASV").expect("PASV").code, 227);
+    std::thread::sleep(Duration::from_millis(2600));
+    assert!(pinholes(&lab).is_empty(), "{:#?}", pinholes(&lab));
+    let late = attempts(&[(&lab.client, None, v4(SERVER_IP, PASV_PORT))], BLOCKED);
+    assert_eq!(late, [false], "an expired pinhole admitted a connection");
+    assert!(accept_within(&data, Duration::from_millis(100)).is_none());
+    assert_eq!(admitted(&lab), (0, 0));
+    // The session itself is fine and can ask again.
+    assert_eq!(ctl.cmd("PASV").expect("PASV").code, 227);
+    let fresh = connect_in(
+        &lab.client,
+        None,
+        v4(SERVER_IP, PASV_PORT),
+        Duration::from_secs(3),
+    )
+    .expect("thread");
+    assert!(fresh.is_ok(), "{fresh:?}\n{}", context(&alg, &ctl));
+    assert_eq!(admitted(&lab), (1, 0));
+}
+
+#[test]
+fn an_exhausted_active_port_pool_gets_425_and_is_given_back_when_the_hog_leaves() {
+    require_lab!();
+    let lab = plain_lab();
+    lab.client
+        .ip(&["addr", "add", "10.0.0.3/24", "dev", "eth0"])
+        .expect("second client address");
+    let _server = scripted(&lab, |_| None);
+    // Ten gateway ports for active mode; one client may hold 2 sessions x 8 pending.
+    let alg = start_alg_tuned(&lab.gateway, |o| o.active_ports = (40000, 40009), &[]);
+    let mut hogs = [login(&lab), login(&lab)];
+    let mut granted = 0;
+    for (n, hog) in hogs.iter_mut().enumerate() {
+        for k in 0..5u16 {
+            let reply = hog
+                .cmd(&port_command(CLIENT_IP, 52000 + 10 * n as u16 + k))
+                .expect("PORT");
+            assert_eq!(reply.code, 200, "{}", reply.text);
+            granted += 1;
+        }
+    }
+    assert_eq!(granted, 10);
+    assert_eq!(set(&lab, "set", "dnat_once").len(), 10);
+    // Another client now gets a clear 425 for active mode (passive still works).
+    let mut other = Control::login(&lab.client, control_addr(), "other", "secret").expect("login");
+    let mut other_from_3 = {
+        let mut ctl = Control::connect_from(
+            &lab.client,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)),
+            control_addr(),
+        )
+        .expect("connect");
+        assert_eq!(ctl.read_reply(REPLY_TIMEOUT).expect("greeting").code, 220);
+        ctl
+    };
+    let reply = other_from_3.cmd("PORT 10,0,0,3,200,1").expect("PORT");
+    assert_eq!(reply.code, 425, "{}", reply.text);
+    assert!(
+        reply.text.contains("no free gateway port"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(other.cmd("PASV").expect("PASV").code, 227);
+    // The hog leaves: its leases come back, the other client gets its port.
+    drop(hogs);
+    let start = Instant::now();
+    loop {
+        let reply = other_from_3.cmd("PORT 10,0,0,3,200,1").expect("PORT");
+        if reply.code == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "leases not given back: {}\n{}",
+            reply.text,
+            alg.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
