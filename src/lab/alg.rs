@@ -79,15 +79,29 @@ impl AlgOptions {
             .collect()
     }
 
+    /// A status socket of this instance's own, unless the caller chose one: the default
+    /// (/run/ftp-alg/status.sock) would take the socket of a real daemon on this host.
+    fn status_args(&self) -> Vec<String> {
+        if self.extra_args.iter().any(|a| a == "--status-socket") {
+            return Vec::new();
+        }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("fa-status-{}-{n}.sock", std::process::id()));
+        vec!["--status-socket".into(), path.display().to_string()]
+    }
+
     fn common_tail(&self) -> Vec<String> {
-        vec![
+        let mut tail = self.status_args();
+        tail.extend([
             "--pinhole-timeout".into(),
             self.pinhole_timeout_secs.to_string(),
             "--active-ports".into(),
             format!("{}-{}", self.active_ports.0, self.active_ports.1),
             "--log-level".into(),
             self.log_level.clone(),
-        ]
+        ]);
+        tail
     }
 
     /// The full command line.
@@ -234,9 +248,26 @@ impl AlgDaemon {
 mod tests {
     use super::{AlgDeployment, AlgOptions};
 
+    /// The command line without its per-instance status socket, which must not be the
+    /// default path of a real daemon.
+    fn without_status(argv: Vec<String>) -> String {
+        let at = argv
+            .iter()
+            .position(|a| a == "--status-socket")
+            .expect("a status socket of its own");
+        assert!(
+            !argv[at + 1].starts_with("/run/ftp-alg"),
+            "{}",
+            argv[at + 1]
+        );
+        let mut argv = argv;
+        argv.drain(at..at + 2);
+        argv.join(" ")
+    }
+
     #[test]
     fn client_nat_command_line_is_unchanged_by_the_new_modes() {
-        let argv = AlgOptions::new("/bin/ftp-alg").argv().join(" ");
+        let argv = without_status(AlgOptions::new("/bin/ftp-alg").argv());
         assert_eq!(
             argv,
             "/bin/ftp-alg run --lan-interface lan0 --wan-interface wan0 --listen 0.0.0.0:2121 \
@@ -248,7 +279,7 @@ mod tests {
     fn routed_and_reverse_command_lines() {
         let routed = AlgOptions::with_deployment("/bin/ftp-alg", AlgDeployment::Routed);
         assert_eq!(
-            routed.argv().join(" "),
+            without_status(routed.argv()),
             "/bin/ftp-alg run --mode routed --lan-interface lan0 --listen 0.0.0.0:2121 \
              --listen6 [::]:2121 --control-port 21 --pinhole-timeout 30 \
              --active-ports 40000-40999 --log-level debug"
@@ -267,7 +298,7 @@ mod tests {
             ]),
         );
         assert_eq!(
-            reverse.argv().join(" "),
+            without_status(reverse.argv()),
             "/bin/ftp-alg run --reverse 203.0.113.1:21=198.51.100.2:21 \
              --reverse [2001:db8:1::1]:21=[2001:db8:2::2]:21 --pinhole-timeout 30 \
              --active-ports 40000-40999 --log-level debug"
