@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The scale benchmark (see BENCHMARKS.md "Scale"): bulk RETR through an ftp-alg pinhole vs plain
+# kernel forwarding and the kernel FTP helper (with the daemon's CPU time during the transfer),
+# NOOP round trip through the proxy vs direct (one session, then with 1,000 idle sessions held
+# through the ALG), daemon RSS per idle session (1,000 and up to 10,000 sessions), and new
+# sessions per second vs the kernel helper.
+#
+#   sudo bash scripts/bench-scale.sh            # full run (a few minutes once built)
+#   sudo bash scripts/bench-scale.sh --quick    # smoke run (seconds)
+#
+# Needs root: the lab builds its own network namespaces (deleted again on exit) and nftables
+# tables inside them; nothing is configured in the host's own namespace.
+#
+# Knobs (environment): FTP_ALG_SCALE_BULK_MIB (1024), FTP_ALG_SCALE_BULK_ROUNDS (5),
+# FTP_ALG_SCALE_NOOPS (5000), FTP_ALG_SCALE_LOADED_SESSIONS (1000), FTP_ALG_SCALE_IDLE
+# ("1000,10000"), FTP_ALG_SCALE_SESSION_SECS (5), FTP_ALG_SCALE_SESSION_MAX (5000),
+# FTP_ALG_BENCH_BINARY (another ftp-alg build), FTP_ALG_BENCH_QUIET_WAIT (120; 0 = don't wait).
+#
+# The idle-session count is capped by RLIMIT_NOFILE: the benchmark raises it (hard limit too,
+# when allowed) before it starts the daemon; run `ulimit -Hn 65536` first where that is refused.
+#
+# Output: a Markdown table on stdout, all numbers in target/bench/scale.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+require_root "$@"
+apt_install nftables iproute2 procps vsftpd
+require_cargo
+
+# Build first, so the compiler's load is gone before the wait and the measurement.
+cargo bench --bench scale --no-run
+
+limit="${FTP_ALG_BENCH_QUIET_WAIT:-120}"
+cpus="$(nproc)"
+waited=0
+while :; do
+	load="$(cut -d' ' -f1 /proc/loadavg)"
+	if awk -v l="$load" -v c="$cpus" 'BEGIN { exit !(l < c / 2) }'; then
+		break
+	fi
+	if [ "$waited" -ge "$limit" ]; then
+		echo "bench-scale: load average still $load on $cpus CPUs after ${waited}s; running anyway (numbers will be noisy)" >&2
+		break
+	fi
+	[ "$waited" -eq 0 ] && echo "bench-scale: load average $load on $cpus CPUs; waiting up to ${limit}s for it to drop" >&2
+	sleep 5
+	waited=$((waited + 5))
+done
+
+exec cargo bench --bench scale -- "$@"
