@@ -161,6 +161,10 @@ pub struct Overrides {
     /// Gateway ports for active mode, "low-high" [config: active.port_range].
     #[arg(long, value_name = "LOW-HIGH")]
     pub active_ports: Option<String>,
+    /// Seconds a released gateway port rests before the same server gets it again
+    /// [config: active.port_quarantine_secs].
+    #[arg(long, value_name = "SECS")]
+    pub active_port_quarantine: Option<u64>,
     /// Policy for a 227 naming another host [config: passive.address_policy].
     #[arg(long, value_enum)]
     pub pasv_address_policy: Option<PasvAddressPolicy>,
@@ -303,6 +307,9 @@ impl Overrides {
         }
         if let Some(v) = o.active_ports {
             c.active.port_range = v;
+        }
+        if let Some(v) = o.active_port_quarantine {
+            c.active.port_quarantine_secs = v;
         }
         if let Some(v) = o.pasv_address_policy {
             c.passive.address_policy = v;

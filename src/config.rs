@@ -233,6 +233,9 @@ pub struct PinholeConfig {
 pub struct ActiveConfig {
     /// Gateway ports handed out for rewritten PORT/EPRT, as "low-high".
     pub port_range: String,
+    /// Seconds a released gateway port rests before the same server gets it again
+    /// (conntrack keeps the previous data connection on that tuple for a while).
+    pub port_quarantine_secs: u64,
 }
 
 /// Passive-mode (PASV/EPSV) settings.
@@ -323,6 +326,7 @@ impl Default for ActiveConfig {
     fn default() -> Self {
         Self {
             port_range: "40000-49999".into(),
+            port_quarantine_secs: 60,
         }
     }
 }

@@ -154,7 +154,10 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         policy: policy_rx,
         telemetry: telemetry.clone(),
     };
-    let ports = Arc::new(PortAllocator::new(settings.active_ports.clone()));
+    let ports = Arc::new(PortAllocator::new(
+        settings.active_ports.clone(),
+        std::time::Duration::from_secs(c.active.port_quarantine_secs),
+    ));
     let mut background = tokio::task::JoinSet::new();
     background.spawn(firewall.clone().watch(TABLE_CHECK_PERIOD));
     if let Some(listener) = status {

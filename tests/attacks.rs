@@ -909,10 +909,6 @@ fn an_endless_multiline_227_is_bounded_and_opens_nothing() {
 }
 
 #[test]
-#[ignore = "weakness: a PORT line in the body of an HTTP request sent to a port the ALG \
-            intercepts is acted on (NAT slipstreaming without any segment-size trick): \
-            src/session/mod.rs on_command interprets every complete line, whatever the \
-            session's first line was"]
 fn a_port_in_an_http_request_body_opens_nothing() {
     require_lab!();
     let lab = plain_lab();
@@ -1210,7 +1206,12 @@ fn an_exhausted_active_port_pool_gets_425_and_is_given_back_when_the_hog_leaves(
         .expect("second client address");
     let _server = scripted(&lab, |_| None);
     // Ten gateway ports for active mode; one client may hold 2 sessions x 8 pending.
-    let alg = start_alg_tuned(&lab.gateway, |o| o.active_ports = (40000, 40009), &[]);
+    // No quarantine: this test is about the pool itself (the quarantine has its own test).
+    let alg = start_alg_tuned(
+        &lab.gateway,
+        |o| o.active_ports = (40000, 40009),
+        &["--active-port-quarantine", "0"],
+    );
     let mut hogs = [login(&lab), login(&lab)];
     let mut granted = 0;
     for (n, hog) in hogs.iter_mut().enumerate() {
@@ -1263,12 +1264,6 @@ fn an_exhausted_active_port_pool_gets_425_and_is_given_back_when_the_hog_leaves(
 }
 
 #[test]
-#[ignore = "bug: a gateway port is leased again while conntrack still holds the previous \
-            data connection on it (CLOSE for 10 s after a reset); the server's SYN from the \
-            same source port (20, vsftpd's default) is taken for that old connection and \
-            DNATed by its stale binding to the previous client, bypassing dnat_once/active_pin \
-            (src/session/ports.rs release/allocate; nothing clears conntrack for the tuple \
-            when src/session/mod.rs on_active opens the new pinhole)"]
 fn an_active_data_connection_is_never_delivered_to_the_previous_holder_of_its_gateway_port() {
     require_lab!("vsftpd");
     let lab = plain_lab();
@@ -1283,9 +1278,10 @@ fn an_active_data_connection_is_never_delivered_to_the_previous_holder_of_its_ga
     server
         .put_file("big.bin", &vec![6u8; 8 << 20])
         .expect("file");
-    // One gateway port, so that the victim's transfer gets the port Mallory just used (with
-    // the default 1,000 ports Mallory has to leave stale entries on many of them).
-    let alg = start_alg_tuned(&lab.gateway, |o| o.active_ports = (40000, 40000), &[]);
+    // Two gateway ports: Mallory's just-used port rests in quarantine, so the victim's
+    // transfer must get the other one (with one port it would get a clear 425, never
+    // Mallory's port).
+    let alg = start_alg_tuned(&lab.gateway, |o| o.active_ports = (40000, 40001), &[]);
 
     // Mallory (another LAN host) starts an active RETR, resets its data connection, leaves,
     // and keeps listening on the port it announced.
@@ -1723,7 +1719,7 @@ fn a_slowloris_client_holds_no_more_than_its_own_slots_and_only_until_the_idle_t
             "--max-sessions",
             "3",
             "--idle-timeout",
-            "2",
+            "4",
             "--max-line",
             "128",
         ],
@@ -1757,12 +1753,12 @@ fn a_slowloris_client_holds_no_more_than_its_own_slots_and_only_until_the_idle_t
     );
     assert_eq!(other.cmd("USER x").expect("USER").code, 331);
     assert!(
-        started.elapsed() < Duration::from_millis(1500),
+        started.elapsed() < Duration::from_millis(3500),
         "too slow to judge"
     );
     // One byte per 400 ms, never a line end: cut at the idle timeout all the same.
     let mut closed = [None, None];
-    while started.elapsed() < Duration::from_secs(8) && closed.iter().any(Option::is_none) {
+    while started.elapsed() < Duration::from_secs(12) && closed.iter().any(Option::is_none) {
         for (ctl, closed) in slow.iter_mut().zip(&mut closed) {
             if closed.is_none() {
                 let gone = ctl.send(b"N").is_err()
@@ -1774,8 +1770,9 @@ fn a_slowloris_client_holds_no_more_than_its_own_slots_and_only_until_the_idle_t
         }
     }
     for at in closed {
-        let at = at.unwrap_or_else(|| panic!("a trickling session outlived 8 s\n{}", alg.output()));
-        assert!(at <= Duration::from_secs(4), "cut only after {at:?}");
+        let at =
+            at.unwrap_or_else(|| panic!("a trickling session outlived 12 s\n{}", alg.output()));
+        assert!(at <= Duration::from_secs(7), "cut only after {at:?}");
     }
     // Its slots are free again.
     std::thread::sleep(Duration::from_millis(200));

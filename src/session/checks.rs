@@ -50,7 +50,7 @@ pub fn check_session(data: &[u8]) -> usize {
             Topology::ClientNat,
             Arc::new(policy),
             firewall,
-            Arc::new(PortAllocator::new(40000..=40015)),
+            Arc::new(PortAllocator::new(40000..=40015, Duration::ZERO)),
         );
         let session = tokio::spawn(session.run(client_side, server_side));
         let (mut client_r, mut client_w) = tokio::io::split(&mut client);

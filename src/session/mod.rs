@@ -134,6 +134,8 @@ pub struct Session<F> {
     telemetry: Option<Arc<SessionEntry>>,
     /// When the last complete line arrived from either side.
     last_line: tokio::time::Instant,
+    /// Whether the client has sent a complete line yet.
+    client_spoke: bool,
 }
 
 /// A pinhole this session opened, and the port lease it holds.
@@ -161,6 +163,7 @@ impl<F: Firewall> Session<F> {
             epsv_all: false,
             telemetry: None,
             last_line: tokio::time::Instant::now(),
+            client_spoke: false,
             client_lines: LineFramer::new(policy.max_line),
             server_lines: LineFramer::new(policy.max_line),
             replies: ReplyAssembler::new(policy.max_line * 16),
@@ -368,6 +371,15 @@ impl<F: Firewall> Session<F> {
                     continue;
                 }
             };
+            // NAT slipstreaming: a browser made to POST to an FTP port would have the body's
+            // lines (a PORT) taken for commands. An FTP session never starts like HTTP.
+            if !std::mem::replace(&mut self.client_spoke, true) && looks_like_http(&line.text()) {
+                let reply = self.refuse(&Refusal::NotFtp);
+                client_w.write_all(&reply).await?;
+                return Err(std::io::Error::other(
+                    "an HTTP request on the FTP control port",
+                ));
+            }
             match self.on_command(&line).await {
                 Verdict::Forward(bytes, pending) => {
                     self.in_flight.push_back(pending);
@@ -789,6 +801,20 @@ impl<F: Firewall> Session<F> {
             self.release(held).await;
         }
     }
+}
+
+/// Whether a line is an HTTP request line (`METHOD target HTTP/1.x`, a standard method).
+fn looks_like_http(text: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] = [
+        b"GET", b"POST", b"PUT", b"HEAD", b"OPTIONS", b"DELETE", b"PATCH", b"CONNECT", b"TRACE",
+    ];
+    let text = text.trim_ascii_end();
+    let method = text.split(|b| *b == b' ').next().unwrap_or_default();
+    let Some(last_space) = text.iter().rposition(|b| *b == b' ') else {
+        return false;
+    };
+    let version = &text[last_space + 1..];
+    METHODS.contains(&method) && version.len() >= 6 && version[..5].eq_ignore_ascii_case(b"HTTP/")
 }
 
 /// The stand-in for a masked reply: same code, neutral text.

@@ -3,49 +3,91 @@
 //! A port is leased per server (the DNAT key is server . gateway . port, so two servers may
 //! use the same gateway port at once) and picked at random so that a server cannot predict
 //! the next one.
+//!
+//! A released port rests in quarantine before it is leased again to the same server:
+//! conntrack keeps the previous data connection on that tuple for a while (10 s in CLOSE
+//! after a reset), and a server that connects from a fixed source port (20) would have its
+//! new SYN taken for that old connection and DNATed by its stale binding to the previous
+//! client, past every pinhole.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Leases gateway ports from a configured range.
 #[derive(Debug)]
 pub struct PortAllocator {
     range: RangeInclusive<u16>,
-    leased: Mutex<HashSet<(IpAddr, u16)>>,
+    quarantine: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    leased: HashSet<(IpAddr, u16)>,
+    /// Released ports and when they were released.
+    resting: HashMap<(IpAddr, u16), Instant>,
 }
 
 impl PortAllocator {
-    /// An allocator over `range`.
-    pub fn new(range: RangeInclusive<u16>) -> Self {
+    /// An allocator over `range`; a released port rests for `quarantine`.
+    pub fn new(range: RangeInclusive<u16>, quarantine: Duration) -> Self {
         Self {
             range,
-            leased: Mutex::new(HashSet::new()),
+            quarantine,
+            state: Mutex::new(State::default()),
         }
     }
 
-    /// A free port for connections from `server`, or `None` when the range is exhausted.
+    /// A free port for connections from `server`, or `None` when every port is leased or
+    /// resting.
     pub fn allocate(&self, server: IpAddr) -> Option<u16> {
-        let mut leased = self.leased.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (lo, hi) = (*self.range.start(), *self.range.end());
         let size = u32::from(hi - lo) + 1;
+        if state.resting.len() > size as usize * 4 {
+            let quarantine = self.quarantine;
+            state
+                .resting
+                .retain(|_, since| now.duration_since(*since) < quarantine);
+        }
         let start = rand::random_range(0..size);
         // Random start, then a linear probe: bounded work even when nearly full.
-        (0..size)
-            .map(|i| lo + ((start + i) % size) as u16)
-            .find(|port| leased.insert((server, *port)))
+        for i in 0..size {
+            let key = (server, lo + ((start + i) % size) as u16);
+            if state.leased.contains(&key) {
+                continue;
+            }
+            if let Some(since) = state.resting.get(&key) {
+                if now.duration_since(*since) < self.quarantine {
+                    continue;
+                }
+                state.resting.remove(&key);
+            }
+            state.leased.insert(key);
+            return Some(key.1);
+        }
+        None
     }
 
-    /// Returns a port leased by [`PortAllocator::allocate`].
+    /// Returns a port leased by [`PortAllocator::allocate`]; it rests before its next lease.
     pub fn release(&self, server: IpAddr, port: u16) {
-        let mut leased = self.leased.lock().unwrap_or_else(|e| e.into_inner());
-        leased.remove(&(server, port));
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.leased.remove(&(server, port)) && !self.quarantine.is_zero() {
+            state.resting.insert((server, port), Instant::now());
+        }
     }
 
     /// Ports currently leased.
     pub fn leased(&self) -> usize {
-        self.leased.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .leased
+            .len()
     }
 }
 
@@ -55,7 +97,7 @@ mod tests {
 
     #[test]
     fn allocates_every_port_of_the_range_once_then_runs_out() {
-        let ports = PortAllocator::new(40000..=40009);
+        let ports = PortAllocator::new(40000..=40009, Duration::ZERO);
         let server: IpAddr = "203.0.113.2".parse().unwrap();
         let mut got: Vec<u16> = (0..10).filter_map(|_| ports.allocate(server)).collect();
         got.sort_unstable();
@@ -66,8 +108,22 @@ mod tests {
     }
 
     #[test]
+    fn a_released_port_rests_before_the_same_server_gets_it_again() {
+        let ports = PortAllocator::new(40000..=40001, Duration::from_secs(60));
+        let server: IpAddr = "203.0.113.2".parse().unwrap();
+        let first = ports.allocate(server).unwrap();
+        ports.release(server, first);
+        // Only the other port is offered while the first rests …
+        let second = ports.allocate(server).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(ports.allocate(server), None);
+        // … but another server may use it at once.
+        assert!(ports.allocate("203.0.113.3".parse().unwrap()).is_some());
+    }
+
+    #[test]
     fn the_same_port_may_serve_two_servers() {
-        let ports = PortAllocator::new(40000..=40000);
+        let ports = PortAllocator::new(40000..=40000, Duration::ZERO);
         assert!(ports.allocate("203.0.113.2".parse().unwrap()).is_some());
         assert!(ports.allocate("203.0.113.3".parse().unwrap()).is_some());
     }

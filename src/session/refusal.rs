@@ -66,6 +66,8 @@ pub enum Refusal {
     },
     /// AUTH TLS/SSL: the ALG cannot read an encrypted control channel.
     Tls,
+    /// The client's first line is an HTTP request (NAT slipstreaming): the session is closed.
+    NotFtp,
     /// A verb the command policy refuses.
     Denied {
         /// The verb, upper-cased.
@@ -161,6 +163,10 @@ impl Refusal {
                 534,
                 "ftp-alg cannot inspect TLS on this gateway; continue with plain FTP".into(),
             ),
+            Self::NotFtp => (
+                421,
+                "This is an FTP control connection, not HTTP; closing".into(),
+            ),
             Self::Denied { verb } => (
                 502,
                 format!(
@@ -220,7 +226,7 @@ impl Refusal {
             Self::ForeignPassive { .. } => ChannelRefusal::ForeignAddress,
             Self::TooManyPinholes { .. } | Self::PortsExhausted => ChannelRefusal::Limit,
             Self::Firewall { .. } => ChannelRefusal::Firewall,
-            Self::Tls | Self::Denied { .. } => return None,
+            Self::Tls | Self::Denied { .. } | Self::NotFtp => return None,
         })
     }
 

@@ -65,7 +65,7 @@ fn start_topology(
     let (client, client_side) = tokio::io::duplex(1 << 16);
     let (server, server_side) = tokio::io::duplex(1 << 16);
     let firewall = Arc::new(firewall);
-    let ports = Arc::new(PortAllocator::new(40000..=40099));
+    let ports = Arc::new(PortAllocator::new(40000..=40099, Duration::from_secs(60)));
     let session = Session::new(
         ends,
         topology,
@@ -928,4 +928,47 @@ async fn a_session_runs_more_transfers_than_its_pinhole_limit() {
     // The used pinholes were closed when their transfers ended.
     assert_eq!(h.firewall.opened().len(), 10);
     assert!(h.firewall.live().is_empty(), "{:?}", h.firewall.live());
+}
+
+#[tokio::test]
+async fn an_http_request_on_the_control_port_is_closed_and_its_body_never_acted_on() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(
+        b"POST /x HTTP/1.1\r\nHost: 203.0.113.2:21\r\nContent-Length: 22\r\n\r\nPORT 10,0,0,2,200,1\r\n",
+    )
+    .await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("421 "), "{line}");
+    // The server gets nothing but the close.
+    let mut forwarded = Vec::new();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(1), h.server.read_to_end(&mut forwarded)).await;
+    assert!(
+        forwarded.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&forwarded)
+    );
+    assert!(h.firewall.opened().is_empty());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), h.session)
+            .await
+            .is_ok(),
+        "the session did not end"
+    );
+}
+
+#[test]
+fn ftp_lines_are_not_mistaken_for_http() {
+    assert!(looks_like_http(b"GET / HTTP/1.1"));
+    assert!(looks_like_http(b"POST /x HTTP/1.0 "));
+    for line in [
+        &b"USER anonymous"[..],
+        b"USER HTTP/1.1",
+        b"get / http/1.1",
+        b"",
+        b"PASV",
+    ] {
+        assert!(!looks_like_http(line), "{}", String::from_utf8_lossy(line));
+    }
 }
