@@ -20,6 +20,9 @@
 //! 4. A probe with the daemon's *default* per-session limits, which shows how many transfers a
 //!    single session gets before the ALG refuses one.
 
+mod common;
+
+use common::Stats;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -320,41 +323,7 @@ fn random_payload() -> Vec<u8> {
 // ------------------------------------------------------------------------------------------
 // Statistics
 
-#[derive(Debug, Clone, Default)]
-struct Stats {
-    n: usize,
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
-    mean: f64,
-}
-
 impl Stats {
-    /// Nearest-rank percentiles of microsecond samples.
-    fn from_micros(mut samples: Vec<f64>) -> Self {
-        if samples.is_empty() {
-            return Self::default();
-        }
-        samples.sort_by(f64::total_cmp);
-        let at = |p: f64| {
-            let rank = (p * samples.len() as f64).ceil() as usize;
-            samples[rank.clamp(1, samples.len()) - 1]
-        };
-        Self {
-            n: samples.len(),
-            p50: at(0.50),
-            p99: at(0.99),
-            p999: at(0.999),
-            max: samples[samples.len() - 1],
-            mean: samples.iter().sum::<f64>() / samples.len() as f64,
-        }
-    }
-
-    fn from_durations(samples: &[Duration]) -> Self {
-        Self::from_micros(samples.iter().map(|d| d.as_secs_f64() * 1e6).collect())
-    }
-
     fn triple(&self) -> String {
         if self.n == 0 {
             return "no samples".into();

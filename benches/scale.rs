@@ -18,6 +18,9 @@
 //! Every client and server loop runs on a thread inside a lab namespace and is bounded in
 //! count and in time; every socket has a timeout.
 
+mod common;
+
+use common::Stats;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -1127,31 +1130,6 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s[(s.len() - 1) / 2]
-}
-
-#[derive(Debug, Clone, Default)]
-struct Stats {
-    n: usize,
-    p50: f64,
-    p99: f64,
-}
-
-impl Stats {
-    fn from_micros(mut samples: Vec<f64>) -> Self {
-        if samples.is_empty() {
-            return Self::default();
-        }
-        samples.sort_by(f64::total_cmp);
-        let at = |p: f64| {
-            let rank = (p * samples.len() as f64).ceil() as usize;
-            samples[rank.clamp(1, samples.len()) - 1]
-        };
-        Self {
-            n: samples.len(),
-            p50: at(0.50),
-            p99: at(0.99),
-        }
-    }
 }
 
 fn us(v: f64) -> String {
