@@ -220,6 +220,9 @@ pub struct Overrides {
     /// Seconds sessions get to finish on SIGTERM [config: limits.drain_grace_secs].
     #[arg(long, value_name = "SECS")]
     pub drain_grace: Option<u64>,
+    /// Runtime worker threads, 0 = one per CPU [config: runtime.workers].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
     /// Log format [config: log.format].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -357,6 +360,9 @@ impl Overrides {
         }
         if o.metrics_listen.is_some() {
             c.metrics.listen = o.metrics_listen;
+        }
+        if let Some(v) = o.workers {
+            c.runtime.workers = v;
         }
         if let Some(v) = o.drain_grace {
             c.limits.drain_grace_secs = v;

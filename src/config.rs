@@ -126,6 +126,18 @@ pub struct Config {
     pub status: StatusConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// The async runtime.
+    pub runtime: RuntimeConfig,
+}
+
+/// The async runtime that runs the sessions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads: `0` one per CPU, `1` a single thread that runs everything (the
+    /// lowest latency per command on a small box: no hand-off between threads), `n` that
+    /// many. Read at start; a reload does not change it.
+    pub workers: usize,
 }
 
 /// The local status socket.
@@ -309,6 +321,7 @@ impl Default for Config {
             log: LogConfig::default(),
             status: StatusConfig::default(),
             metrics: MetricsConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }

@@ -49,6 +49,21 @@ pub enum DaemonError {
 /// How often the daemon checks that its table still exists (interception depends on it).
 const TABLE_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The async runtime for [`run`], shaped by `runtime.workers`: `1` is a current-thread
+/// runtime (everything on one thread, no hand-off between threads), `0` one worker per CPU.
+pub fn runtime(settings: &Validated) -> std::io::Result<tokio::runtime::Runtime> {
+    match settings.config.runtime.workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+}
+
 /// The base table described by a validated config.
 pub fn base_table(settings: &Validated) -> BaseTable {
     let c = &settings.config;

@@ -25,10 +25,8 @@ fn real_main() -> anyhow::Result<()> {
                 reload: Box::new(move || settings.load()?.validate()),
                 set_log_level,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
+            let runtime =
+                ftp_alg::daemon::runtime(&validated).context("cannot start the async runtime")?;
             runtime.block_on(ftp_alg::daemon::run(validated, hooks))?;
         }
         Subcommands::Check(settings) => {

@@ -38,7 +38,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
@@ -112,6 +112,9 @@ pub struct NftFirewall {
 
 struct Inner {
     requests: mpsc::Sender<Request>,
+    /// The socket and its bookkeeping, shared with the firewall thread: a caller that finds
+    /// it free runs its own transaction (see [`NftFirewall::submit`]).
+    backend: Arc<Mutex<Backend>>,
     table: String,
     counters: Arc<Counters>,
 }
@@ -209,7 +212,7 @@ impl NftFirewall {
             return Err(FirewallError::InvalidTableName(table.to_owned()));
         }
         let (requests, queue) = mpsc::channel::<Request>();
-        let (ready_tx, ready) = mpsc::sync_channel::<Result<(), FirewallError>>(1);
+        let (ready_tx, ready) = mpsc::sync_channel::<Result<Arc<Mutex<Backend>>, FirewallError>>(1);
         let name = table.to_owned();
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
@@ -217,9 +220,10 @@ impl NftFirewall {
             .name("ftp-alg-nft".into())
             .spawn(
                 move || match setup().and_then(|()| Backend::open(name, thread_counters)) {
-                    Ok(mut backend) => {
-                        let _ = ready_tx.send(Ok(()));
-                        backend.run(&queue);
+                    Ok(backend) => {
+                        let backend = Arc::new(Mutex::new(backend));
+                        let _ = ready_tx.send(Ok(backend.clone()));
+                        run(&backend, &queue);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -228,9 +232,10 @@ impl NftFirewall {
             )
             .map_err(|e| FirewallError::io("spawn the firewall thread", &e))?;
         match ready.recv() {
-            Ok(Ok(())) => Ok(Self {
+            Ok(Ok(backend)) => Ok(Self {
                 inner: Arc::new(Inner {
                     requests,
+                    backend,
                     table: table.to_owned(),
                     counters,
                 }),
@@ -243,23 +248,46 @@ impl NftFirewall {
         }
     }
 
+    /// Runs one request: on the caller's own thread when the socket is free (a combining
+    /// lock: one `sendmsg` and the ACK read, a few microseconds, no thread hand-off), else
+    /// through the firewall thread, which batches everything that queued up meanwhile.
     async fn submit(
         &self,
         kind: Kind,
         pinhole: Pinhole,
         elements: Vec<Element>,
     ) -> Result<(), FirewallError> {
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
+        let request = Request {
+            kind,
+            pinhole,
+            elements,
+            reply,
+        };
+        let request = match self.inner.backend.try_lock() {
+            Ok(mut backend) => {
+                let mut batch = vec![request];
+                let retry = backend.process(&mut batch, Mode::Inline);
+                drop(backend);
+                match retry {
+                    // EBUSY: retried by the thread, whose back-off must not block a runtime
+                    // worker.
+                    Some(request) => request,
+                    None => {
+                        return answer.try_recv().map_err(|_| FirewallError::Stopped)?;
+                    }
+                }
+            }
+            Err(TryLockError::WouldBlock) => request,
+            Err(TryLockError::Poisoned(_)) => return Err(FirewallError::Stopped),
+        };
+        let (reply, queued) = oneshot::channel();
         self.inner
             .requests
-            .send(Request {
-                kind,
-                pinhole,
-                elements,
-                reply,
-            })
+            .send(Request { reply, ..request })
             .map_err(|_| FirewallError::Stopped)?;
-        answer.await.map_err(|_| FirewallError::Stopped)?
+        drop(answer);
+        queued.await.map_err(|_| FirewallError::Stopped)?
     }
 }
 
@@ -835,36 +863,9 @@ impl Backend {
         outcomes
     }
 
-    fn run(&mut self, queue: &mpsc::Receiver<Request>) {
-        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
-        let mut busy = false;
-        loop {
-            // Spin briefly only under load (the last batch had company): with one request
-            // at a time the spin never catches the next one and steals a core from the
-            // tasks that produce it.
-            let spun = if busy { spin_recv(queue) } else { None };
-            let first = match spun {
-                Some(request) => request,
-                None => match queue.recv() {
-                    Ok(request) => request,
-                    Err(_) => break,
-                },
-            };
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
-            }
-            busy = batch.len() > 1;
-            self.process(&mut batch);
-            batch.clear();
-        }
-        debug!(table = %self.table, "all firewall handles dropped; closing the netlink socket");
-    }
-
-    fn process(&mut self, batch: &mut Vec<Request>) {
+    /// Runs a batch and answers every request; in [`Mode::Inline`] an add the kernel found
+    /// busy is returned unanswered instead of being retried here.
+    fn process(&mut self, batch: &mut Vec<Request>, mode: Mode) -> Option<Request> {
         // An open whose caller stopped waiting would leave an untracked pinhole behind (until
         // its timeout): skip it. Closes always run.
         batch.retain(|r| !(matches!(r.kind, Kind::Add { .. }) && r.reply.is_closed()));
@@ -899,7 +900,7 @@ impl Backend {
         }
         *batch = kept;
         if batch.is_empty() {
-            return;
+            return None;
         }
         let started = Instant::now();
         let jobs: Vec<Job<'_>> = batch
@@ -920,11 +921,12 @@ impl Backend {
             micros = started.elapsed().as_micros() as u64,
             "nftables batch"
         );
+        let mut handed_back = None;
         if committed || batch.len() == 1 {
             for (request, outcome) in batch.drain(..).zip(outcomes) {
-                self.finish(request, outcome);
+                handed_back = self.finish(request, outcome, mode).or(handed_back);
             }
-            return;
+            return handed_back;
         }
         debug!(
             requests = batch.len(),
@@ -933,8 +935,9 @@ impl Backend {
         Counters::add(&self.counters.replays, 1);
         for request in batch.drain(..) {
             let outcome = self.transact_one(&request);
-            self.finish(request, outcome);
+            handed_back = self.finish(request, outcome, mode).or(handed_back);
         }
+        handed_back
     }
 
     fn transact_one(&mut self, request: &Request) -> Outcome {
@@ -946,19 +949,26 @@ impl Backend {
         .unwrap_or_else(|| Outcome::Lost("empty transaction".into()))
     }
 
-    fn finish(&mut self, request: Request, mut outcome: Outcome) {
+    /// Answers one request with its outcome; `Some` hands an add the kernel found busy back
+    /// to an inline caller (unanswered, its ownership undone) for the thread to retry.
+    fn finish(&mut self, request: Request, mut outcome: Outcome, mode: Mode) -> Option<Request> {
         // EBUSY: the kernel is resizing the set under a concurrent transaction. It is not a
         // clash of keys; a retry a moment later succeeds.
-        let mut retries = 0;
-        while matches!(request.kind, Kind::Add { .. })
-            && matches!(
+        let busy = |outcome: &Outcome| {
+            matches!(
                 outcome,
                 Outcome::Refused {
                     errno: libc::EBUSY,
                     ..
                 }
             )
-            && retries < BUSY_RETRIES
+        };
+        if mode == Mode::Inline && matches!(request.kind, Kind::Add { .. }) && busy(&outcome) {
+            self.disown(&request.pinhole);
+            return Some(request);
+        }
+        let mut retries = 0;
+        while matches!(request.kind, Kind::Add { .. }) && busy(&outcome) && retries < BUSY_RETRIES
         {
             retries += 1;
             Counters::add(&self.counters.replays, 1);
@@ -982,17 +992,23 @@ impl Backend {
         };
         if let Err(error) = &result {
             debug!(pinhole = %request.pinhole, %error, "pinhole operation failed");
-            if matches!(request.kind, Kind::Add { .. })
-                && let Some(n) = self.owners.get_mut(&request.pinhole)
-            {
-                *n -= 1;
-                if *n == 0 {
-                    self.owners.remove(&request.pinhole);
-                }
+            if matches!(request.kind, Kind::Add { .. }) {
+                self.disown(&request.pinhole);
             }
         }
         Counters::add(&self.counters.requests, 1);
         let _ = request.reply.send(result);
+        None
+    }
+
+    /// Undoes the ownership an add took (it failed, or goes back to the queue).
+    fn disown(&mut self, pinhole: &Pinhole) {
+        if let Some(n) = self.owners.get_mut(pinhole) {
+            *n -= 1;
+            if *n == 0 {
+                self.owners.remove(pinhole);
+            }
+        }
     }
 
     /// The fallback for kernels without `DESTROYSETELEM` (< 6.3, which answer `EINVAL`):
@@ -1088,6 +1104,50 @@ impl Backend {
             Outcome::Io(error) => Err(error),
         }
     }
+}
+
+/// The firewall thread: takes what callers queued (they queue only when they found the socket
+/// busy) and sends it in batches.
+fn run(backend: &Mutex<Backend>, queue: &mpsc::Receiver<Request>) {
+    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    let mut busy = false;
+    loop {
+        // Spin briefly only under load (the last batch had company): with one request
+        // at a time the spin never catches the next one and steals a core from the
+        // tasks that produce it.
+        let spun = if busy { spin_recv(queue) } else { None };
+        let first = match spun {
+            Some(request) => request,
+            None => match queue.recv() {
+                Ok(request) => request,
+                Err(_) => break,
+            },
+        };
+        batch.push(first);
+        let Ok(mut backend) = backend.lock() else {
+            // A caller panicked inside a transaction; nothing can be trusted any more.
+            break;
+        };
+        // Whatever queued while we waited for the socket joins the batch.
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        busy = batch.len() > 1;
+        backend.process(&mut batch, Mode::Thread);
+        batch.clear();
+    }
+    debug!("all firewall handles dropped; closing the netlink socket");
+}
+
+/// Who runs a transaction: the firewall thread, or a caller that found the socket free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Thread,
+    /// On a runtime worker: never sleep (an EBUSY add is handed back for the thread to retry).
+    Inline,
 }
 
 /// Waits for a request by polling for up to [`SPIN`], so a caller that sends its next

@@ -686,7 +686,7 @@ fn request(kind: Kind, pinhole: Pinhole) -> (Request, Answer) {
 fn run_batch(backend: &mut Backend, ops: &[(Kind, Pinhole)]) -> Vec<Result<(), FirewallError>> {
     let (mut batch, answers): (Vec<_>, Vec<_>) =
         ops.iter().map(|&(kind, p)| request(kind, p)).unzip();
-    backend.process(&mut batch);
+    backend.process(&mut batch, Mode::Thread);
     answers
         .into_iter()
         .map(|mut a| a.try_recv().expect("answered"))
@@ -746,7 +746,7 @@ fn an_open_whose_caller_gave_up_is_not_installed() {
         let (gone, answer) = request(ADD, abandoned);
         drop(answer);
         let (kept, mut answer) = request(ADD, wanted);
-        backend.process(&mut vec![gone, kept]);
+        backend.process(&mut vec![gone, kept], Mode::Thread);
         answer.try_recv().expect("answered")
     });
     assert_eq!(answer, Ok(()));
