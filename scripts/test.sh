@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 if [ "$(id -u)" -eq 0 ]; then
-	apt_install nftables iproute2 procps conntrack vsftpd lftp curl
+	apt_install nftables iproute2 procps conntrack vsftpd lftp curl ftp-proxy
 else
 	echo "not root: the network-namespace tests will skip (under CI=true they fail)" >&2
 fi

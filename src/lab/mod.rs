@@ -32,6 +32,7 @@ pub mod nft;
 pub mod preflight;
 mod process;
 pub mod raw_client;
+pub mod relay;
 pub mod report;
 pub mod reverse;
 pub mod routed;
