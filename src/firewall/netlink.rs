@@ -702,8 +702,8 @@ impl Backend {
     }
 
     /// Reads every queued reply, handing each to `on_reply`, which answers whether all
-    /// expected replies have now arrived. Returns once the queue is empty and `on_reply` said
-    /// so; waits up to [`ACK_WAIT`] for stragglers. `Ok(())` with `on_reply` never satisfied
+    /// expected replies have now arrived. Returns as soon as `on_reply` said so (or, after a
+    /// problem, once the queue is empty); waits up to [`ACK_WAIT`] for stragglers. `Ok(())` with `on_reply` never satisfied
     /// means the wait timed out. Replies dropped by the kernel (`ENOBUFS`) are reported as an
     /// error *after* the queue is drained, so the caller can still use the rest.
     fn receive(&mut self, mut on_reply: impl FnMut(Reply) -> bool) -> Result<(), FirewallError> {
@@ -729,6 +729,11 @@ impl Backend {
                     }
                     for reply in self.replies.drain(..) {
                         done |= on_reply(reply);
+                    }
+                    // Everything expected is here: skip the read that would only say
+                    // EAGAIN (a stray message left queued is ignored by the next call).
+                    if done && problem.is_none() {
+                        break;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

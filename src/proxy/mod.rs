@@ -290,6 +290,7 @@ async fn handle<F: Firewall>(
         .telemetry
         .register(id, peer, server, topology.name());
     let policy = shared.settings.policy.borrow().clone();
+    let entry = registration.entry().clone();
     let ending = Session::new(
         ends,
         topology,
@@ -297,10 +298,17 @@ async fn handle<F: Firewall>(
         shared.firewall.clone(),
         shared.ports.clone(),
     )
-    .with_telemetry(registration.entry().clone())
+    .with_telemetry(entry.clone())
     .run(client, upstream)
     .await;
-    info!(?ending, "session ended");
+    let (data_channels, bytes_up, bytes_down) = entry.totals();
+    info!(
+        ?ending,
+        data_channels,
+        control_bytes_up = bytes_up,
+        control_bytes_down = bytes_down,
+        "session ended"
+    );
 }
 
 /// The source of an upstream connection.

@@ -497,7 +497,8 @@ impl<F: Firewall> Session<F> {
             Some(SocketAddr::V4(v4)) if !extended => ftp::render_port(v4),
             Some(public) => ftp::render_eprt(public),
         };
-        info!(
+        // One line per transfer is for debugging; the session's end sums them up.
+        debug!(
             command = verb,
             client = %announced,
             announced = %plan.announce.unwrap_or(announced),
@@ -718,7 +719,7 @@ impl<F: Firewall> Session<F> {
         if let Err(refusal) = self.open(plan).await {
             return self.refuse(&refusal);
         }
-        info!(
+        debug!(
             code,
             pinhole = %plan.pinhole,
             "passive data channel: pinhole open, reply released"

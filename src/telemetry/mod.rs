@@ -106,6 +106,7 @@ pub struct SessionEntry {
     started: Instant,
     bytes_from_client: AtomicU64,
     bytes_from_server: AtomicU64,
+    data_channels: AtomicU64,
     pinholes: Mutex<Vec<(Pinhole, Instant)>>,
     telemetry: Arc<Telemetry>,
 }
@@ -133,6 +134,7 @@ impl Telemetry {
             started: Instant::now(),
             bytes_from_client: AtomicU64::new(0),
             bytes_from_server: AtomicU64::new(0),
+            data_channels: AtomicU64::new(0),
             pinholes: Mutex::new(Vec::new()),
             telemetry: self.clone(),
         });
@@ -236,8 +238,19 @@ impl SessionEntry {
         self.telemetry.control_bytes[1].fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Data channels (pinholes) this session opened, and its control bytes from the client
+    /// and from the server: the summary of its end.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.data_channels.load(Ordering::Relaxed),
+            self.bytes_from_client.load(Ordering::Relaxed),
+            self.bytes_from_server.load(Ordering::Relaxed),
+        )
+    }
+
     /// A pinhole was acknowledged by the kernel after `latency`.
     pub fn pinhole_opened(&self, pinhole: Pinhole, latency: Duration) {
+        self.data_channels.fetch_add(1, Ordering::Relaxed);
         let t = &self.telemetry;
         let slot = usize::from(pinhole.direction == Direction::Passive);
         t.channels_opened[slot].fetch_add(1, Ordering::Relaxed);
