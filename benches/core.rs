@@ -3,8 +3,9 @@
 //!
 //! Run as root: `sudo bash scripts/bench.sh` (= `cargo bench --bench core`), or
 //! `cargo bench --bench core -- --quick` for a short smoke run. Numbers are printed as a
-//! Markdown table and written to `target/bench/core.json`. This is a benchmark, not a test:
-//! it fails only when it cannot run at all; slow numbers are reported, not asserted.
+//! Markdown table and written to `target/bench/core.json`; the concurrency sweep is also drawn
+//! to `target/bench/concurrency.svg`. This is a benchmark, not a test: it fails only when it
+//! cannot run at all; slow numbers are reported, not asserted.
 //!
 //! What runs (everything inside the lab's own namespaces, see `ftp_alg::lab`):
 //!
@@ -13,14 +14,20 @@
 //!    64 concurrent callers, N sequential closes; and as a reference the approach the design
 //!    rejected (spawning `nft add/delete element` per operation).
 //! 2. The daemon's own view of the same latency: its `pinhole acknowledged ... micros=` debug
-//!    lines during the transfer runs.
-//! 3. 1 KiB RETR, each on its own data connection, one control session, PASV and PORT, bounded
-//!    by time and count; through ftp-alg and through the kernel helper (`ct helper` "ftp" +
-//!    nf_nat_ftp). Every transfer's bytes are checked.
+//!    lines during a short run at log level debug (one session, PASV then PORT). The measured
+//!    runs below use log level warn: per-transfer debug lines cost the daemon real time.
+//! 3. 1 KiB RETR, each on its own data connection, PASV and PORT, with 1, 2, 4, … 64 control
+//!    sessions in parallel (a thread each, every session looping PASV/PORT → data connection →
+//!    RETR → EOF → 226), bounded by time and count; through ftp-alg (a fresh daemon per run)
+//!    and through the kernel helper (`ct helper` "ftp" + nf_nat_ftp), alternating, a few
+//!    rounds. Every transfer's bytes are checked. A third variant, a userspace relay proxy,
+//!    plugs in as one more [`Route`] (see [`relay_bed`]).
 //! 4. A probe with the daemon's *default* per-session limits, which shows how many transfers a
 //!    single session gets before the ALG refuses one.
 
 mod common;
+#[path = "common/plot.rs"]
+mod plot;
 
 use common::Stats;
 use std::fmt::Write as _;
@@ -28,6 +35,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +60,11 @@ const TREND_WINDOW: usize = 500;
 /// A transfer run stops after this many failed transfers.
 const MAX_FAILURES: usize = 50;
 
+/// A PORT run stops after this many transfers: a fresh daemon leases each transfer a gateway
+/// port from `--active-ports 40000-49999` (10,000) and rests a released one for the default
+/// 60 s quarantine, so one run must stay below the range (see BENCHMARKS.md).
+const PORT_RUN_CAP: usize = 9_000;
+
 /// How much to do; `--quick` shrinks everything for a smoke run.
 #[derive(Debug, Clone, Copy)]
 struct Settings {
@@ -62,12 +76,20 @@ struct Settings {
     nft_spawns: usize,
     /// Time bound of one transfer run.
     run_time: Duration,
-    /// Count bound of one transfer run.
+    /// Count bound of one transfer run (all its sessions together) ...
     run_max: usize,
+    /// ... at least this many per session.
+    per_session_min: usize,
+    /// Transfers of each mode in the debug-level run (the in-daemon pinhole latency).
+    debug_max: usize,
     /// Transfers the default-limits probe attempts.
     probe_max: usize,
     /// Rounds of each transfer run (ftp-alg and helper alternate within a round).
     rounds: usize,
+    /// Concurrent control sessions of the sweep.
+    sessions: &'static [usize],
+    /// The "parallel sessions" headline row (issue 7, target 2: 32).
+    headline: usize,
 }
 
 impl Settings {
@@ -79,26 +101,70 @@ impl Settings {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
+        // FTP_ALG_BENCH_SESSIONS="1,8,32" replaces the sweep's session counts.
+        let levels = |default: &'static [usize]| -> &'static [usize] {
+            let Ok(text) = std::env::var("FTP_ALG_BENCH_SESSIONS") else {
+                return default;
+            };
+            let mut list: Vec<usize> = text
+                .split(',')
+                .filter_map(|v| v.trim().parse().ok())
+                .filter(|n| (1..=256).contains(n))
+                .collect();
+            list.sort_unstable();
+            list.dedup();
+            if list.is_empty() {
+                default
+            } else {
+                Box::leak(list.into_boxed_slice())
+            }
+        };
         let full = Self {
             pinholes: env("FTP_ALG_BENCH_PINHOLES", 10_000) as usize,
             callers: 64,
             nft_spawns: env("FTP_ALG_BENCH_NFT_SPAWNS", 100) as usize,
-            run_time: Duration::from_secs(env("FTP_ALG_BENCH_SECS", 10)),
-            run_max: env("FTP_ALG_BENCH_MAX", 5_000) as usize,
+            run_time: Duration::from_secs(env("FTP_ALG_BENCH_SECS", 5)),
+            run_max: env("FTP_ALG_BENCH_MAX", 10_000) as usize,
+            per_session_min: 100,
+            debug_max: 2_000,
             probe_max: 40,
             rounds: env("FTP_ALG_BENCH_ROUNDS", 3).max(1) as usize,
+            sessions: levels(&[1, 2, 4, 8, 16, 32, 64]),
+            headline: 32,
         };
         if quick {
             Self {
                 pinholes: 1_000,
                 nft_spawns: 20,
-                run_time: Duration::from_secs(2),
-                run_max: 300,
+                run_time: Duration::from_secs(1),
+                run_max: 1_500,
+                per_session_min: 30,
+                debug_max: 200,
                 rounds: 1,
+                sessions: levels(&[1, 4, 32]),
                 ..full
             }
         } else {
             full
+        }
+    }
+
+    /// A short run before the measured ones.
+    fn warm_up(self) -> Self {
+        Self {
+            run_max: 400,
+            per_session_min: 0,
+            run_time: Duration::from_secs(1),
+            ..self
+        }
+    }
+
+    /// The count bound of a run with `sessions` sessions.
+    fn run_bound(&self, sessions: usize, mode: Mode) -> usize {
+        let max = self.run_max.max(sessions * self.per_session_min);
+        match mode {
+            Mode::Pasv => max,
+            Mode::Port => max.min(PORT_RUN_CAP),
         }
     }
 }
@@ -127,11 +193,15 @@ fn main() {
     println!("{}", report.table(&machine, settings));
     let path = target_dir().join("bench").join("core.json");
     let json = report.json(&machine, settings);
-    match std::fs::create_dir_all(path.parent().expect("has a parent"))
-        .and_then(|()| std::fs::write(&path, json))
-    {
-        Ok(()) => println!("written: {}", path.display()),
-        Err(e) => eprintln!("could not write {}: {e}", path.display()),
+    let svg_path = target_dir().join("bench").join("concurrency.svg");
+    let svg = report.chart(&machine, settings).svg();
+    for (path, text) in [(path, json), (svg_path, svg)] {
+        match std::fs::create_dir_all(path.parent().expect("has a parent"))
+            .and_then(|()| std::fs::write(&path, text))
+        {
+            Ok(()) => println!("written: {}", path.display()),
+            Err(e) => eprintln!("could not write {}: {e}", path.display()),
+        }
     }
 }
 
@@ -153,22 +223,36 @@ fn run(settings: Settings, report: &mut Report) -> BoxResult<()> {
     })?;
     let helper_server = Vsftpd::start(&helper_lab.server)?;
     helper_server.put_file(FILE_NAME, &payload)?;
+    let relay = relay_bed(&payload)?;
 
     say("pinhole latency through NftFirewall::start_in_netns");
     report.direct = pinhole_latency(&lab.gateway, settings)?;
 
+    let direct = Endpoint {
+        addr: SocketAddrV4::new(SERVER_IP, 21),
+        user: FTP_USER.into(),
+    };
     // The probe: the lab's standard daemon, default per-session limits.
     say("probe: one session with the daemon's default per-session limits");
     {
         let mut options = alg_options();
         options.log_level = "ftp_alg=info".into();
         let mut alg = AlgDaemon::start(&lab.gateway, &options)?;
-        let probe_settings = Settings {
-            run_max: settings.probe_max,
-            run_time: Duration::from_secs(20),
-            ..settings
+        let route = Route {
+            via: Via::Alg,
+            lab: &lab,
+            endpoint: direct.clone(),
+            alg: None,
         };
-        let mut result = transfer_run(&lab, Mode::Pasv, &payload, probe_settings, 1)?;
+        let mut result = transfer_run(
+            &route,
+            Mode::Pasv,
+            1,
+            &payload,
+            Duration::from_secs(20),
+            settings.probe_max,
+            1,
+        )?;
         result.refusal = alg
             .output()
             .lines()
@@ -178,74 +262,223 @@ fn run(settings: Settings, report: &mut Report) -> BoxResult<()> {
         alg.stop(Duration::from_secs(5));
     }
 
-    // The measured daemon: per-session pinhole cap and active port range opened up so that
-    // the runs measure speed, not the limits the probe above shows.
-    let mut options = alg_options();
-    options.active_ports = (40000, 49999);
-    options.extra_args = vec!["--max-pinholes".into(), "1000000".into()];
+    // The measured daemon: admission limits opened up so that 64 sessions of one client may
+    // log in at once, the active port range widened; everything else at its defaults.
+    let options = measured_options();
+    report.alg_command = options.argv().join(" ");
+
+    // The daemon's own pinhole latency, from its debug lines: a short run of its own, because
+    // per-transfer debug logging slows the daemon down (the measured runs use warn).
     {
-        options.log_level = "ftp_alg=debug".into();
-        let alg = AlgDaemon::start(&lab.gateway, &options)?;
-        report.alg_command = alg.command_line();
-        let mut micros: Vec<(Mode, Vec<f64>)> = vec![(Mode::Pasv, vec![]), (Mode::Port, vec![])];
+        let mut debug = options.clone();
+        debug.log_level = "ftp_alg=debug".into();
+        let alg = AlgDaemon::start(&lab.gateway, &debug)?;
+        let route = Route {
+            via: Via::Alg,
+            lab: &lab,
+            endpoint: direct.clone(),
+            alg: None,
+        };
         let mut sessions = 0;
-        for round in 0..settings.rounds {
+        for mode in [Mode::Pasv, Mode::Port] {
+            say(&format!("ftp-alg at log level debug, {}", mode.name()));
+            let before = alg.output().len();
+            let result = transfer_run(
+                &route,
+                mode,
+                1,
+                &payload,
+                settings.run_time,
+                settings.debug_max,
+                MAX_FAILURES,
+            )?;
+            let log = alg.output();
+            let micros = acknowledged_micros(log.get(before..).unwrap_or(""), mode);
+            report.in_daemon.push((mode, Stats::from_micros(micros)));
+            sessions += 1 + result.reconnects;
+            wait_sessions_ended(&alg, sessions);
+            report.alg_debug.push((mode, result));
+        }
+        save_log_if_failed(&alg, &report.alg_debug, "ftp-alg-debug.log");
+    }
+
+    // The sweep: every session count, both modes, every route; rounds outermost so that the
+    // machine's drift spreads over all points, the routes' order rotating from run to run.
+    let mut routes = vec![
+        Route {
+            via: Via::Alg,
+            lab: &lab,
+            endpoint: direct.clone(),
+            alg: Some(&options),
+        },
+        Route {
+            via: Via::Helper,
+            lab: &helper_lab,
+            endpoint: direct.clone(),
+            alg: None,
+        },
+    ];
+    if let Some(bed) = &relay {
+        routes.push(Route {
+            via: Via::Relay,
+            lab: &bed.lab,
+            endpoint: bed.endpoint.clone(),
+            alg: None,
+        });
+    }
+    // Warm-up, not counted: each route's first sessions and data connections (vsftpd's
+    // first forks, page faults, conntrack and set growth).
+    for route in &routes {
+        say(&format!("warm-up: {}", route.via.label()));
+        for mode in [Mode::Pasv, Mode::Port] {
+            measure(route, mode, 4, &payload, settings.warm_up())?;
+        }
+    }
+    let mut turn = 0;
+    for round in 0..settings.rounds {
+        for &sessions in settings.sessions {
             for mode in [Mode::Pasv, Mode::Port] {
-                // Alternate which goes first.
-                let alg_first = (round + usize::from(mode == Mode::Port)) % 2 == 0;
-                for alg_turn in [alg_first, !alg_first] {
-                    if alg_turn {
-                        say(&format!(
-                            "round {}: ftp-alg (debug log), {}",
-                            round + 1,
-                            mode.name()
-                        ));
-                        let before = alg.output().len();
-                        let result = transfer_run(&lab, mode, &payload, settings, MAX_FAILURES)?;
-                        let log = alg.output();
-                        if let Some((_, samples)) = micros.iter_mut().find(|(m, _)| *m == mode) {
-                            samples
-                                .extend(acknowledged_micros(log.get(before..).unwrap_or(""), mode));
-                        }
-                        sessions += 1 + result.reconnects;
-                        merge_into(&mut report.alg, mode, result);
-                        wait_sessions_ended(&alg, sessions);
-                    } else {
-                        say(&format!(
-                            "round {}: kernel helper, {}",
-                            round + 1,
-                            mode.name()
-                        ));
-                        let result =
-                            transfer_run(&helper_lab, mode, &payload, settings, MAX_FAILURES)?;
-                        merge_into(&mut report.helper, mode, result);
-                    }
+                turn += 1;
+                for i in 0..routes.len() {
+                    let route = &routes[(i + turn + round) % routes.len()];
+                    say(&format!(
+                        "round {}: {}, {}, {sessions} session{}",
+                        round + 1,
+                        route.via.label(),
+                        mode.name(),
+                        if sessions == 1 { "" } else { "s" }
+                    ));
+                    let result = measure(route, mode, sessions, &payload, settings)?;
+                    report.merge(sessions, mode, route.via, result);
                 }
             }
         }
-        report.in_daemon = micros
-            .into_iter()
-            .map(|(mode, samples)| (mode, Stats::from_micros(samples)))
-            .collect();
-        save_log_if_failed(&alg, &report.alg, "ftp-alg-debug.log");
     }
-    {
-        options.log_level = "ftp_alg=info".into();
-        let alg = AlgDaemon::start(&lab.gateway, &options)?;
-        let mut info = Vec::new();
-        let mut sessions = 0;
-        for round in 0..settings.rounds {
-            say(&format!("round {}: ftp-alg (info log), PASV", round + 1));
-            let result = transfer_run(&lab, Mode::Pasv, &payload, settings, MAX_FAILURES)?;
-            sessions += 1 + result.reconnects;
-            merge_into(&mut info, Mode::Pasv, result);
-            wait_sessions_ended(&alg, sessions);
-        }
-        save_log_if_failed(&alg, &info, "ftp-alg-info.log");
-        report.alg_info = info.pop().map(|(_, r)| r);
-    }
+    drop(relay);
     report.load_after = load_average();
     Ok(())
+}
+
+/// The daemon of the measured runs.
+fn measured_options() -> AlgOptions {
+    let mut options = alg_options();
+    options.log_level = "ftp_alg=warn".into();
+    options.active_ports = (40000, 49999);
+    options.extra_args = [
+        "--max-sessions-per-client",
+        "100000",
+        "--new-sessions-per-second",
+        "1000000",
+    ]
+    .map(String::from)
+    .to_vec();
+    options
+}
+
+/// One run of the sweep; an ftp-alg run gets a daemon of its own, started fresh (its active
+/// port pool and quarantine empty, nothing left from the previous run) and stopped after.
+fn measure(
+    route: &Route<'_>,
+    mode: Mode,
+    sessions: usize,
+    payload: &[u8],
+    settings: Settings,
+) -> BoxResult<RunResult> {
+    let daemon = match route.alg {
+        Some(options) => Some(AlgDaemon::start(&route.lab.gateway, options)?),
+        None => None,
+    };
+    let result = transfer_run(
+        route,
+        mode,
+        sessions,
+        payload,
+        settings.run_time,
+        settings.run_bound(sessions, mode),
+        MAX_FAILURES,
+    );
+    if let Some(mut alg) = daemon {
+        if result.as_ref().is_ok_and(|r| r.failures > 0) {
+            save_log(
+                &alg,
+                &format!("ftp-alg-{}-{sessions}.log", mode.name().to_lowercase()),
+            );
+        }
+        alg.stop(Duration::from_secs(5));
+    }
+    result
+}
+
+/// A way from the client to the server that the transfer runs measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Alg,
+    Helper,
+    Relay,
+}
+
+impl Via {
+    const ALL: [Self; 3] = [Self::Alg, Self::Helper, Self::Relay];
+
+    /// JSON key.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Alg => "ftp_alg",
+            Self::Helper => "kernel_helper",
+            Self::Relay => "relay_proxy",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Alg => "ftp-alg",
+            Self::Helper => "kernel helper",
+            Self::Relay => "relay proxy",
+        }
+    }
+
+    fn color(self) -> &'static str {
+        match self {
+            Self::Alg => "#d62728",
+            Self::Helper => "#1f77b4",
+            Self::Relay => "#2ca02c",
+        }
+    }
+}
+
+/// Where a client connects, and the user name it logs in with.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    addr: SocketAddrV4,
+    user: String,
+}
+
+/// One [`Via`]: the lab whose client namespace runs the sessions, where they connect, and
+/// for ftp-alg the daemon each run starts.
+struct Route<'a> {
+    via: Via,
+    lab: &'a ClientNatLab,
+    endpoint: Endpoint,
+    alg: Option<&'a AlgOptions>,
+}
+
+/// The relay proxy's lab: kept alive (with its server and proxy) for the whole sweep.
+struct RelayBed {
+    lab: ClientNatLab,
+    endpoint: Endpoint,
+    /// The vsftpd and the relay process; dropped (stopped) with the bed.
+    _guards: Vec<Box<dyn std::any::Any>>,
+}
+
+/// The third route: a userspace relay proxy in the gateway (Debian's `ftp-proxy`, started by
+/// `ftp_alg::lab::relay`), in a lab of its own. `None` until that module is in the tree:
+/// then this builds a `ClientNatLab` (no ALG, no helper), a vsftpd with the file, starts
+/// `RelayProxy::start(&lab.gateway, &RelayOptions { log_level: "WRN", .. })` and returns
+/// its `target(FTP_USER)` as the endpoint; the sweep, the table, the JSON and the plot pick
+/// the route up from there.
+#[allow(clippy::unnecessary_wraps)]
+fn relay_bed(_payload: &[u8]) -> BoxResult<Option<RelayBed>> {
+    Ok(None)
 }
 
 /// Waits (at most 10 s) until the daemon has logged the end of `sessions` sessions (more if
@@ -263,18 +496,6 @@ fn wait_sessions_ended(alg: &AlgDaemon, sessions: usize) {
     say("  the daemon did not log the session's end within 10 s; going on");
 }
 
-/// Adds one run to the per-mode aggregate in `list`.
-fn merge_into(list: &mut Vec<(Mode, RunResult)>, mode: Mode, run: RunResult) {
-    match list.iter_mut().find(|(m, _)| *m == mode) {
-        Some((_, total)) => total.merge(run),
-        None => {
-            let mut first = run;
-            first.round_rates = vec![first.rate_of_run()];
-            list.push((mode, first));
-        }
-    }
-}
-
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -283,9 +504,12 @@ fn load_average() -> String {
 
 /// Keeps the daemon's log next to the JSON when a run had failures, for the post-mortem.
 fn save_log_if_failed(alg: &AlgDaemon, runs: &[(Mode, RunResult)], name: &str) {
-    if runs.iter().all(|(_, r)| r.failures == 0) {
-        return;
+    if runs.iter().any(|(_, r)| r.failures > 0) {
+        save_log(alg, name);
     }
+}
+
+fn save_log(alg: &AlgDaemon, name: &str) {
     let path = target_dir().join("bench").join(name);
     let saved = std::fs::create_dir_all(path.parent().expect("has a parent"))
         .and_then(|()| std::fs::write(&path, alg.output()));
@@ -691,6 +915,10 @@ struct RunResult {
     refusal: Option<String>,
     /// Transfers/s of each round merged into this aggregate.
     round_rates: Vec<f64>,
+    /// When the measured part began (after login) and ended; for a run of several sessions,
+    /// the first start and the last end.
+    started: Option<Instant>,
+    ended: Option<Instant>,
 }
 
 impl RunResult {
@@ -728,8 +956,26 @@ impl RunResult {
         }
     }
 
+    /// Adds a round: its rate counts as one of the rounds'.
     fn merge(&mut self, run: Self) {
         self.round_rates.push(run.rate_of_run());
+        self.absorb(run);
+    }
+
+    /// Adds the counts and samples of `run` (another session of the same run, or a round).
+    fn absorb(&mut self, run: Self) {
+        self.first_failure_at = match (self.first_failure_at, run.first_failure_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.started = match (self.started, run.started) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.ended = match (self.ended, run.ended) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         self.ok += run.ok;
         self.failures += run.failures;
         self.reconnects += run.reconnects;
@@ -803,62 +1049,128 @@ impl RunResult {
     }
 }
 
-/// Runs the client loop in the client namespace, bounded by the run's time plus a margin.
+/// What the sessions of one run share: the count bound and a start line.
+struct Shared {
+    /// Transfers claimed so far; a session claims one before each attempt.
+    tickets: AtomicUsize,
+    max: usize,
+    /// Sessions that have tried to log in.
+    ready: AtomicUsize,
+    sessions: usize,
+    /// Set when the run is given up (a session could not be started).
+    abort: AtomicBool,
+}
+
+/// Runs `sessions` client loops in parallel, a thread each in the route's client namespace.
+/// Every session logs in first; the clock starts when all have (bounded by 30 s). The run
+/// ends after `max` transfers of all sessions together or `bound`, whichever is first; every
+/// session's socket operations are bounded too, and the whole run by `bound` + 60 s.
 fn transfer_run(
-    lab: &ClientNatLab,
+    route: &Route<'_>,
     mode: Mode,
+    sessions: usize,
     payload: &[u8],
-    settings: Settings,
+    bound: Duration,
+    max: usize,
     max_failures: usize,
 ) -> BoxResult<RunResult> {
-    let expect = payload.to_vec();
+    let expect: Arc<[u8]> = payload.into();
+    let shared = Arc::new(Shared {
+        tickets: AtomicUsize::new(0),
+        max,
+        ready: AtomicUsize::new(0),
+        sessions,
+        abort: AtomicBool::new(false),
+    });
     let (tx, rx) = mpsc::channel();
-    let bound = settings.run_time;
-    let max = settings.run_max;
-    let _thread = lab.client.spawn_thread(move || {
-        let server = SocketAddrV4::new(SERVER_IP, 21);
-        let _ = tx.send(client_loop(server, mode, &expect, max, bound, max_failures));
-    })?;
-    // Every socket carries a timeout, so the loop ends soon after its bound; the margin only
-    // guards against a bug. An overrunning thread is abandoned.
-    let result = rx
-        .recv_timeout(bound + Duration::from_secs(60))
-        .map_err(|_| format!("{mode:?} client loop did not finish within its bound + 60 s"))?;
+    let mut threads = Vec::with_capacity(sessions);
+    for _ in 0..sessions {
+        let (tx, mine, expect) = (tx.clone(), Arc::clone(&shared), Arc::clone(&expect));
+        let endpoint = route.endpoint.clone();
+        let spawned = route.lab.client.spawn_thread(move || {
+            let result = client_loop(&endpoint, mode, &expect, &mine, bound, max_failures);
+            let _ = tx.send(result);
+        });
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                shared.abort.store(true, Ordering::SeqCst);
+                return Err(e.into());
+            }
+        }
+    }
+    drop(tx);
+    // Every socket carries a timeout, so the loops end soon after their bound; the margin
+    // only guards against a bug. Overrunning threads are abandoned.
+    let deadline = Instant::now() + bound + Duration::from_secs(60);
+    let mut total = RunResult::default();
+    for _ in 0..sessions {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let part = rx.recv_timeout(left).map_err(|_| {
+            shared.abort.store(true, Ordering::SeqCst);
+            format!("{mode:?} client loops did not finish within their bound + 60 s")
+        })?;
+        total.absorb(part);
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    if let (Some(start), Some(end)) = (total.started, total.ended) {
+        total.elapsed = end.saturating_duration_since(start);
+    }
     say(&format!(
-        "  {}: {} ok, {} failed, {:.1} s, {:.0} transfers/s",
+        "  {} ×{sessions}: {} ok, {} failed, {:.2} s, {:.0} transfers/s",
         mode.name(),
-        result.ok,
-        result.failures,
-        result.elapsed.as_secs_f64(),
-        result.rate()
+        total.ok,
+        total.failures,
+        total.elapsed.as_secs_f64(),
+        total.rate_of_run()
     ));
-    Ok(result)
+    Ok(total)
 }
 
 fn client_loop(
-    server: SocketAddrV4,
+    endpoint: &Endpoint,
     mode: Mode,
     expect: &[u8],
-    max: usize,
+    shared: &Shared,
     bound: Duration,
     max_failures: usize,
 ) -> RunResult {
     let mut result = RunResult::default();
-    let mut control: Option<Control> = None;
+    let mut control = match Control::login(endpoint) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            note_error(&mut result, 1, format!("login: {e}"));
+            None
+        }
+    };
+    // The start line: every session logged in (or failed to) before the clock starts.
+    shared.ready.fetch_add(1, Ordering::SeqCst);
+    let waiting = Instant::now();
+    while shared.ready.load(Ordering::SeqCst) < shared.sessions
+        && !shared.abort.load(Ordering::SeqCst)
+        && waiting.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let mut buf = Vec::with_capacity(FILE_LEN * 2);
     let start = Instant::now();
     let mut attempts = 0;
-    while attempts < max && result.failures < max_failures {
+    while result.failures < max_failures && !shared.abort.load(Ordering::Relaxed) {
         if start.elapsed() >= bound {
             result.timed_out = true;
             break;
         }
+        if shared.tickets.fetch_add(1, Ordering::Relaxed) >= shared.max {
+            break;
+        }
+        attempts += 1;
         if control.is_none() {
-            match Control::login(server) {
+            match Control::login(endpoint) {
                 Ok(c) => control = Some(c),
                 Err(e) => {
-                    note_error(&mut result, attempts + 1, format!("login: {e}"));
-                    attempts += 1;
+                    note_error(&mut result, attempts, format!("login: {e}"));
                     continue;
                 }
             }
@@ -866,7 +1178,6 @@ fn client_loop(
         let Some(ctl) = control.as_mut() else {
             continue;
         };
-        attempts += 1;
         let t = Instant::now();
         match ctl.retr(mode, &mut buf, &mut result.phases) {
             Ok(()) if buf == expect => {
@@ -895,7 +1206,10 @@ fn client_loop(
             }
         }
     }
-    result.elapsed = start.elapsed();
+    let end = Instant::now();
+    result.elapsed = end - start;
+    result.started = Some(start);
+    result.ended = Some(end);
     let window = TREND_WINDOW.min(result.transfers.len() / 2);
     result.early = result.transfers[..window].to_vec();
     result.late = result.transfers[result.transfers.len() - window..].to_vec();
@@ -922,8 +1236,8 @@ struct Control {
 }
 
 impl Control {
-    fn login(server: SocketAddrV4) -> io::Result<Self> {
-        let stream = TcpStream::connect_timeout(&SocketAddr::V4(server), IO_TIMEOUT)?;
+    fn login(endpoint: &Endpoint) -> io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&SocketAddr::V4(endpoint.addr), IO_TIMEOUT)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -933,7 +1247,7 @@ impl Control {
             line: String::new(),
         };
         ctl.expect(&[220])?;
-        ctl.send(&format!("USER {FTP_USER}"))?;
+        ctl.send(&format!("USER {}", endpoint.user))?;
         if ctl.expect(&[230, 331])? == 331 {
             ctl.send(&format!("PASS {FTP_PASSWORD}"))?;
             ctl.expect(&[230])?;
@@ -1116,14 +1430,24 @@ impl Failure {
 struct Report {
     direct: Vec<Series>,
     in_daemon: Vec<(Mode, Stats)>,
-    alg: Vec<(Mode, RunResult)>,
-    alg_info: Option<RunResult>,
-    helper: Vec<(Mode, RunResult)>,
+    /// The one-session runs at log level debug that gave `in_daemon`.
+    alg_debug: Vec<(Mode, RunResult)>,
+    /// Every run of the sweep, rounds merged per (sessions, mode, route).
+    sweep: Vec<Cell>,
     probe: Option<RunResult>,
     alg_command: String,
     total: Duration,
     load_before: String,
     load_after: String,
+}
+
+/// One point of the sweep for one route.
+#[derive(Debug)]
+struct Cell {
+    sessions: usize,
+    mode: Mode,
+    via: Via,
+    result: RunResult,
 }
 
 struct Machine {
@@ -1165,12 +1489,82 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
+const MODES: [Mode; 2] = [Mode::Pasv, Mode::Port];
+
+/// Picks one phase's samples.
+type PhaseOf = fn(&Phases) -> &Vec<Duration>;
+
+/// `a / b`, or n/a.
+fn ratio(a: f64, b: f64) -> String {
+    if a > 0.0 && b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
+fn sessions_text(n: usize) -> String {
+    if n == 1 {
+        "one session".into()
+    } else {
+        format!("{n} parallel sessions")
+    }
+}
+
 impl Report {
-    fn run(list: &[(Mode, RunResult)], mode: Mode) -> Option<&RunResult> {
-        list.iter().find(|(m, _)| *m == mode).map(|(_, r)| r)
+    /// Adds a round of (`sessions`, `mode`, `via`).
+    fn merge(&mut self, sessions: usize, mode: Mode, via: Via, run: RunResult) {
+        if let Some(cell) = self
+            .sweep
+            .iter_mut()
+            .find(|c| c.sessions == sessions && c.mode == mode && c.via == via)
+        {
+            cell.result.merge(run);
+        } else {
+            let mut result = run;
+            result.round_rates = vec![result.rate_of_run()];
+            self.sweep.push(Cell {
+                sessions,
+                mode,
+                via,
+                result,
+            });
+        }
+    }
+
+    fn cell(&self, sessions: usize, mode: Mode, via: Via) -> Option<&RunResult> {
+        self.sweep
+            .iter()
+            .find(|c| c.sessions == sessions && c.mode == mode && c.via == via)
+            .map(|c| &c.result)
+    }
+
+    /// The routes measured, ftp-alg first.
+    fn vias(&self) -> Vec<Via> {
+        let mut vias: Vec<Via> = Via::ALL
+            .into_iter()
+            .filter(|v| self.sweep.iter().any(|c| c.via == *v))
+            .collect();
+        for must in [Via::Helper, Via::Alg] {
+            if !vias.contains(&must) {
+                vias.insert(0, must);
+            }
+        }
+        vias.sort_by_key(|v| Via::ALL.iter().position(|a| a == v));
+        vias
+    }
+
+    /// The session counts measured, ascending.
+    fn levels(&self) -> Vec<usize> {
+        let mut levels: Vec<usize> = self.sweep.iter().map(|c| c.sessions).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        levels
     }
 
     fn table(&self, m: &Machine, s: Settings) -> String {
+        let vias = self.vias();
+        let others: Vec<Via> = vias.iter().copied().filter(|v| *v != Via::Alg).collect();
         let mut t = String::new();
         let _ = writeln!(
             t,
@@ -1179,19 +1573,37 @@ impl Report {
         );
         let _ = writeln!(
             t,
-            "Transfers: {} rounds per row, each run bounded by {} s or {} transfers; ftp-alg and \
-             helper runs alternate. Load average before/after: {} / {}.\n",
+            "Transfers: {} rounds per row, each run bounded by {} s or {} transfers (at least {} \
+             per session; PORT at most {PORT_RUN_CAP}); the routes' runs alternate, every ftp-alg \
+             run with a freshly started daemon at log level warn. Load average before/after: {} / {}.\n",
             s.rounds,
             s.run_time.as_secs(),
             s.run_max,
+            s.per_session_min,
             self.load_before,
             self.load_after
         );
-        let _ = writeln!(
-            t,
-            "| metric | ftp-alg | kernel helper | ratio (alg/helper) |"
-        );
-        let _ = writeln!(t, "|---|---|---|---|");
+        // One column per route, one ratio column per route other than ftp-alg.
+        let row = |t: &mut String, metric: &str, cells: &[String], ratios: &[String]| {
+            let mut line = format!("| {metric} |");
+            for i in 0..vias.len() {
+                let _ = write!(line, " {} |", cells.get(i).map_or("", String::as_str));
+            }
+            for i in 0..others.len() {
+                let _ = write!(line, " {} |", ratios.get(i).map_or("", String::as_str));
+            }
+            let _ = writeln!(t, "{line}");
+        };
+        let mut header = vec!["metric".to_owned()];
+        header.extend(vias.iter().map(|v| v.label().to_owned()));
+        header.extend(others.iter().map(|v| format!("ratio (alg/{})", v.label())));
+        let _ = writeln!(t, "| {} |", header.join(" | "));
+        let _ = writeln!(t, "|{}", "---|".repeat(header.len()));
+        let na = |first: String| {
+            let mut cells = vec![first];
+            cells.extend(others.iter().map(|_| "n/a".to_owned()));
+            cells
+        };
         for series in &self.direct {
             let kernel = if series.kernel_us_per_tx > 0.0 {
                 format!(
@@ -1206,137 +1618,253 @@ impl Report {
             } else {
                 String::new()
             };
-            let _ = writeln!(
-                t,
-                "| pinhole {} ({}, n={}): p50/p99/p999 µs; ops/s | {}; {:.0}/s{kernel}{failed} | n/a | |",
-                series.name,
-                series.backend,
-                series.latency.n,
-                series.latency.triple(),
-                series.ops_per_sec
+            row(
+                &mut t,
+                &format!(
+                    "pinhole {} ({}, n={}): p50/p99/p999 µs; ops/s",
+                    series.name, series.backend, series.latency.n
+                ),
+                &na(format!(
+                    "{}; {:.0}/s{kernel}{failed}",
+                    series.latency.triple(),
+                    series.ops_per_sec
+                )),
+                &[],
             );
         }
         for (mode, stats) in &self.in_daemon {
-            let _ = writeln!(
-                t,
-                "| pinhole open inside the daemon during the {} runs (its log), p50/p99/p999 µs | {} (n={}) | n/a | |",
-                mode.name(),
-                stats.triple(),
-                stats.n
+            row(
+                &mut t,
+                &format!(
+                    "pinhole open inside the daemon, {} run at log level debug (its log), p50/p99/p999 µs",
+                    mode.name()
+                ),
+                &na(format!("{} (n={})", stats.triple(), stats.n)),
+                &[],
             );
         }
-        for mode in [Mode::Pasv, Mode::Port] {
-            let (Some(a), Some(h)) = (Self::run(&self.alg, mode), Self::run(&self.helper, mode))
-            else {
-                continue;
-            };
-            let name = mode.name();
-            let _ = writeln!(
-                t,
-                "| **1 KiB RETR {name}, one session, transfers/s** (median of rounds, range) | **{:.0}**{} | **{:.0}**{} | **{:.2}** |",
-                a.rate(),
-                a.rate_range(),
-                h.rate(),
-                h.rate_range(),
-                a.rate() / h.rate().max(f64::MIN_POSITIVE)
-            );
-            let _ = writeln!(
-                t,
-                "| … transfers ok / failed (time spent in failed ones) | {} / {} ({:.2} s) | {} / {} ({:.2} s) | |",
-                a.ok,
-                a.failures,
-                a.failed_time.as_secs_f64(),
-                h.ok,
-                h.failures,
-                h.failed_time.as_secs_f64()
-            );
-            let (la, lh) = (
-                Stats::from_durations(&a.transfers),
-                Stats::from_durations(&h.transfers),
-            );
-            let _ = writeln!(
-                t,
-                "| … per-transfer latency p50/p99/p999 µs | {} | {} | {:.2} |",
-                la.triple(),
-                lh.triple(),
-                la.p50 / lh.p50.max(f64::MIN_POSITIVE)
-            );
-            let trend = |r: &RunResult| {
-                format!(
-                    "{} → {}",
-                    us(Stats::from_durations(&r.early).p50),
-                    us(Stats::from_durations(&r.late).p50)
-                )
-            };
-            let _ = writeln!(
-                t,
-                "| … per-transfer p50 µs, first {TREND_WINDOW} → last {TREND_WINDOW} transfers of a run | {} | {} | |",
-                trend(a),
-                trend(h)
-            );
-            for (label, pa, ph) in [
-                (
-                    if mode == Mode::Pasv {
-                        "PASV→227"
-                    } else {
-                        "PORT→200"
-                    },
-                    &a.phases.negotiate,
-                    &h.phases.negotiate,
-                ),
-                ("data connect", &a.phases.connect, &h.phases.connect),
-                ("RETR→150", &a.phases.opening, &h.phases.opening),
-                ("150→data EOF", &a.phases.data, &h.phases.data),
-                ("EOF→226", &a.phases.complete, &h.phases.complete),
-            ] {
-                if pa.is_empty() && ph.is_empty() {
+        let levels = self.levels();
+        let mut heads = vec![1, s.headline];
+        if !levels.contains(&s.headline) {
+            heads[1] = levels.last().copied().unwrap_or(1);
+        }
+        heads.dedup();
+        for &n in heads.iter().filter(|n| levels.contains(n)) {
+            for mode in MODES {
+                let runs: Vec<Option<&RunResult>> =
+                    vias.iter().map(|v| self.cell(n, mode, *v)).collect();
+                let Some(a) = runs[0] else {
+                    continue;
+                };
+                let name = mode.name();
+                let each = |f: &dyn Fn(&RunResult) -> String| -> Vec<String> {
+                    runs.iter()
+                        .map(|r| r.map_or_else(|| "not run".to_owned(), f))
+                        .collect()
+                };
+                let ratios = |f: &dyn Fn(&RunResult) -> f64, bold: bool| -> Vec<String> {
+                    runs[1..]
+                        .iter()
+                        .map(|r| {
+                            let text = r.map_or_else(|| "n/a".into(), |r| ratio(f(a), f(r)));
+                            if bold { format!("**{text}**") } else { text }
+                        })
+                        .collect()
+                };
+                row(
+                    &mut t,
+                    &format!(
+                        "**1 KiB RETR {name}, {}, transfers/s** (median of rounds, range)",
+                        sessions_text(n)
+                    ),
+                    &each(&|r| format!("**{:.0}**{}", r.rate(), r.rate_range())),
+                    &ratios(&RunResult::rate, true),
+                );
+                row(
+                    &mut t,
+                    "… transfers ok / failed (time spent in failed ones)",
+                    &each(&|r| {
+                        format!(
+                            "{} / {} ({:.2} s)",
+                            r.ok,
+                            r.failures,
+                            r.failed_time.as_secs_f64()
+                        )
+                    }),
+                    &[],
+                );
+                row(
+                    &mut t,
+                    "… per-transfer latency p50/p99/p999 µs (ratio: p50)",
+                    &each(&|r| Stats::from_durations(&r.transfers).triple()),
+                    &ratios(&|r| Stats::from_durations(&r.transfers).p50, false),
+                );
+                if n != 1 {
                     continue;
                 }
-                let (sa, sh) = (Stats::from_durations(pa), Stats::from_durations(ph));
-                let _ = writeln!(
-                    t,
-                    "| … phase {label}, p50 µs | {} | {} | {:.2} |",
-                    us(sa.p50),
-                    us(sh.p50),
-                    sa.p50 / sh.p50.max(f64::MIN_POSITIVE)
+                row(
+                    &mut t,
+                    &format!(
+                        "… per-transfer p50 µs, first {TREND_WINDOW} → last {TREND_WINDOW} transfers of a run"
+                    ),
+                    &each(&|r| {
+                        format!(
+                            "{} → {}",
+                            us(Stats::from_durations(&r.early).p50),
+                            us(Stats::from_durations(&r.late).p50)
+                        )
+                    }),
+                    &[],
                 );
+                let phases: [(&str, PhaseOf); 5] = [
+                    (
+                        if mode == Mode::Pasv {
+                            "PASV→227"
+                        } else {
+                            "PORT→200"
+                        },
+                        |p| &p.negotiate,
+                    ),
+                    ("data connect", |p| &p.connect),
+                    ("RETR→150", |p| &p.opening),
+                    ("150→data EOF", |p| &p.data),
+                    ("EOF→226", |p| &p.complete),
+                ];
+                for (label, get) in phases {
+                    if get(&a.phases).is_empty() {
+                        continue;
+                    }
+                    let p50 = |r: &RunResult| Stats::from_durations(get(&r.phases)).p50;
+                    row(
+                        &mut t,
+                        &format!("… phase {label}, p50 µs"),
+                        &each(&|r| us(p50(r))),
+                        &ratios(&p50, false),
+                    );
+                }
             }
         }
-        if let (Some(info), Some(h)) = (&self.alg_info, Self::run(&self.helper, Mode::Pasv)) {
-            let _ = writeln!(
-                t,
-                "| 1 KiB RETR PASV, daemon at log level info, transfers/s | {:.0}{} ({} failed) | {:.0} | {:.2} |",
-                info.rate(),
-                info.rate_range(),
-                info.failures,
-                h.rate(),
-                info.rate() / h.rate().max(f64::MIN_POSITIVE)
+        for (mode, debug) in &self.alg_debug {
+            let mut cells = vec![format!(
+                "{:.0} ({} ok, {} failed)",
+                debug.rate(),
+                debug.ok,
+                debug.failures
+            )];
+            cells.extend(others.iter().map(|v| {
+                self.cell(1, *mode, *v)
+                    .map_or_else(|| "n/a".into(), |r| format!("{:.0}", r.rate()))
+            }));
+            let ratios: Vec<String> = others
+                .iter()
+                .map(|v| {
+                    self.cell(1, *mode, *v)
+                        .map_or_else(|| "n/a".into(), |r| ratio(debug.rate(), r.rate()))
+                })
+                .collect();
+            row(
+                &mut t,
+                &format!(
+                    "1 KiB RETR {}, one session, daemon at log level debug (the run above, one round), transfers/s",
+                    mode.name()
+                ),
+                &cells,
+                &ratios,
             );
         }
         if let Some(probe) = &self.probe {
-            let _ = writeln!(
-                t,
-                "| default limits (max 8 pinholes/session, 30 s timeout): PASV transfers in one session before the first refusal | {} | none refused ({} in one session) | |",
+            let mut cells = vec![
                 probe
                     .first_failure_at
                     .map_or(format!("none in {}", probe.ok), |i| (i - 1).to_string()),
-                Self::run(&self.helper, Mode::Pasv).map_or(0, |r| r.ok)
+            ];
+            cells.extend(others.iter().map(|v| {
+                format!(
+                    "none refused ({} in one session)",
+                    self.cell(1, Mode::Pasv, *v).map_or(0, |r| r.ok)
+                )
+            }));
+            row(
+                &mut t,
+                "default limits (max 8 pinholes/session, 30 s timeout): PASV transfers in one session before the first refusal",
+                &cells,
+                &[],
             );
         }
+
+        // The sweep, every point.
+        let _ = writeln!(
+            t,
+            "\n### Concurrency sweep: 1 KiB RETR, transfers/s of all sessions (median of rounds) and per-transfer latency p50 / p99 µs (all transfers of all rounds)\n"
+        );
+        let mut header = vec!["mode".to_owned(), "sessions".to_owned()];
+        header.extend(vias.iter().map(|v| format!("{} /s", v.label())));
+        header.extend(others.iter().map(|v| format!("alg/{}", v.label())));
+        header.extend(vias.iter().map(|v| format!("{} p50 / p99 µs", v.label())));
+        header.push("failed".into());
+        let _ = writeln!(t, "| {} |", header.join(" | "));
+        let _ = writeln!(t, "|{}", "---|".repeat(header.len()));
+        for mode in MODES {
+            for &n in &levels {
+                let runs: Vec<Option<&RunResult>> =
+                    vias.iter().map(|v| self.cell(n, mode, *v)).collect();
+                if runs.iter().all(Option::is_none) {
+                    continue;
+                }
+                let mut cells = vec![mode.name().to_owned(), n.to_string()];
+                cells.extend(runs.iter().map(|r| {
+                    r.map_or_else(
+                        || "—".into(),
+                        |r| format!("{:.0}{}", r.rate(), r.rate_range()),
+                    )
+                }));
+                let rate = |r: Option<&RunResult>| r.map_or(0.0, RunResult::rate);
+                cells.extend(runs[1..].iter().map(|r| ratio(rate(runs[0]), rate(*r))));
+                cells.extend(runs.iter().map(|r| {
+                    r.map_or_else(
+                        || "—".into(),
+                        |r| {
+                            let st = Stats::from_durations(&r.transfers);
+                            format!("{} / {}", us(st.p50), us(st.p99))
+                        },
+                    )
+                }));
+                cells.push(
+                    runs.iter()
+                        .map(|r| r.map_or_else(|| "—".into(), |r| r.failures.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(" / "),
+                );
+                let _ = writeln!(t, "| {} |", cells.join(" | "));
+            }
+        }
+
         let _ = writeln!(
             t,
             "\nTotal benchmark time: {:.1} s",
             self.total.as_secs_f64()
         );
-        for (label, list) in [("ftp-alg", &self.alg), ("kernel helper", &self.helper)] {
-            for (mode, r) in list {
-                if !r.errors.is_empty() {
-                    let _ = writeln!(t, "{label} {} errors: {:?}", mode.name(), r.errors);
-                }
+        for cell in &self.sweep {
+            if !cell.result.errors.is_empty() {
+                let _ = writeln!(
+                    t,
+                    "{} {} ×{} errors: {:?}",
+                    cell.via.label(),
+                    cell.mode.name(),
+                    cell.sessions,
+                    cell.result.errors
+                );
             }
         }
-        if let Some(info) = self.alg_info.as_ref().filter(|r| !r.errors.is_empty()) {
-            let _ = writeln!(t, "ftp-alg PASV (log level info) errors: {:?}", info.errors);
+        for (mode, r) in &self.alg_debug {
+            if !r.errors.is_empty() {
+                let _ = writeln!(
+                    t,
+                    "ftp-alg {} (log level debug) errors: {:?}",
+                    mode.name(),
+                    r.errors
+                );
+            }
         }
         if let Some(probe) = &self.probe {
             if !probe.errors.is_empty() {
@@ -1358,6 +1886,34 @@ impl Report {
                     .collect(),
             )
         };
+        let one_session = |via: Via| {
+            Json::Obj(
+                MODES
+                    .iter()
+                    .filter_map(|mode| {
+                        self.cell(1, *mode, via)
+                            .map(|r| (mode.name().to_owned(), r.json()))
+                    })
+                    .collect(),
+            )
+        };
+        let vias = self.vias();
+        let mut points = Vec::new();
+        for mode in MODES {
+            for n in self.levels() {
+                let mut fields = vec![
+                    ("mode".to_owned(), Json::Str(mode.name().into())),
+                    ("sessions".to_owned(), Json::Int(n as u64)),
+                ];
+                for via in &vias {
+                    fields.push((
+                        via.key().to_owned(),
+                        self.cell(n, mode, *via).map_or(Json::Null, RunResult::json),
+                    ));
+                }
+                points.push(Json::Obj(fields));
+            }
+        }
         let root = Json::obj([
             (
                 "machine",
@@ -1378,9 +1934,26 @@ impl Report {
                     ("concurrent_callers", Json::Int(s.callers as u64)),
                     ("run_time_bound_s", Json::Num(s.run_time.as_secs_f64())),
                     ("run_count_bound", Json::Int(s.run_max as u64)),
+                    (
+                        "run_count_bound_min_per_session",
+                        Json::Int(s.per_session_min as u64),
+                    ),
+                    ("port_run_count_cap", Json::Int(PORT_RUN_CAP as u64)),
+                    ("debug_run_count_bound", Json::Int(s.debug_max as u64)),
                     ("rounds", Json::Int(s.rounds as u64)),
+                    (
+                        "sessions",
+                        Json::Arr(s.sessions.iter().map(|n| Json::Int(*n as u64)).collect()),
+                    ),
                     ("file_bytes", Json::Int(FILE_LEN as u64)),
                     ("daemon_command", Json::Str(self.alg_command.clone())),
+                    (
+                        "daemon_per_run",
+                        Json::Str(
+                            "each ftp-alg run of the sweep starts a fresh daemon (log level warn)"
+                                .into(),
+                        ),
+                    ),
                 ]),
             ),
             (
@@ -1401,11 +1974,20 @@ impl Report {
                         .collect(),
                 ),
             ),
-            ("transfers_ftp_alg", runs(&self.alg)),
-            ("transfers_kernel_helper", runs(&self.helper)),
+            ("transfers_ftp_alg", one_session(Via::Alg)),
+            ("transfers_kernel_helper", one_session(Via::Helper)),
+            ("transfers_relay_proxy", one_session(Via::Relay)),
+            ("transfers_ftp_alg_log_debug", runs(&self.alg_debug)),
             (
-                "transfers_ftp_alg_pasv_log_info",
-                self.alg_info.as_ref().map_or(Json::Null, RunResult::json),
+                "concurrency_sweep",
+                Json::obj([
+                    (
+                        "routes",
+                        Json::Arr(vias.iter().map(|v| Json::Str(v.key().into())).collect()),
+                    ),
+                    ("points", Json::Arr(points)),
+                    ("plot", Json::Str("target/bench/concurrency.svg".into())),
+                ]),
             ),
             (
                 "probe_default_limits_pasv",
@@ -1426,6 +2008,90 @@ impl Report {
         root.write(&mut out);
         out.push('\n');
         out
+    }
+
+    /// The sweep as a chart: per mode, transfers/s and per-transfer latency against the
+    /// number of concurrent sessions, one line per route.
+    fn chart(&self, m: &Machine, s: Settings) -> plot::Chart {
+        let vias = self.vias();
+        let levels = self.levels();
+        let x_label = "concurrent control sessions (log2 scale)";
+        let mut panels = Vec::new();
+        for mode in MODES {
+            let mut rates = Vec::new();
+            let mut latency = Vec::new();
+            for via in &vias {
+                let cells: Vec<(f64, &RunResult)> = levels
+                    .iter()
+                    .filter_map(|n| self.cell(*n, mode, *via).map(|r| (*n as f64, r)))
+                    .collect();
+                if cells.is_empty() {
+                    continue;
+                }
+                let stats: Vec<(f64, Stats)> = cells
+                    .iter()
+                    .map(|(n, r)| (*n, Stats::from_durations(&r.transfers)))
+                    .collect();
+                rates.push(plot::Line {
+                    label: via.label().into(),
+                    color: via.color(),
+                    dashed: false,
+                    points: cells.iter().map(|(n, r)| (*n, r.rate())).collect(),
+                });
+                latency.push(plot::Line {
+                    label: format!("{} p50", via.label()),
+                    color: via.color(),
+                    dashed: false,
+                    points: stats.iter().map(|(n, st)| (*n, st.p50)).collect(),
+                });
+                latency.push(plot::Line {
+                    label: format!("{} p99", via.label()),
+                    color: via.color(),
+                    dashed: true,
+                    points: stats.iter().map(|(n, st)| (*n, st.p99)).collect(),
+                });
+            }
+            if rates.is_empty() {
+                continue;
+            }
+            panels.push(plot::Panel {
+                title: format!("{}: transfers per second", mode.name()),
+                x_label: x_label.into(),
+                y_label: "1 KiB RETRs/s, all sessions (median of rounds)".into(),
+                y_scale: plot::YScale::Linear,
+                lines: rates,
+            });
+            panels.push(plot::Panel {
+                title: format!("{}: per-transfer latency", mode.name()),
+                x_label: x_label.into(),
+                y_label: "µs per transfer (p50 solid, p99 dashed)".into(),
+                y_scale: plot::YScale::Log10,
+                lines: latency,
+            });
+        }
+        let names: Vec<&str> = vias.iter().map(|v| v.label()).collect();
+        plot::Chart {
+            title: format!(
+                "1 KiB RETR, each on its own data connection: {} by concurrent sessions",
+                names.join(" vs ")
+            ),
+            subtitle: format!(
+                "{} · commit {} · {} × {}, kernel {} · load {} → {} · {} round{} per point, ≤ {} s or ≤ {} transfers per run",
+                m.date,
+                m.commit,
+                m.nproc,
+                m.cpu,
+                m.kernel,
+                self.load_before,
+                self.load_after,
+                s.rounds,
+                if s.rounds == 1 { "" } else { "s" },
+                s.run_time.as_secs(),
+                s.run_max
+            ),
+            columns: 2,
+            panels,
+        }
     }
 }
 
