@@ -1,6 +1,8 @@
-//! The scale benchmark: bulk data through a pinhole, control-channel overhead per command,
-//! idle sessions (daemon RSS per session) and new sessions per second, each against a baseline
-//! measured in the same run on the same lab topology.
+//! The scale benchmark: bulk data through a pinhole (RETR in PASV and PORT, STOR), the same
+//! with 100,000 live pinholes in the kernel (and the pinhole install latency then), the
+//! control-channel overhead per command, idle sessions (daemon RSS per session) and new
+//! sessions per second, each against a baseline measured in the same run on the same lab
+//! topology.
 //!
 //! Run as root: `sudo bash scripts/bench-scale.sh` (= `cargo bench --bench scale`), or
 //! `cargo bench --bench scale -- --quick` for a short smoke run. Numbers are printed as a
@@ -12,8 +14,17 @@
 //!   :21 (vsftpd) and :2200 (a tiny std-only FTP server in this process, for idle sessions —
 //!   vsftpd forks two processes per session and cannot hold 10,000 of them on this machine);
 //! - `open`: no ALG, no helper, every LAN→WAN connection accepted: the plain kernel-forwarding
-//!   baseline (bulk TCP, NOOP round trip without interception);
+//!   baseline (bulk TCP, NOOP round trip without interception); for active mode a static port
+//!   forward (server:20 → gateway:45000-45999 DNATed to the client), which a client that
+//!   announces the gateway's address in PORT uses;
 //! - `helper`: the kernel's FTP helper (`ct helper` "ftp" + nf_nat_ftp), no ALG.
+//!
+//! Scale of state (issue 7, target 6): a second `NftFirewall` socket on the daemon's own table
+//! in the `alg` gateway fills its sets and maps with N pinholes (half passive, half active
+//! with their DNAT map entries; keys no packet ever carries), reads the element counts back,
+//! and the same RETRs, a plain TCP stream in no set, and the pinhole install latency are
+//! measured with the table empty and full in alternating (ABBA) rounds; the filler is removed
+//! again and the emptiness checked.
 //!
 //! Every client and server loop runs on a thread inside a lab namespace and is bounded in
 //! count and in time; every socket has a timeout.
@@ -23,7 +34,7 @@ mod common;
 use common::Stats;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,17 +43,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ftp_alg::firewall::{Firewall, NftFirewall, Pinhole};
+use ftp_alg::lab::nft::ALG_TABLE;
 use ftp_alg::lab::preflight::{self, Gate};
 use ftp_alg::lab::{
-    AlgDaemon, AlgOptions, ClientNatLab, ClientNatOptions, FTP_PASSWORD, FTP_USER, Netns,
-    SERVER_IP, Vsftpd, raw_client,
+    AlgDaemon, AlgOptions, CLIENT_IP, ClientNatLab, ClientNatOptions, FTP_PASSWORD, FTP_USER,
+    GATEWAY_WAN_IP, Netns, SERVER_IP, Vsftpd, raw_client,
 };
 
 const BULK_NAME: &str = "bench-bulk.bin";
 /// Port of the tiny idle-session server in the server namespace (intercepted by the ALG).
 const TINY_PORT: u16 = 2200;
-/// Port of the plain TCP bulk sender (open lab only).
+/// Port of the plain TCP bulk sender (open lab; ftp-alg lab for the scale-of-state runs).
 const PLAIN_PORT: u16 = 5001;
+/// Port of the plain TCP upload receiver (open lab).
+const SINK_PORT: u16 = 5002;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
@@ -54,6 +69,11 @@ struct Settings {
     idle_steps: Vec<usize>,
     sessions_secs: u64,
     sessions_max: usize,
+    stor_sink: StorSink,
+    state_pinholes: usize,
+    state_rounds: usize,
+    latency_n: usize,
+    paced_n: usize,
 }
 
 impl Settings {
@@ -74,6 +94,11 @@ impl Settings {
                 idle_steps: vec![100, 500],
                 sessions_secs: 2,
                 sessions_max: 300,
+                stor_sink: StorSink::from_env(),
+                state_pinholes: 10_000,
+                state_rounds: 1,
+                latency_n: 300,
+                paced_n: 100,
             };
         }
         Self {
@@ -87,6 +112,11 @@ impl Settings {
                 .unwrap_or_else(|| vec![1_000, 10_000]),
             sessions_secs: env("FTP_ALG_SCALE_SESSION_SECS", 5),
             sessions_max: env("FTP_ALG_SCALE_SESSION_MAX", 5_000) as usize,
+            stor_sink: StorSink::from_env(),
+            state_pinholes: env("FTP_ALG_SCALE_STATE_PINHOLES", 100_000) as usize,
+            state_rounds: env("FTP_ALG_SCALE_STATE_ROUNDS", 4).max(1) as usize,
+            latency_n: env("FTP_ALG_SCALE_LATENCY_N", 2_000).max(1) as usize,
+            paced_n: env("FTP_ALG_SCALE_PACED_N", 500).max(1) as usize,
         }
     }
 }
@@ -209,20 +239,45 @@ fn run(settings: &Settings, rows: &mut Vec<Row>) -> BoxResult<()> {
     }
     let tiny = TinyServer::start(&alg_lab.server, SocketAddrV4::new(SERVER_IP, TINY_PORT))?;
     let plain = PlainSender::start(&open_lab.server, bulk_len)?;
+    // The scale-of-state runs also send plain TCP through the ALG's gateway: a connection in
+    // no pinhole set, admitted by one more line of the admin's forward chain.
+    let alg_plain = PlainSender::start(&alg_lab.server, bulk_len)?;
+    alg_lab.gateway.exec_ok(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "lab_fw",
+        "forward",
+        "iifname",
+        "lan0",
+        "oifname",
+        "wan0",
+        "tcp",
+        "dport",
+        &PLAIN_PORT.to_string(),
+        "accept",
+    ])?;
+    install_port_forward(&open_lab)?;
 
     let mut alg = AlgDaemon::start(&alg_lab.gateway, &alg_options(vec![21, TINY_PORT]))?;
     let pid = daemon_pid(&alg_lab.gateway).ok_or("ftp-alg's pid not found in the gateway")?;
     say(&format!("daemon pid {pid}: {}", alg.command_line()));
 
-    bulk(
-        settings,
-        rows,
-        &alg_lab,
-        &open_lab,
-        &helper_lab,
+    let route = |label: &'static str, lab, server: &Vsftpd, port_plan| BulkRoute {
+        label,
+        lab,
+        port_plan,
+        stor: settings.stor_sink.target(server.root(), label),
+    };
+    let bed = BulkBed {
+        alg: route("alg", &alg_lab, &alg_server, PortPlan::Rewritten),
+        open: route("open", &open_lab, &open_server, PortPlan::Forwarded),
+        helper: route("helper", &helper_lab, &helper_server, PortPlan::Rewritten),
         pid,
-        bulk_len,
-    )?;
+    };
+    bulk(settings, rows, &bed, bulk_len)?;
+    state_scale(settings, rows, &bed, bulk_len)?;
     control_overhead(settings, rows, &alg_lab, &open_lab)?;
     session_rate(settings, rows, &alg_lab, &helper_lab)?;
     alg.stop(Duration::from_secs(5));
@@ -232,6 +287,7 @@ fn run(settings: &Settings, rows: &mut Vec<Row>) -> BoxResult<()> {
         tiny.accepted()
     ));
     drop(plain);
+    drop(alg_plain);
     drop(tiny);
     Ok(())
 }
@@ -239,132 +295,496 @@ fn run(settings: &Settings, rows: &mut Vec<Row>) -> BoxResult<()> {
 // ------------------------------------------------------------------------------------------
 // 1. Bulk data
 
-#[allow(clippy::too_many_arguments)]
-fn bulk(
-    settings: &Settings,
-    rows: &mut Vec<Row>,
-    alg_lab: &ClientNatLab,
-    open_lab: &ClientNatLab,
-    helper_lab: &ClientNatLab,
+/// One FTP bulk transfer shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transfer {
+    /// PASV, then RETR of the sparse bulk file (vsftpd sendfile()s zeros from the page cache).
+    RetrPasv,
+    /// PORT, then RETR: the client listens, vsftpd connects from port 20.
+    RetrPort,
+    /// PASV, then STOR of zeros from a 1 MiB buffer (vsftpd read()s and write()s them into
+    /// the [`StorSink`]).
+    Stor,
+}
+
+impl Transfer {
+    fn label(self) -> &'static str {
+        match self {
+            Self::RetrPasv => "RETR PASV",
+            Self::RetrPort => "RETR PORT",
+            Self::Stor => "STOR PASV",
+        }
+    }
+}
+
+/// How the server reaches the client's PORT listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortPlan {
+    /// Announce the client's own address: the ALG or the kernel helper rewrites it.
+    Rewritten,
+    /// Announce the gateway's WAN address and a port of the open lab's static port forward
+    /// (no ALG, no helper: plain DNAT + forwarding).
+    Forwarded,
+}
+
+/// Where vsftpd writes a STOR (`FTP_ALG_SCALE_STOR_SINK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StorSink {
+    /// A file in /dev/shm (tmpfs), deleted after each transfer (the default).
+    Tmpfs,
+    /// `APPE /dev/null` instead of STOR (the lab's vsftpd does not chroot and the FTP user may
+    /// write the device, but `STOR /dev/null` fails in vsftpd's ftruncate with `500 OOPS`;
+    /// APPE does not truncate): no file system in the measurement, vsftpd's read()/write()
+    /// loop remains.
+    DevNull,
+    /// A file in vsftpd's login directory (under the system temp dir, here on disk, through
+    /// the page cache), deleted after each transfer.
+    Disk,
+}
+
+impl StorSink {
+    fn from_env() -> Self {
+        match std::env::var("FTP_ALG_SCALE_STOR_SINK").as_deref() {
+            Ok("devnull") => Self::DevNull,
+            Ok("disk") => Self::Disk,
+            _ => Self::Tmpfs,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::DevNull => "devnull",
+            Self::Tmpfs => "tmpfs",
+            Self::Disk => "disk",
+        }
+    }
+
+    /// The upload command (`STOR path`, or `APPE /dev/null`) and the local file to delete
+    /// afterwards, for the lab `label`.
+    fn target(self, root: &Path, label: &str) -> (String, Option<PathBuf>) {
+        let (line, local) = self.path(root, label);
+        let verb = if self == Self::DevNull {
+            "APPE"
+        } else {
+            "STOR"
+        };
+        (format!("{verb} {line}"), local)
+    }
+
+    fn path(self, root: &Path, label: &str) -> (String, Option<PathBuf>) {
+        match self {
+            Self::DevNull => ("/dev/null".into(), None),
+            Self::Tmpfs => {
+                let path = PathBuf::from(format!(
+                    "/dev/shm/ftp-alg-bench-{}-{label}.bin",
+                    std::process::id()
+                ));
+                (path.display().to_string(), Some(path))
+            }
+            Self::Disk => {
+                let name = format!("bench-upload-{label}.bin");
+                let path = root.join(&name);
+                (name, Some(path))
+            }
+        }
+    }
+}
+
+/// One lab's side of the bulk runs.
+struct BulkRoute<'a> {
+    label: &'static str,
+    lab: &'a ClientNatLab,
+    port_plan: PortPlan,
+    stor: (String, Option<PathBuf>),
+}
+
+impl BulkRoute<'_> {
+    fn run(&self, transfer: Transfer, len: u64) -> BoxResult<f64> {
+        let result = ftp_bulk(
+            &self.lab.client,
+            transfer,
+            self.port_plan,
+            len,
+            &self.stor.0,
+        )
+        .map_err(|e| format!("{} via {}: {e}", transfer.label(), self.label).into());
+        if transfer == Transfer::Stor
+            && let Some(path) = &self.stor.1
+        {
+            let _ = std::fs::remove_file(path);
+        }
+        result
+    }
+}
+
+/// Rates (bytes/s) of every round, per route.
+#[derive(Default)]
+struct BulkSeries {
+    alg: Vec<f64>,
+    open: Vec<f64>,
+    helper: Vec<f64>,
+    plain: Vec<f64>,
+    cpu_ms: Vec<f64>,
+}
+
+/// The labs and processes the bulk runs use.
+struct BulkBed<'a> {
+    alg: BulkRoute<'a>,
+    open: BulkRoute<'a>,
+    helper: BulkRoute<'a>,
     pid: i32,
-    len: u64,
-) -> BoxResult<()> {
-    let (mut alg, mut plain, mut helper) = (Vec::new(), Vec::new(), Vec::new());
-    let mut open = Vec::new();
-    let mut cpu = Vec::new();
+}
+
+fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -> BoxResult<()> {
+    let transfers = [Transfer::RetrPasv, Transfer::RetrPort, Transfer::Stor];
+    let mut series: Vec<BulkSeries> = transfers.iter().map(|_| BulkSeries::default()).collect();
+    let hz = clock_ticks_per_sec();
     for round in 0..settings.bulk_rounds {
         say(&format!("bulk round {}: {} MiB", round + 1, len >> 20));
-        let before = cpu_ticks(pid);
-        let (rate, _) = retr_bulk(&alg_lab.client, len)?;
-        let after = cpu_ticks(pid);
-        alg.push(rate);
-        cpu.push(after.saturating_sub(before));
-        plain.push(plain_receive(&open_lab.client, len)?);
-        helper.push(retr_bulk(&helper_lab.client, len)?.0);
-        open.push(retr_bulk(&open_lab.client, len)?.0);
-        say(&format!(
-            "  ftp-alg {:.0} MB/s (daemon {} ticks), plain TCP {:.0} MB/s, helper {:.0} MB/s, \
-             vsftpd via open forwarding {:.0} MB/s",
-            rate / 1e6,
-            after.saturating_sub(before),
-            plain.last().copied().unwrap_or(0.0) / 1e6,
-            helper.last().copied().unwrap_or(0.0) / 1e6,
-            open.last().copied().unwrap_or(0.0) / 1e6,
-        ));
+        for (transfer, s) in transfers.iter().zip(series.iter_mut()) {
+            // The three FTP routes in a rotating order, so none is always first after the
+            // plain TCP run (or always right after another transfer's tail of writeback).
+            let mut order = [0usize, 1, 2];
+            order.rotate_left(round % 3);
+            for which in order {
+                match which {
+                    0 => {
+                        let before = cpu_ticks(bed.pid);
+                        let rate = bed.alg.run(*transfer, len)?;
+                        let after = cpu_ticks(bed.pid);
+                        s.alg.push(rate);
+                        s.cpu_ms
+                            .push(after.saturating_sub(before) as f64 * 1000.0 / hz);
+                    }
+                    1 => s.open.push(bed.open.run(*transfer, len)?),
+                    _ => s.helper.push(bed.helper.run(*transfer, len)?),
+                }
+            }
+            match transfer {
+                Transfer::RetrPasv => s.plain.push(plain_receive(&bed.open.lab.client, len)?),
+                Transfer::Stor => s.plain.push(plain_send(&bed.open.lab.client, len)?),
+                Transfer::RetrPort => {}
+            }
+            say(&format!(
+                "  {}: ftp-alg {:.0} MB/s (daemon {:.0} ms), open forwarding {:.0}, helper \
+                 {:.0}{}",
+                transfer.label(),
+                last(&s.alg) / 1e6,
+                s.cpu_ms.last().copied().unwrap_or(0.0),
+                last(&s.open) / 1e6,
+                last(&s.helper) / 1e6,
+                if s.plain.is_empty() {
+                    String::new()
+                } else {
+                    format!(", plain TCP {:.0}", last(&s.plain) / 1e6)
+                }
+            ));
+        }
     }
-    let hz = clock_ticks_per_sec();
-    let cpu_ms: Vec<f64> = cpu.iter().map(|t| *t as f64 * 1000.0 / hz).collect();
     let list = |v: &[f64]| {
         v.iter()
             .map(|x| format!("{:.0}", x / 1e6))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let limit = "one TCP stream on veth, 2 vCPUs: sender, receiver and forwarding softirq share \
+    let mib = len >> 20;
+    for (transfer, s) in transfers.iter().zip(&series) {
+        let (open_key, plain_key, helper_key, cpu_key) = match transfer {
+            Transfer::RetrPasv => (
+                "bulk_vs_open_retr",
+                "bulk_vs_plain",
+                "bulk_vs_helper",
+                "bulk_daemon_cpu",
+            ),
+            Transfer::RetrPort => (
+                "bulk_port_vs_open",
+                "",
+                "bulk_port_vs_helper",
+                "bulk_port_daemon_cpu",
+            ),
+            Transfer::Stor => (
+                "bulk_stor_vs_open",
+                "bulk_stor_vs_plain",
+                "bulk_stor_vs_helper",
+                "bulk_stor_daemon_cpu",
+            ),
+        };
+        let metric = format!(
+            "{} {mib} MiB, MB/s (median of rounds){}",
+            transfer.label(),
+            if *transfer == Transfer::Stor {
+                match settings.stor_sink {
+                    StorSink::Tmpfs => ", into a tmpfs file".to_owned(),
+                    StorSink::Disk => ", into a file on disk".to_owned(),
+                    StorSink::DevNull => ", sent as APPE /dev/null".to_owned(),
+                }
+            } else {
+                String::new()
+            }
+        );
+        let limit = match transfer {
+            Transfer::RetrPasv => {
+                "one TCP stream on veth, 2 vCPUs: sender, receiver and forwarding softirq share \
                  them; MB/s = 10^6 bytes/s from the data connect to EOF"
-        .to_owned();
-    rows.push(Row {
-        key: "bulk_vs_open_retr",
-        metric: format!("RETR {} MiB PASV, MB/s (median of rounds)", len >> 20),
-        alg: Some(median(&alg) / 1e6),
-        baseline: Some(median(&open) / 1e6),
-        baseline_name: "plain kernel forwarding: the same vsftpd RETR, gateway accepts all \
-                        LAN→WAN (no ALG, no helper)",
-        alg_text: format!("{:.0} ({})", median(&alg) / 1e6, list(&alg)),
-        baseline_text: format!("{:.0} ({})", median(&open) / 1e6, list(&open)),
-        limit: limit.clone(),
-    });
-    rows.push(Row {
-        key: "bulk_vs_plain",
-        metric: format!("RETR {} MiB PASV, MB/s (median of rounds)", len >> 20),
-        alg: Some(median(&alg) / 1e6),
-        baseline: Some(median(&plain) / 1e6),
-        baseline_name: "plain TCP sender → receiver, open forwarding (a userspace write loop \
-                        of a zero buffer, not vsftpd's sendfile: a different sender)",
-        alg_text: format!("{:.0} ({})", median(&alg) / 1e6, list(&alg)),
-        baseline_text: format!("{:.0} ({})", median(&plain) / 1e6, list(&plain)),
-        limit: limit.clone(),
-    });
-    rows.push(Row {
-        key: "bulk_vs_helper",
-        metric: format!("RETR {} MiB PASV, MB/s (median of rounds)", len >> 20),
-        alg: Some(median(&alg) / 1e6),
-        baseline: Some(median(&helper) / 1e6),
-        baseline_name: "kernel FTP helper",
-        alg_text: format!("{:.0} ({})", median(&alg) / 1e6, list(&alg)),
-        baseline_text: format!("{:.0} ({})", median(&helper) / 1e6, list(&helper)),
-        limit,
-    });
-    rows.push(Row {
-        key: "bulk_daemon_cpu",
-        metric: "daemon CPU time (utime+stime) during each ftp-alg RETR, ms".into(),
-        alg: Some(cpu_ms.iter().copied().fold(0.0, f64::max)),
-        baseline: None,
-        baseline_name: "",
-        alg_text: cpu_ms
-            .iter()
-            .map(|v| format!("{v:.0}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        baseline_text: "n/a".into(),
-        limit: format!(
-            "/proc/<pid>/stat resolution is one tick ({:.0} ms); includes the session's login",
-            1000.0 / hz
-        ),
-    });
+                    .to_owned()
+            }
+            Transfer::RetrPort => {
+                "as RETR PASV, from the RETR command to EOF (vsftpd connects from port 20 to the \
+                 announced address, DNATed to the client: by the ALG's map, the helper's \
+                 expectation, or the open lab's static port forward)"
+                    .to_owned()
+            }
+            Transfer::Stor => format!(
+                "from the data connect to the 226 (the server has every byte); vsftpd read()s \
+                 and write()s each buffer in userspace (no splice for uploads), so its own copy \
+                 caps the rate below RETR's sendfile; sink {} ({})",
+                settings.stor_sink.name(),
+                match settings.stor_sink {
+                    StorSink::DevNull => {
+                        "APPE /dev/null, the same upload path without a file (STOR /dev/null \
+                         fails in vsftpd's ftruncate)"
+                    }
+                    StorSink::Tmpfs => "a tmpfs file, deleted after each transfer",
+                    StorSink::Disk =>
+                        "a file on the disk under the temp dir, through the page \
+                                       cache, deleted after each transfer",
+                }
+            ),
+        };
+        let alg_text = format!("{:.0} ({})", median(&s.alg) / 1e6, list(&s.alg));
+        let open_name = match transfer {
+            Transfer::RetrPort => {
+                "plain kernel forwarding: the same vsftpd PORT RETR, the client announcing the \
+                 gateway's WAN address and a port of a static port forward (DNAT wan0 → client, \
+                 no ALG, no helper)"
+            }
+            Transfer::RetrPasv => {
+                "plain kernel forwarding: the same vsftpd RETR, gateway accepts all LAN→WAN \
+                 (no ALG, no helper)"
+            }
+            Transfer::Stor => {
+                "plain kernel forwarding: the same vsftpd STOR, gateway accepts all LAN→WAN \
+                 (no ALG, no helper)"
+            }
+        };
+        rows.push(Row {
+            key: open_key,
+            metric: metric.clone(),
+            alg: Some(median(&s.alg) / 1e6),
+            baseline: Some(median(&s.open) / 1e6),
+            baseline_name: open_name,
+            alg_text: alg_text.clone(),
+            baseline_text: format!("{:.0} ({})", median(&s.open) / 1e6, list(&s.open)),
+            limit: limit.clone(),
+        });
+        if !plain_key.is_empty() {
+            rows.push(Row {
+                key: plain_key,
+                metric: metric.clone(),
+                alg: Some(median(&s.alg) / 1e6),
+                baseline: Some(median(&s.plain) / 1e6),
+                baseline_name: if *transfer == Transfer::Stor {
+                    "plain TCP sender (client) → receiver (server), open forwarding: a userspace \
+                     write loop of a zero buffer into a read-and-discard loop, not vsftpd"
+                } else {
+                    "plain TCP sender → receiver, open forwarding (a userspace write loop of a \
+                     zero buffer, not vsftpd's sendfile: a different sender)"
+                },
+                alg_text: alg_text.clone(),
+                baseline_text: format!("{:.0} ({})", median(&s.plain) / 1e6, list(&s.plain)),
+                limit: limit.clone(),
+            });
+        }
+        rows.push(Row {
+            key: helper_key,
+            metric,
+            alg: Some(median(&s.alg) / 1e6),
+            baseline: Some(median(&s.helper) / 1e6),
+            baseline_name: "kernel FTP helper",
+            alg_text,
+            baseline_text: format!("{:.0} ({})", median(&s.helper) / 1e6, list(&s.helper)),
+            limit,
+        });
+        rows.push(Row {
+            key: cpu_key,
+            metric: format!(
+                "daemon CPU time (utime+stime) during each ftp-alg {} {mib} MiB, ms",
+                transfer.label()
+            ),
+            alg: Some(s.cpu_ms.iter().copied().fold(0.0, f64::max)),
+            baseline: None,
+            baseline_name: "",
+            alg_text: s
+                .cpu_ms
+                .iter()
+                .map(|v| format!("{v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            baseline_text: "n/a".into(),
+            limit: format!(
+                "/proc/<pid>/stat resolution is one tick ({:.0} ms); includes the session's \
+                 login, the {} and the pinhole",
+                1000.0 / hz,
+                if *transfer == Transfer::RetrPort {
+                    "PORT rewrite"
+                } else {
+                    "227 rewrite"
+                }
+            ),
+        });
+    }
     Ok(())
 }
 
-/// Logs in on `:21` from the client namespace, RETRs the bulk file in PASV, returns bytes/s
-/// (data connect → EOF) and the byte count.
-fn retr_bulk(client: &Netns, len: u64) -> BoxResult<(f64, u64)> {
+fn last(v: &[f64]) -> f64 {
+    v.last().copied().unwrap_or(0.0)
+}
+
+/// Client ports of the open lab's static port forward (PORT baseline without ALG or helper).
+const FORWARD_PORTS: (u16, u16) = (45000, 45999);
+
+/// The open lab's static port forward for the active-mode baseline: the server's connections
+/// from port 20 to the gateway's WAN address and a port in [`FORWARD_PORTS`] are DNATed to
+/// the client, same port, and the admin's forward chain accepts them.
+fn install_port_forward(open_lab: &ClientNatLab) -> BoxResult<()> {
+    let (lo, hi) = FORWARD_PORTS;
+    let script = format!(
+        "table ip bench_forward {{\n\
+         \tchain prerouting {{\n\
+         \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+         \t\tiifname \"wan0\" ip saddr {SERVER_IP} ip daddr {GATEWAY_WAN_IP} tcp sport 20 \
+         tcp dport {lo}-{hi} dnat to {CLIENT_IP}\n\
+         \t}}\n\
+         }}\n\
+         add rule inet lab_fw forward iifname \"wan0\" oifname \"lan0\" ip saddr {SERVER_IP} \
+         ip daddr {CLIENT_IP} tcp sport 20 tcp dport {lo}-{hi} accept\n"
+    );
+    open_lab
+        .gateway
+        .exec_stdin_ok(&["nft", "-f", "-"], script.as_bytes())?;
+    Ok(())
+}
+
+/// The next port of [`FORWARD_PORTS`]: a fresh one per transfer, so the server never meets
+/// its own TIME_WAIT of the same (port 20 → gateway:port) tuple.
+fn next_forward_port() -> u16 {
+    use std::sync::atomic::AtomicU16;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let (lo, hi) = FORWARD_PORTS;
+    lo + NEXT.fetch_add(1, Ordering::Relaxed) % (hi - lo + 1)
+}
+
+/// Logs in on `:21` from the client namespace and makes one `transfer` of `len` bytes;
+/// returns bytes/s. RETR: data connect (PASV) or the RETR command (PORT) → EOF; STOR: data
+/// connect → 226.
+fn ftp_bulk(
+    client: &Netns,
+    transfer: Transfer,
+    plan: PortPlan,
+    len: u64,
+    stor_target: &str,
+) -> BoxResult<f64> {
     let (tx, rx) = mpsc::channel();
+    let stor_target = stor_target.to_owned();
     let _thread = client.spawn_thread(move || {
-        let go = || -> io::Result<(f64, u64)> {
+        let go = || -> io::Result<f64> {
             let mut ctl = Control::connect(SocketAddrV4::new(SERVER_IP, 21))?;
             ctl.login(true)?;
-            ctl.send("PASV")?;
-            ctl.expect(&[227])?;
-            let addr = raw_client::parse_227(&ctl.line)
-                .ok_or_else(|| io::Error::other(format!("bad 227: {}", ctl.line)))?;
-            let start = Instant::now();
-            let mut data = TcpStream::connect_timeout(&SocketAddr::V4(addr), IO_TIMEOUT)?;
-            data.set_read_timeout(Some(IO_TIMEOUT))?;
-            ctl.send(&format!("RETR {BULK_NAME}"))?;
-            ctl.expect(&[125, 150])?;
-            let got = read_all_counting(&mut data)?;
-            let elapsed = start.elapsed();
-            drop(data);
-            ctl.expect(&[226])?;
+            let (elapsed, got) = match transfer {
+                Transfer::RetrPasv | Transfer::Stor => {
+                    ctl.send("PASV")?;
+                    ctl.expect(&[227])?;
+                    let addr = raw_client::parse_227(&ctl.line)
+                        .ok_or_else(|| io::Error::other(format!("bad 227: {}", ctl.line)))?;
+                    let start = Instant::now();
+                    let mut data = TcpStream::connect_timeout(&SocketAddr::V4(addr), IO_TIMEOUT)?;
+                    data.set_read_timeout(Some(IO_TIMEOUT))?;
+                    data.set_write_timeout(Some(IO_TIMEOUT))?;
+                    if transfer == Transfer::Stor {
+                        ctl.send(&stor_target)?;
+                        ctl.expect(&[125, 150])?;
+                        write_zeros(&mut data, len)?;
+                        data.shutdown(std::net::Shutdown::Write)?;
+                        // vsftpd closes once it has written everything; then the 226.
+                        let _ = read_all_counting(&mut data);
+                        drop(data);
+                        ctl.expect(&[226])?;
+                        (start.elapsed(), len)
+                    } else {
+                        ctl.send(&format!("RETR {BULK_NAME}"))?;
+                        ctl.expect(&[125, 150])?;
+                        let got = read_all_counting(&mut data)?;
+                        let at_eof = (start.elapsed(), got);
+                        drop(data);
+                        ctl.expect(&[226])?;
+                        at_eof
+                    }
+                }
+                Transfer::RetrPort => {
+                    let (bind_port, announce) = match plan {
+                        PortPlan::Rewritten => (0, CLIENT_IP),
+                        PortPlan::Forwarded => (next_forward_port(), GATEWAY_WAN_IP),
+                    };
+                    let listener = TcpListener::bind(SocketAddrV4::new(CLIENT_IP, bind_port))?;
+                    let port = listener.local_addr()?.port();
+                    let [a, b, c, d] = announce.octets();
+                    ctl.send(&format!(
+                        "PORT {a},{b},{c},{d},{},{}",
+                        port >> 8,
+                        port & 0xff
+                    ))?;
+                    ctl.expect(&[200])?;
+                    let start = Instant::now();
+                    ctl.send(&format!("RETR {BULK_NAME}"))?;
+                    let mut data = accept_timeout(&listener, IO_TIMEOUT)?;
+                    data.set_read_timeout(Some(IO_TIMEOUT))?;
+                    ctl.expect(&[125, 150])?;
+                    let got = read_all_counting(&mut data)?;
+                    let at_eof = (start.elapsed(), got);
+                    drop(data);
+                    ctl.expect(&[226])?;
+                    at_eof
+                }
+            };
             let _ = ctl.send("QUIT");
             if got != len {
                 return Err(io::Error::other(format!("received {got} of {len} bytes")));
             }
-            Ok((got as f64 / elapsed.as_secs_f64(), got))
+            Ok(got as f64 / elapsed.as_secs_f64())
         };
         let _ = tx.send(go());
     })?;
     Ok(rx.recv_timeout(Duration::from_secs(300))??)
+}
+
+fn write_zeros(stream: &mut TcpStream, len: u64) -> io::Result<()> {
+    let buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        stream.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// `accept` within `timeout` (poll(2), so no sleep granularity enters the measurement).
+fn accept_timeout(listener: &TcpListener, timeout: Duration) -> io::Result<TcpStream> {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n <= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no data connection from the server within {timeout:?}"),
+        ));
+    }
+    Ok(listener.accept()?.0)
 }
 
 fn read_all_counting(stream: &mut TcpStream) -> io::Result<u64> {
@@ -378,7 +798,9 @@ fn read_all_counting(stream: &mut TcpStream) -> io::Result<u64> {
     }
 }
 
-/// A plain TCP sender in the server namespace: each accepted connection gets `len` bytes.
+/// Plain TCP endpoints in a server namespace: on [`PLAIN_PORT`] each accepted connection
+/// gets `len` bytes (write loop); on [`SINK_PORT`] each is read to EOF and discarded, then
+/// closed.
 struct PlainSender {
     stop: Arc<AtomicBool>,
 }
@@ -386,39 +808,38 @@ struct PlainSender {
 impl PlainSender {
     fn start(server: &Netns, len: u64) -> BoxResult<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let _thread = server.spawn_thread(move || {
-            let listener = match TcpListener::bind(SocketAddrV4::new(SERVER_IP, PLAIN_PORT)) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let _ = listener.set_nonblocking(true);
-            let _ = ready_tx.send(Ok(()));
-            let buf = vec![0u8; 1 << 20];
-            let deadline = Instant::now() + Duration::from_secs(3600);
-            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-                        let mut left = len;
-                        while left > 0 {
-                            let n = left.min(buf.len() as u64) as usize;
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                            left -= n as u64;
-                        }
+        for (port, send) in [(PLAIN_PORT, true), (SINK_PORT, false)] {
+            let flag = stop.clone();
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let _thread = server.spawn_thread(move || {
+                let listener = match TcpListener::bind(SocketAddrV4::new(SERVER_IP, port)) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                };
+                let _ = listener.set_nonblocking(true);
+                let _ = ready_tx.send(Ok(()));
+                let deadline = Instant::now() + Duration::from_secs(3600);
+                while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match listener.accept() {
+                        Ok((mut s, _)) => {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                            if send {
+                                let _ = write_zeros(&mut s, len);
+                            } else {
+                                let _ = read_all_counting(&mut s);
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
                 }
-            }
-        })?;
-        ready_rx.recv_timeout(Duration::from_secs(10))??;
+            })?;
+            ready_rx.recv_timeout(Duration::from_secs(10))??;
+        }
         Ok(Self { stop })
     }
 }
@@ -429,6 +850,7 @@ impl Drop for PlainSender {
     }
 }
 
+/// Bytes/s of one plain TCP download of `len` bytes (connect → EOF).
 fn plain_receive(client: &Netns, len: u64) -> BoxResult<f64> {
     let (tx, rx) = mpsc::channel();
     let _thread = client.spawn_thread(move || {
@@ -448,6 +870,561 @@ fn plain_receive(client: &Netns, len: u64) -> BoxResult<f64> {
         let _ = tx.send(go());
     })?;
     Ok(rx.recv_timeout(Duration::from_secs(300))??)
+}
+
+/// Bytes/s of one plain TCP upload of `len` bytes (connect → the receiver's close after EOF).
+fn plain_send(client: &Netns, len: u64) -> BoxResult<f64> {
+    let (tx, rx) = mpsc::channel();
+    let _thread = client.spawn_thread(move || {
+        let go = || -> io::Result<f64> {
+            let start = Instant::now();
+            let mut s = TcpStream::connect_timeout(
+                &SocketAddr::V4(SocketAddrV4::new(SERVER_IP, SINK_PORT)),
+                IO_TIMEOUT,
+            )?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.set_write_timeout(Some(IO_TIMEOUT))?;
+            write_zeros(&mut s, len)?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            read_all_counting(&mut s)?;
+            Ok(len as f64 / start.elapsed().as_secs_f64())
+        };
+        let _ = tx.send(go());
+    })?;
+    Ok(rx.recv_timeout(Duration::from_secs(300))??)
+}
+
+// ------------------------------------------------------------------------------------------
+// 1b. Scale of state: the same bulk transfers and pinhole installs with many live pinholes
+
+/// Timeout of the filler pinholes: outlives the run, they are removed explicitly.
+const FILL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Timeout of the pinholes whose install latency is measured (removed right after).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Concurrent callers of the fill and the drain (the firewall thread batches what queues up).
+const FILL_CALLERS: usize = 64;
+
+/// `n` pinholes whose keys no packet of the benchmark ever carries: half passive
+/// (10.64.0.0/10 → 198.18.0.1:30000-30099), half active with their DNAT map entries
+/// (100.64.0.0/10 → 203.0.113.1:40000-49999 ⇒ 10.128.0.0/10:50000-59999).
+fn filler_pinholes(n: usize) -> Vec<Pinhole> {
+    let passive = n / 2;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..passive as u32 {
+        out.push(Pinhole::passive(
+            IpAddr::V4(Ipv4Addr::from(0x0a40_0000 + i)),
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+            30000 + (i % 100) as u16,
+        ));
+    }
+    for i in 0..(n - passive) as u32 {
+        out.push(Pinhole::active(
+            IpAddr::V4(Ipv4Addr::from(0x6440_0000 + i)),
+            IpAddr::V4(GATEWAY_WAN_IP),
+            40000 + (i % 10_000) as u16,
+            IpAddr::V4(Ipv4Addr::from(0x0a80_0000 + i)),
+            50000 + (i % 10_000) as u16,
+        ));
+    }
+    out
+}
+
+/// Fresh probe pinholes for the latency series (keys outside the filler ranges, never used by
+/// a packet): passive 10.1.0.0/16 → server:30000, active 172.16.0.0/12 → gateway:39999 ⇒
+/// 10.2.0.0/16:50000.
+struct Probes {
+    next: u32,
+}
+
+impl Probes {
+    fn passive(&mut self, count: usize) -> Vec<Pinhole> {
+        (0..count)
+            .map(|_| {
+                self.next += 1;
+                Pinhole::passive(
+                    IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + self.next)),
+                    IpAddr::V4(SERVER_IP),
+                    30000,
+                )
+            })
+            .collect()
+    }
+
+    fn active(&mut self, count: usize) -> Vec<Pinhole> {
+        (0..count)
+            .map(|_| {
+                self.next += 1;
+                Pinhole::active(
+                    IpAddr::V4(Ipv4Addr::from(0xac10_0000 + self.next)),
+                    IpAddr::V4(GATEWAY_WAN_IP),
+                    39999,
+                    IpAddr::V4(Ipv4Addr::from(0x0a02_0000 + self.next)),
+                    50000,
+                )
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Open(Duration),
+    Close,
+}
+
+/// Opens or closes `pinholes` from `callers` concurrent tasks, each awaiting its ACK before
+/// its next call (after `gap`, if given), as benches/core.rs does. Bounded: every call by 5 s,
+/// the whole series by 120 s. Returns the latency of each successful call and the failures.
+async fn drive(
+    fw: &NftFirewall,
+    pinholes: Vec<Pinhole>,
+    callers: usize,
+    op: Op,
+    gap: Option<Duration>,
+) -> (Vec<Duration>, usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let per = pinholes.len().div_ceil(callers.max(1)).max(1);
+    let tasks: Vec<_> = pinholes
+        .chunks(per)
+        .map(|chunk| {
+            let fw = fw.clone();
+            let chunk = chunk.to_vec();
+            tokio::spawn(async move {
+                let mut times = Vec::with_capacity(chunk.len());
+                let mut failures = 0;
+                for pinhole in chunk {
+                    if Instant::now() > deadline {
+                        failures += 1;
+                        continue;
+                    }
+                    if let Some(gap) = gap {
+                        tokio::time::sleep(gap).await;
+                    }
+                    let t = Instant::now();
+                    let call = async {
+                        match op {
+                            Op::Open(timeout) => fw.open(pinhole, timeout).await,
+                            Op::Close => fw.close(pinhole).await,
+                        }
+                    };
+                    match tokio::time::timeout(Duration::from_secs(5), call).await {
+                        Ok(Ok(())) => times.push(t.elapsed()),
+                        _ => failures += 1,
+                    }
+                }
+                (times, failures)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        match task.await {
+            Ok((times, failed)) => {
+                all.extend(times);
+                failures += failed;
+            }
+            Err(_) => failures += per,
+        }
+    }
+    (all, failures)
+}
+
+/// The pinhole sets/maps the filler goes into.
+const FILLED_OBJECTS: [(&str, &str); 4] = [
+    ("set", "passive_pin"),
+    ("set", "active_pin"),
+    ("set", "dnat_once"),
+    ("map", "dnat_to"),
+];
+
+/// Element counts of [`FILLED_OBJECTS`], read back from the kernel (`nft -j list`).
+fn element_counts(gateway: &Netns) -> BoxResult<Vec<usize>> {
+    let mut out = Vec::new();
+    for (kind, name) in FILLED_OBJECTS {
+        let run = gateway.exec_bounded(
+            &["nft", "-j", "list", kind, "inet", ALG_TABLE, name],
+            Duration::from_secs(60),
+        )?;
+        if run.timed_out || !run.output.status.success() {
+            return Err(format!("nft list {kind} {name} failed: {}", run.transcript()).into());
+        }
+        let json: serde_json::Value = serde_json::from_slice(&run.output.stdout)?;
+        let count = json["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item[kind]["elem"].as_array())
+            .map(Vec::len)
+            .sum();
+        out.push(count);
+    }
+    Ok(out)
+}
+
+fn counts_text(counts: &[usize]) -> String {
+    FILLED_OBJECTS
+        .iter()
+        .zip(counts)
+        .map(|((_, name), n)| format!("{name} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One measurement of a state (empty or filled).
+#[derive(Default)]
+struct StateSample {
+    retr_pasv: Vec<f64>,
+    retr_port: Vec<f64>,
+    plain: Vec<f64>,
+    cpu_ms: Vec<f64>,
+    open_seq: Vec<Duration>,
+    open_active: Vec<Duration>,
+    open_paced: Vec<Duration>,
+    close_seq: Vec<Duration>,
+    /// p50 µs of the sequential passive opens of each round.
+    open_seq_p50s: Vec<f64>,
+    failures: usize,
+}
+
+fn state_scale(
+    settings: &Settings,
+    rows: &mut Vec<Row>,
+    bed: &BulkBed<'_>,
+    len: u64,
+) -> BoxResult<()> {
+    let gateway = &bed.alg.lab.gateway;
+    let n = settings.state_pinholes;
+    say(&format!(
+        "scale of state: {n} live pinholes in the daemon's table vs empty, {} rounds",
+        settings.state_rounds
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // A second netlink socket on the daemon's own table: the filler sits in the very sets and
+    // maps the daemon's rules look up and its pinholes go into.
+    let fw = NftFirewall::start_in_netns(ALG_TABLE, Some(&gateway.path()))?;
+    let filler = filler_pinholes(n);
+    let mut probes = Probes { next: 0 };
+    // Warm-up (first socket use, page faults), not counted.
+    let warm = probes.passive(200);
+    runtime.block_on(drive(&fw, warm.clone(), 1, Op::Open(PROBE_TIMEOUT), None));
+    runtime.block_on(drive(&fw, warm, 1, Op::Close, None));
+
+    let mut empty = StateSample::default();
+    let mut full = StateSample::default();
+    let mut filled = false;
+    let mut fill_notes = Vec::new();
+    let mut verified = Vec::new();
+    let result = (|| -> BoxResult<()> {
+        for round in 0..settings.state_rounds {
+            // ABBA: empty, full | full, empty | …, so a drift over the run cancels out.
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for want_full in order {
+                if want_full != filled {
+                    let counts = set_filled(&runtime, &fw, gateway, &filler, want_full)?;
+                    filled = want_full;
+                    fill_notes.push(counts.0);
+                    verified.push(counts.1);
+                }
+                let sample = if want_full { &mut full } else { &mut empty };
+                say(&format!(
+                    "  round {}: {}",
+                    round + 1,
+                    if want_full {
+                        format!("{n} live pinholes")
+                    } else {
+                        "empty".into()
+                    }
+                ));
+                measure_state(settings, &runtime, &fw, bed, len, &mut probes, sample)?;
+            }
+        }
+        Ok(())
+    })();
+    // Leave nothing behind, whatever happened above.
+    let drained = if filled {
+        set_filled(&runtime, &fw, gateway, &filler, false).map(|(note, counts)| {
+            fill_notes.push(note);
+            counts
+        })
+    } else {
+        element_counts(gateway)
+    };
+    drop(fw);
+    drop(runtime);
+    result?;
+    let left = drained?;
+    if left.iter().any(|&c| c > 0) {
+        return Err(format!(
+            "elements left in the daemon's table after the drain: {}",
+            counts_text(&left)
+        )
+        .into());
+    }
+
+    let hz = clock_ticks_per_sec();
+    let rate_text = |v: &[f64]| {
+        format!(
+            "{:.0} ({})",
+            median(v) / 1e6,
+            v.iter()
+                .map(|x| format!("{:.0}", x / 1e6))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mib = len >> 20;
+    let base_name = "the same, with the table empty (alternating rounds, ABBA)";
+    let limit_bulk = format!(
+        "{n} filler pinholes ({} passive + {} active with their DNAT entries: {} kernel \
+         elements) in the daemon's table; their keys never match a packet. Only a connection's \
+         first packet looks them up (ct state new / nat chains), so established-flow \
+         throughput should not move; rounds scatter as in the bulk rows",
+        n / 2,
+        n - n / 2,
+        n / 2 + 3 * (n - n / 2)
+    );
+    for (key, label, a, b) in [
+        (
+            "state_retr_pasv",
+            format!("RETR {mib} MiB PASV through an ftp-alg pinhole"),
+            &full.retr_pasv,
+            &empty.retr_pasv,
+        ),
+        (
+            "state_retr_port",
+            format!("RETR {mib} MiB PORT through an ftp-alg pinhole + DNAT map"),
+            &full.retr_port,
+            &empty.retr_port,
+        ),
+        (
+            "state_plain_tcp",
+            format!(
+                "plain TCP {mib} MiB through the ALG's gateway, in no set (conntrack + the \
+                 admin's accept)"
+            ),
+            &full.plain,
+            &empty.plain,
+        ),
+    ] {
+        rows.push(Row {
+            key,
+            metric: format!("{label}, MB/s with {n} live pinholes (median of rounds)"),
+            alg: Some(median(a) / 1e6),
+            baseline: Some(median(b) / 1e6),
+            baseline_name: base_name,
+            alg_text: rate_text(a),
+            baseline_text: rate_text(b),
+            limit: limit_bulk.clone(),
+        });
+    }
+    let limit_lat = format!(
+        "NftFirewall on a second netlink socket into the daemon's table, each call awaiting the \
+         kernel's ACK (as benches/core.rs); the sets are hash tables (O(1) insert), but their \
+         garbage collector walks every element each gc-interval (100 ms) on this kernel; \
+         failures: {} empty, {} full",
+        empty.failures, full.failures
+    );
+    for (key, label, a, b) in [
+        (
+            "state_open_seq",
+            "pinhole open (passive, 1 element), sequential",
+            &full.open_seq,
+            &empty.open_seq,
+        ),
+        (
+            "state_open_active",
+            "pinhole open (active: DNAT map + 2 sets, 3 elements), sequential",
+            &full.open_active,
+            &empty.open_active,
+        ),
+        (
+            "state_open_paced",
+            "pinhole open (passive), paced 1 ms apart",
+            &full.open_paced,
+            &empty.open_paced,
+        ),
+        (
+            "state_close_seq",
+            "pinhole close (passive), sequential",
+            &full.close_seq,
+            &empty.close_seq,
+        ),
+    ] {
+        let (fa, fb) = (Stats::from_durations(a), Stats::from_durations(b));
+        for (suffix, x, y) in [("p50", fa.p50, fb.p50), ("p99", fa.p99, fb.p99)] {
+            rows.push(Row {
+                key,
+                metric: format!("{label}, {suffix} µs with {n} live pinholes (n={})", fa.n),
+                alg: Some(x),
+                baseline: Some(y),
+                baseline_name: base_name,
+                alg_text: us(x),
+                baseline_text: format!("{} (n={})", us(y), fb.n),
+                limit: limit_lat.clone(),
+            });
+        }
+    }
+    let p50s = |v: &[f64]| v.iter().map(|x| us(*x)).collect::<Vec<_>>().join(", ");
+    rows.push(Row {
+        key: "state_open_seq_rounds",
+        metric: "… sequential open p50 µs per round".into(),
+        alg: None,
+        baseline: None,
+        baseline_name: base_name,
+        alg_text: p50s(&full.open_seq_p50s),
+        baseline_text: p50s(&empty.open_seq_p50s),
+        limit: limit_lat,
+    });
+    rows.push(Row {
+        key: "state_fill",
+        metric: format!(
+            "filling / draining {n} pinholes ({FILL_CALLERS} concurrent callers), verified \
+             element counts"
+        ),
+        alg: None,
+        baseline: None,
+        baseline_name: "",
+        alg_text: format!(
+            "{}; after the last drain: {}",
+            fill_notes.join("; "),
+            counts_text(&left)
+        ),
+        baseline_text: "n/a".into(),
+        limit: "counts read back with `nft -j list` after each fill/drain; a fill is an error \
+                unless every set/map holds at least its share"
+            .into(),
+    });
+    rows.push(Row {
+        key: "state_daemon_cpu",
+        metric: format!(
+            "daemon CPU time during each ftp-alg RETR (PASV, PORT) with {n} live pinholes, ms"
+        ),
+        alg: Some(full.cpu_ms.iter().copied().fold(0.0, f64::max)),
+        baseline: Some(empty.cpu_ms.iter().copied().fold(0.0, f64::max)),
+        baseline_name: "the same, table empty (max)",
+        alg_text: full
+            .cpu_ms
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        baseline_text: empty
+            .cpu_ms
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        limit: format!("one tick = {:.0} ms", 1000.0 / hz),
+    });
+    Ok(())
+}
+
+/// Fills (or drains) the filler pinholes through `fw` and reads the counts back. Returns a
+/// note for the table and the counts.
+fn set_filled(
+    runtime: &tokio::runtime::Runtime,
+    fw: &NftFirewall,
+    gateway: &Netns,
+    filler: &[Pinhole],
+    full: bool,
+) -> BoxResult<(String, Vec<usize>)> {
+    let op = if full {
+        Op::Open(FILL_TIMEOUT)
+    } else {
+        Op::Close
+    };
+    let start = Instant::now();
+    let (done, failures) = runtime.block_on(drive(fw, filler.to_vec(), FILL_CALLERS, op, None));
+    let elapsed = start.elapsed();
+    let counts = element_counts(gateway)?;
+    let verb = if full { "filled" } else { "drained" };
+    let note = format!(
+        "{verb} {} in {:.2} s ({:.0}/s, {failures} failed) → {}",
+        done.len(),
+        elapsed.as_secs_f64(),
+        done.len() as f64 / elapsed.as_secs_f64(),
+        counts_text(&counts)
+    );
+    say(&format!("  {note}"));
+    let passive = filler.len() / 2;
+    let active = filler.len() - passive;
+    let wanted = [passive, active, active, active];
+    if failures > 0
+        || (full && counts.iter().zip(wanted).any(|(&got, want)| got < want))
+        || (!full && counts.iter().any(|&c| c > 0))
+    {
+        return Err(format!("the {verb} table is not as expected: {note}").into());
+    }
+    Ok((note, counts))
+}
+
+fn measure_state(
+    settings: &Settings,
+    runtime: &tokio::runtime::Runtime,
+    fw: &NftFirewall,
+    bed: &BulkBed<'_>,
+    len: u64,
+    probes: &mut Probes,
+    sample: &mut StateSample,
+) -> BoxResult<()> {
+    let hz = clock_ticks_per_sec();
+    for transfer in [Transfer::RetrPasv, Transfer::RetrPort] {
+        let before = cpu_ticks(bed.pid);
+        let rate = bed.alg.run(transfer, len)?;
+        let after = cpu_ticks(bed.pid);
+        sample
+            .cpu_ms
+            .push(after.saturating_sub(before) as f64 * 1000.0 / hz);
+        match transfer {
+            Transfer::RetrPasv => sample.retr_pasv.push(rate),
+            _ => sample.retr_port.push(rate),
+        }
+    }
+    sample.plain.push(plain_receive(&bed.alg.lab.client, len)?);
+
+    let n = settings.latency_n;
+    let seq = probes.passive(n);
+    let (open, f1) = runtime.block_on(drive(fw, seq.clone(), 1, Op::Open(PROBE_TIMEOUT), None));
+    let (close, f2) = runtime.block_on(drive(fw, seq, 1, Op::Close, None));
+    let active = probes.active(n);
+    let (open_active, f3) =
+        runtime.block_on(drive(fw, active.clone(), 1, Op::Open(PROBE_TIMEOUT), None));
+    let (_, f4) = runtime.block_on(drive(fw, active, FILL_CALLERS, Op::Close, None));
+    let paced = probes.passive(settings.paced_n);
+    let (open_paced, f5) = runtime.block_on(drive(
+        fw,
+        paced.clone(),
+        1,
+        Op::Open(PROBE_TIMEOUT),
+        Some(Duration::from_millis(1)),
+    ));
+    let (_, f6) = runtime.block_on(drive(fw, paced, FILL_CALLERS, Op::Close, None));
+    let p50 = Stats::from_durations(&open).p50;
+    say(&format!(
+        "    RETR PASV {:.0} MB/s, PORT {:.0} MB/s, plain TCP {:.0} MB/s; open p50 {} µs \
+         (active {} µs, paced {} µs), close p50 {} µs",
+        last(&sample.retr_pasv) / 1e6,
+        last(&sample.retr_port) / 1e6,
+        last(&sample.plain) / 1e6,
+        us(p50),
+        us(Stats::from_durations(&open_active).p50),
+        us(Stats::from_durations(&open_paced).p50),
+        us(Stats::from_durations(&close).p50),
+    ));
+    sample.open_seq_p50s.push(p50);
+    sample.open_seq.extend(open);
+    sample.close_seq.extend(close);
+    sample.open_active.extend(open_active);
+    sample.open_paced.extend(open_paced);
+    sample.failures += f1 + f2 + f3 + f4 + f5 + f6;
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1195,11 +2172,17 @@ fn render_table(
     );
     let _ = writeln!(
         t,
-        "Bulk {} MiB × {} rounds; {} NOOPs per series; {} idle sessions under load; idle \
-         steps {:?}; RLIMIT_NOFILE {nofile}. Load average before/after: {load_before} / \
-         {load_after}. Total {:.0} s.\n",
+        "Bulk {} MiB × {} rounds (RETR PASV, RETR PORT, STOR into {}); scale of state: {} \
+         live pinholes vs empty × {} rounds, {} sequential / {} paced opens per round; {} NOOPs \
+         per series; {} idle sessions under load; idle steps {:?}; RLIMIT_NOFILE {nofile}. \
+         Load average before/after: {load_before} / {load_after}. Total {:.0} s.\n",
         s.bulk_mib,
         s.bulk_rounds,
+        s.stor_sink.name(),
+        s.state_pinholes,
+        s.state_rounds,
+        s.latency_n,
+        s.paced_n,
         s.noops,
         s.idle_loaded,
         s.idle_steps,
@@ -1272,7 +2255,9 @@ fn render_json(
         out,
         "\"settings\": {{\"bulk_mib\": {}, \"bulk_rounds\": {}, \"noops\": {}, \
          \"idle_loaded\": {}, \"idle_steps\": {:?}, \"sessions_secs\": {}, \
-         \"sessions_max\": {}, \"rlimit_nofile\": {nofile}}}, \"total_seconds\": {}, \"rows\": [",
+         \"sessions_max\": {}, \"stor_sink\": {}, \"state_pinholes\": {}, \
+         \"state_rounds\": {}, \"latency_n\": {}, \"paced_n\": {}, \"rlimit_nofile\": {nofile}}}, \
+         \"total_seconds\": {}, \"rows\": [",
         s.bulk_mib,
         s.bulk_rounds,
         s.noops,
@@ -1280,6 +2265,11 @@ fn render_json(
         s.idle_steps,
         s.sessions_secs,
         s.sessions_max,
+        json_str(s.stor_sink.name()),
+        s.state_pinholes,
+        s.state_rounds,
+        s.latency_n,
+        s.paced_n,
         json_num(Some(total.as_secs_f64()))
     );
     for (i, r) in rows.iter().enumerate() {

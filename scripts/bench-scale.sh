@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The scale benchmark (see BENCHMARKS.md "Scale"): bulk RETR through an ftp-alg pinhole vs plain
-# kernel forwarding and the kernel FTP helper (with the daemon's CPU time during the transfer),
-# NOOP round trip through the proxy vs direct (one session, then with 1,000 idle sessions held
-# through the ALG), daemon RSS per idle session (1,000 and up to 10,000 sessions), and new
-# sessions per second vs the kernel helper.
+# The scale benchmark (see BENCHMARKS.md "Scale"): bulk RETR (PASV and PORT) and STOR through an
+# ftp-alg pinhole vs plain kernel forwarding and the kernel FTP helper (with the daemon's CPU
+# time during the transfer), the same RETRs and the pinhole install latency with 100,000 live
+# pinholes in the daemon's table vs empty, NOOP round trip through the proxy vs direct (one
+# session, then with 1,000 idle sessions held through the ALG), daemon RSS per idle session
+# (1,000 and up to 10,000 sessions), and new sessions per second vs the kernel helper.
 #
 #   sudo bash scripts/bench-scale.sh            # full run (a few minutes once built)
 #   sudo bash scripts/bench-scale.sh --quick    # smoke run (seconds)
@@ -14,7 +15,12 @@
 # Knobs (environment): FTP_ALG_SCALE_BULK_MIB (1024), FTP_ALG_SCALE_BULK_ROUNDS (5),
 # FTP_ALG_SCALE_NOOPS (5000), FTP_ALG_SCALE_LOADED_SESSIONS (1000), FTP_ALG_SCALE_IDLE
 # ("1000,10000"), FTP_ALG_SCALE_SESSION_SECS (5), FTP_ALG_SCALE_SESSION_MAX (5000),
-# FTP_ALG_BENCH_BINARY (another ftp-alg build), FTP_ALG_BENCH_QUIET_WAIT (120; 0 = don't wait).
+# FTP_ALG_SCALE_STOR_SINK (tmpfs: a file in /dev/shm; disk: vsftpd's directory under the temp
+# dir; devnull: APPE /dev/null, since vsftpd's STOR cannot ftruncate a device),
+# FTP_ALG_SCALE_STATE_PINHOLES (100000), FTP_ALG_SCALE_STATE_ROUNDS (4),
+# FTP_ALG_SCALE_LATENCY_N (2000 sequential opens per state and round), FTP_ALG_SCALE_PACED_N
+# (500 opens 1 ms apart), FTP_ALG_BENCH_BINARY (another ftp-alg build),
+# FTP_ALG_BENCH_QUIET_WAIT (120; 0 = don't wait).
 #
 # The idle-session count is capped by RLIMIT_NOFILE: the benchmark raises it (hard limit too,
 # when allowed) before it starts the daemon; run `ulimit -Hn 65536` first where that is refused.
