@@ -1139,10 +1139,15 @@ fn bound_of(s: &Summary, settings: &Settings, clients: usize) -> String {
         .collect();
     let mean_busy = s.cpus.iter().map(|(b, _)| b).sum::<f64>() / s.cpus.len().max(1) as f64;
     if !s.cpus.is_empty() && (busy.len() == s.cpus.len() || mean_busy > 0.85) {
+        let ours = s.daemon_util.unwrap_or(0.0) + s.load_util + s.server_util;
         saturated.push(format!(
             "the machine (CPUs {:.0}% busy on average: load generator, server, kernel \
-             forwarding and daemon share them)",
-            100.0 * mean_busy
+             forwarding, daemon and any other jobs share them; this benchmark's threads used \
+             {:.0}% of the {} CPUs' {:.0}%, the rest is softirq and other processes)",
+            100.0 * mean_busy,
+            100.0 * ours,
+            s.cpus.len(),
+            100.0 * mean_busy * s.cpus.len() as f64
         ));
     } else if !busy.is_empty() {
         saturated.push(format!(
