@@ -74,6 +74,7 @@ struct Settings {
     state_rounds: usize,
     latency_n: usize,
     paced_n: usize,
+    idle_window: Duration,
 }
 
 impl Settings {
@@ -99,6 +100,7 @@ impl Settings {
                 state_rounds: 1,
                 latency_n: 300,
                 paced_n: 100,
+                idle_window: Duration::from_millis(500),
             };
         }
         Self {
@@ -114,9 +116,10 @@ impl Settings {
             sessions_max: env("FTP_ALG_SCALE_SESSION_MAX", 5_000) as usize,
             stor_sink: StorSink::from_env(),
             state_pinholes: env("FTP_ALG_SCALE_STATE_PINHOLES", 100_000) as usize,
-            state_rounds: env("FTP_ALG_SCALE_STATE_ROUNDS", 4).max(1) as usize,
+            state_rounds: env("FTP_ALG_SCALE_STATE_ROUNDS", 8).max(1) as usize,
             latency_n: env("FTP_ALG_SCALE_LATENCY_N", 2_000).max(1) as usize,
             paced_n: env("FTP_ALG_SCALE_PACED_N", 500).max(1) as usize,
+            idle_window: Duration::from_millis(env("FTP_ALG_SCALE_IDLE_WINDOW_MS", 1_000)),
         }
     }
 }
@@ -176,10 +179,16 @@ struct Row {
     alg_text: String,
     baseline_text: String,
     limit: String,
+    /// The ratio to report instead of alg/baseline (the median of per-round ratios, where
+    /// rounds are paired).
+    paired: Option<f64>,
 }
 
 impl Row {
     fn ratio(&self) -> Option<f64> {
+        if self.paired.is_some() {
+            return self.paired;
+        }
         match (self.alg, self.baseline) {
             (Some(a), Some(b)) if b > 0.0 => Some(a / b),
             _ => None,
@@ -510,7 +519,7 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
             ),
         };
         let metric = format!(
-            "{} {mib} MiB, MB/s (median of rounds){}",
+            "{} {mib} MiB, MB/s (median of rounds; ratio = median of the rounds' ratios){}",
             transfer.label(),
             if *transfer == Transfer::Stor {
                 match settings.stor_sink {
@@ -569,6 +578,7 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
         };
         rows.push(Row {
             key: open_key,
+            paired: Some(median(&paired_ratios(&s.alg, &s.open))),
             metric: metric.clone(),
             alg: Some(median(&s.alg) / 1e6),
             baseline: Some(median(&s.open) / 1e6),
@@ -580,6 +590,7 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
         if !plain_key.is_empty() {
             rows.push(Row {
                 key: plain_key,
+                paired: Some(median(&paired_ratios(&s.alg, &s.plain))),
                 metric: metric.clone(),
                 alg: Some(median(&s.alg) / 1e6),
                 baseline: Some(median(&s.plain) / 1e6),
@@ -597,6 +608,7 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
         }
         rows.push(Row {
             key: helper_key,
+            paired: Some(median(&paired_ratios(&s.alg, &s.helper))),
             metric,
             alg: Some(median(&s.alg) / 1e6),
             baseline: Some(median(&s.helper) / 1e6),
@@ -607,6 +619,7 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
         });
         rows.push(Row {
             key: cpu_key,
+            paired: None,
             metric: format!(
                 "daemon CPU time (utime+stime) during each ftp-alg {} {mib} MiB, ms",
                 transfer.label()
@@ -634,6 +647,38 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
         });
     }
     Ok(())
+}
+
+/// `a[i] / b[i]` for every round that has both.
+fn paired_ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter(|(_, y)| **y > 0.0)
+        .map(|(x, y)| x / y)
+        .collect()
+}
+
+/// CPU time of all kernel worker threads (`kworker/*`), in ns (`/proc/<pid>/schedstat`, the
+/// scheduler's own run time: no tick resolution).
+fn kworker_nanos() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("kworker"))
+        })
+        .filter_map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 fn last(v: &[f64]) -> f64 {
@@ -1084,6 +1129,8 @@ struct StateSample {
     close_seq: Vec<Duration>,
     /// p50 µs of the sequential passive opens of each round.
     open_seq_p50s: Vec<f64>,
+    /// CPU ms per second of the kernel's worker threads while nothing is sent, per round.
+    kworker_ms_per_s: Vec<f64>,
     failures: usize,
 }
 
@@ -1129,6 +1176,9 @@ fn state_scale(
                 if want_full != filled {
                     let counts = set_filled(&runtime, &fw, gateway, &filler, want_full)?;
                     filled = want_full;
+                    // Let the kernel's deferred work of the change (hash table resizes,
+                    // freeing) finish, so the idle window measures the steady state.
+                    std::thread::sleep(settings.idle_window);
                     fill_notes.push(counts.0);
                     verified.push(counts.1);
                 }
@@ -1213,22 +1263,67 @@ fn state_scale(
             &empty.plain,
         ),
     ] {
+        let ratios = paired_ratios(a, b);
         rows.push(Row {
             key,
-            metric: format!("{label}, MB/s with {n} live pinholes (median of rounds)"),
+            paired: Some(median(&ratios)),
+            metric: format!(
+                "{label}, MB/s with {n} live pinholes (median of rounds; ratio = median of the \
+                 rounds' full/empty ratios)"
+            ),
             alg: Some(median(a) / 1e6),
             baseline: Some(median(b) / 1e6),
             baseline_name: base_name,
-            alg_text: rate_text(a),
+            alg_text: format!(
+                "{}; per-round ratios {}",
+                rate_text(a),
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             baseline_text: rate_text(b),
             limit: limit_bulk.clone(),
         });
     }
+    let ms = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    rows.push(Row {
+        key: "state_kworker_idle",
+        paired: None,
+        metric: format!(
+            "kernel worker threads' CPU while idle, ms per s, with {n} live pinholes (median \
+             of rounds, {:.1} s windows)",
+            settings.idle_window.as_secs_f64()
+        ),
+        alg: Some(median(&full.kworker_ms_per_s)),
+        baseline: Some(median(&empty.kworker_ms_per_s)),
+        baseline_name: base_name,
+        alg_text: format!(
+            "{:.1} ({})",
+            median(&full.kworker_ms_per_s),
+            ms(&full.kworker_ms_per_s)
+        ),
+        baseline_text: format!(
+            "{:.1} ({})",
+            median(&empty.kworker_ms_per_s),
+            ms(&empty.kworker_ms_per_s)
+        ),
+        limit:
+            "run time (schedstat) of every kworker thread on the host (the sets' timeout garbage \
+                collection runs there, every gc-interval = 100 ms for the pinhole sets) over \
+                a window with no traffic; host-wide, so other jobs' kernel work adds noise"
+                .into(),
+    });
     let limit_lat = format!(
         "NftFirewall on a second netlink socket into the daemon's table, each call awaiting the \
-         kernel's ACK (as benches/core.rs); the sets are hash tables (O(1) insert), but their \
-         garbage collector walks every element each gc-interval (100 ms) on this kernel; \
-         failures: {} empty, {} full",
+         kernel's ACK (as benches/core.rs); the sets are hash tables (O(1) insert); µs-scale \
+         values, so a few hundred ns read as a large ratio; failures: {} empty, {} full",
         empty.failures, full.failures
     );
     for (key, label, a, b) in [
@@ -1261,6 +1356,7 @@ fn state_scale(
         for (suffix, x, y) in [("p50", fa.p50, fb.p50), ("p99", fa.p99, fb.p99)] {
             rows.push(Row {
                 key,
+                paired: None,
                 metric: format!("{label}, {suffix} µs with {n} live pinholes (n={})", fa.n),
                 alg: Some(x),
                 baseline: Some(y),
@@ -1274,6 +1370,7 @@ fn state_scale(
     let p50s = |v: &[f64]| v.iter().map(|x| us(*x)).collect::<Vec<_>>().join(", ");
     rows.push(Row {
         key: "state_open_seq_rounds",
+        paired: None,
         metric: "… sequential open p50 µs per round".into(),
         alg: None,
         baseline: None,
@@ -1284,6 +1381,7 @@ fn state_scale(
     });
     rows.push(Row {
         key: "state_fill",
+        paired: None,
         metric: format!(
             "filling / draining {n} pinholes ({FILL_CALLERS} concurrent callers), verified \
              element counts"
@@ -1303,6 +1401,7 @@ fn state_scale(
     });
     rows.push(Row {
         key: "state_daemon_cpu",
+        paired: None,
         metric: format!(
             "daemon CPU time during each ftp-alg RETR (PASV, PORT) with {n} live pinholes, ms"
         ),
@@ -1375,6 +1474,14 @@ fn measure_state(
     sample: &mut StateSample,
 ) -> BoxResult<()> {
     let hz = clock_ticks_per_sec();
+    // The state's own cost while idle: the sets' garbage collection runs in kernel workers.
+    let before = kworker_nanos();
+    let t = Instant::now();
+    std::thread::sleep(settings.idle_window);
+    let nanos = kworker_nanos().saturating_sub(before);
+    sample
+        .kworker_ms_per_s
+        .push(nanos as f64 / 1e6 / t.elapsed().as_secs_f64());
     for transfer in [Transfer::RetrPasv, Transfer::RetrPort] {
         let before = cpu_ticks(bed.pid);
         let rate = bed.alg.run(transfer, len)?;
@@ -1408,8 +1515,9 @@ fn measure_state(
     let (_, f6) = runtime.block_on(drive(fw, paced, FILL_CALLERS, Op::Close, None));
     let p50 = Stats::from_durations(&open).p50;
     say(&format!(
-        "    RETR PASV {:.0} MB/s, PORT {:.0} MB/s, plain TCP {:.0} MB/s; open p50 {} µs \
-         (active {} µs, paced {} µs), close p50 {} µs",
+        "    kernel workers {:.1} CPU ms/s idle; RETR PASV {:.0} MB/s, PORT {:.0} MB/s, plain \
+         TCP {:.0} MB/s; open p50 {} µs (active {} µs, paced {} µs), close p50 {} µs",
+        last(&sample.kworker_ms_per_s),
         last(&sample.retr_pasv) / 1e6,
         last(&sample.retr_port) / 1e6,
         last(&sample.plain) / 1e6,
@@ -1478,6 +1586,7 @@ fn push_noop_rows(rows: &mut Vec<Row>, label: &str, through: &Stats, direct: &St
     ] {
         rows.push(Row {
             key,
+            paired: None,
             metric: format!("NOOP round trip {name} µs, {label} (n={})", through.n),
             alg: Some(a),
             baseline: Some(b),
@@ -1628,6 +1737,7 @@ fn idle_sessions(
         };
         rows.push(Row {
             key: "idle_rss_per_session",
+            paired: None,
             metric: format!(
                 "daemon RSS per idle logged-in session, KiB (N={asked} asked, {n} tried)"
             ),
@@ -1706,6 +1816,7 @@ fn session_rate(
     };
     let phases_row = Row {
         key: "new_session_phases",
+        paired: None,
         metric: "… mean time per session phase, µs".into(),
         alg: None,
         baseline: None,
@@ -1717,6 +1828,7 @@ fn session_rate(
     let med = |v: &[SessionRun]| median(&v.iter().map(|r| r.rate).collect::<Vec<_>>());
     rows.push(Row {
         key: "new_sessions_per_sec",
+        paired: None,
         metric: "new sessions/s, one client, sequential (connect, 220, USER/PASS, PASV, LIST, \
                  QUIT), vsftpd"
             .into(),

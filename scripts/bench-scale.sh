@@ -17,9 +17,10 @@
 # ("1000,10000"), FTP_ALG_SCALE_SESSION_SECS (5), FTP_ALG_SCALE_SESSION_MAX (5000),
 # FTP_ALG_SCALE_STOR_SINK (tmpfs: a file in /dev/shm; disk: vsftpd's directory under the temp
 # dir; devnull: APPE /dev/null, since vsftpd's STOR cannot ftruncate a device),
-# FTP_ALG_SCALE_STATE_PINHOLES (100000), FTP_ALG_SCALE_STATE_ROUNDS (4),
+# FTP_ALG_SCALE_STATE_PINHOLES (100000), FTP_ALG_SCALE_STATE_ROUNDS (8),
 # FTP_ALG_SCALE_LATENCY_N (2000 sequential opens per state and round), FTP_ALG_SCALE_PACED_N
-# (500 opens 1 ms apart), FTP_ALG_BENCH_BINARY (another ftp-alg build),
+# (500 opens 1 ms apart), FTP_ALG_SCALE_IDLE_WINDOW_MS (1000: kernel-worker CPU while idle,
+# per state and round), FTP_ALG_BENCH_BINARY (another ftp-alg build),
 # FTP_ALG_BENCH_QUIET_WAIT (120; 0 = don't wait).
 #
 # The idle-session count is capped by RLIMIT_NOFILE: the benchmark raises it (hard limit too,
