@@ -20,8 +20,8 @@
 //!    sessions in parallel (a thread each, every session looping PASV/PORT → data connection →
 //!    RETR → EOF → 226), bounded by time and count; through ftp-alg (a fresh daemon per run)
 //!    and through the kernel helper (`ct helper` "ftp" + nf_nat_ftp), alternating, a few
-//!    rounds. Every transfer's bytes are checked. A third variant, a userspace relay proxy,
-//!    plugs in as one more [`Route`] (see [`relay_bed`]).
+//!    rounds. Every transfer's bytes are checked. The third route: a userspace relay proxy
+//!    (Debian's `ftp-proxy` in the gateway, see [`relay_bed`]), the same sessions through it.
 //! 4. A probe with the daemon's *default* per-session limits, which shows how many transfers a
 //!    single session gets before the ALG refuses one.
 
@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use ftp_alg::firewall::{Firewall, NftFirewall, Pinhole};
 use ftp_alg::lab::preflight::{self, Gate};
+use ftp_alg::lab::relay::{RELAY_BINARY, RelayOptions, RelayProxy};
 use ftp_alg::lab::{
     AlgDaemon, AlgOptions, CLIENT_IP, ClientNatLab, ClientNatOptions, FTP_PASSWORD, FTP_USER,
     Netns, SERVER_IP, Vsftpd, raw_client,
@@ -76,6 +77,8 @@ struct Settings {
     nft_spawns: usize,
     /// Time bound of one transfer run.
     run_time: Duration,
+    /// Time bound of a run through the relay proxy (slow per session, but steady).
+    relay_time: Duration,
     /// Count bound of one transfer run (all its sessions together) ...
     run_max: usize,
     /// ... at least this many per session.
@@ -124,6 +127,7 @@ impl Settings {
             callers: 64,
             nft_spawns: env("FTP_ALG_BENCH_NFT_SPAWNS", 100) as usize,
             run_time: Duration::from_secs(env("FTP_ALG_BENCH_SECS", 5)),
+            relay_time: Duration::from_secs(env("FTP_ALG_BENCH_RELAY_SECS", 2)),
             run_max: env("FTP_ALG_BENCH_MAX", 10_000) as usize,
             per_session_min: 100,
             debug_max: 2_000,
@@ -137,6 +141,7 @@ impl Settings {
                 pinholes: 1_000,
                 nft_spawns: 20,
                 run_time: Duration::from_secs(1),
+                relay_time: Duration::from_millis(500),
                 run_max: 1_500,
                 per_session_min: 30,
                 debug_max: 200,
@@ -155,6 +160,7 @@ impl Settings {
             run_max: 400,
             per_session_min: 0,
             run_time: Duration::from_secs(1),
+            relay_time: Duration::from_millis(500),
             ..self
         }
     }
@@ -388,12 +394,16 @@ fn measure(
         Some(options) => Some(AlgDaemon::start(&route.lab.gateway, options)?),
         None => None,
     };
+    let bound = match route.via {
+        Via::Relay => settings.relay_time,
+        Via::Alg | Via::Helper => settings.run_time,
+    };
     let result = transfer_run(
         route,
         mode,
         sessions,
         payload,
-        settings.run_time,
+        bound,
         settings.run_bound(sessions, mode),
         MAX_FAILURES,
     );
@@ -464,21 +474,50 @@ struct Route<'a> {
 
 /// The relay proxy's lab: kept alive (with its server and proxy) for the whole sweep.
 struct RelayBed {
-    lab: ClientNatLab,
-    endpoint: Endpoint,
-    /// The vsftpd and the relay process; dropped (stopped) with the bed.
+    /// The relay first: it is stopped before its server and its namespaces go.
     _guards: Vec<Box<dyn std::any::Any>>,
+    endpoint: Endpoint,
+    lab: ClientNatLab,
 }
 
 /// The third route: a userspace relay proxy in the gateway (Debian's `ftp-proxy`, started by
-/// `ftp_alg::lab::relay`), in a lab of its own. `None` until that module is in the tree:
-/// then this builds a `ClientNatLab` (no ALG, no helper), a vsftpd with the file, starts
-/// `RelayProxy::start(&lab.gateway, &RelayOptions { log_level: "WRN", .. })` and returns
-/// its `target(FTP_USER)` as the endpoint; the sweep, the table, the JSON and the plot pick
-/// the route up from there.
-#[allow(clippy::unnecessary_wraps)]
-fn relay_bed(_payload: &[u8]) -> BoxResult<Option<RelayBed>> {
-    Ok(None)
+/// `ftp_alg::lab::relay`), in a client-NAT lab of its own (no ALG, no helper), transparent
+/// like ftp-alg (LAN tcp/21 redirected to it; the client connects to the server's address
+/// and logs in as usual), logging at `WRN`, `ForkLimit` off and `MaxClients` 512 (the lab's
+/// defaults). It terminates both channels: every byte of control and data passes through
+/// its per-session process. `None` when `ftp-proxy` is not installed or
+/// `FTP_ALG_BENCH_RELAY=0`.
+fn relay_bed(payload: &[u8]) -> BoxResult<Option<RelayBed>> {
+    if std::env::var("FTP_ALG_BENCH_RELAY").is_ok_and(|v| v == "0") {
+        say("relay proxy skipped (FTP_ALG_BENCH_RELAY=0)");
+        return Ok(None);
+    }
+    if !Path::new(RELAY_BINARY).is_file() {
+        say(&format!(
+            "relay proxy skipped: {RELAY_BINARY} not installed (Debian package ftp-proxy)"
+        ));
+        return Ok(None);
+    }
+    say("building the lab for the relay proxy (ftp-proxy in the gateway)");
+    let lab = ClientNatLab::build(ClientNatOptions::default())?;
+    let server = Vsftpd::start(&lab.server)?;
+    server.put_file(FILE_NAME, payload)?;
+    let relay = RelayProxy::start(
+        &lab.gateway,
+        &RelayOptions {
+            log_level: "WRN".into(),
+            ..RelayOptions::default()
+        },
+    )?;
+    let target = relay.target(FTP_USER);
+    Ok(Some(RelayBed {
+        lab,
+        endpoint: Endpoint {
+            addr: target.addr,
+            user: target.user,
+        },
+        _guards: vec![Box::new(relay), Box::new(server)],
+    }))
 }
 
 /// Waits (at most 10 s) until the daemon has logged the end of `sessions` sessions (more if
@@ -1475,11 +1514,24 @@ fn machine_info() -> Machine {
             .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
             .unwrap_or_default(),
         date: stdout(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
-        commit: stdout(
-            Command::new("git")
-                .args(["rev-parse", "--short", "HEAD"])
-                .current_dir(env!("CARGO_MANIFEST_DIR")),
-        ),
+        commit: {
+            let git = |args: &[&str]| {
+                stdout(
+                    Command::new("git")
+                        .args(args)
+                        .current_dir(env!("CARGO_MANIFEST_DIR")),
+                )
+            };
+            let head = git(&["rev-parse", "--short", "HEAD"]);
+            // Say what was measured when it is not simply HEAD.
+            if let Some(binary) = std::env::var_os("FTP_ALG_BENCH_BINARY") {
+                format!("{head} (daemon: {})", Path::new(&binary).display())
+            } else if git(&["status", "--porcelain", "--", "src"]).is_empty() {
+                head
+            } else {
+                format!("{head} + uncommitted src changes")
+            }
+        },
     }
 }
 
@@ -1494,12 +1546,20 @@ const MODES: [Mode; 2] = [Mode::Pasv, Mode::Port];
 /// Picks one phase's samples.
 type PhaseOf = fn(&Phases) -> &Vec<Duration>;
 
-/// `a / b`, or n/a.
+/// `a / b` to about three digits, or n/a.
 fn ratio(a: f64, b: f64) -> String {
-    if a > 0.0 && b > 0.0 {
-        format!("{:.2}", a / b)
+    if !(a > 0.0 && b > 0.0) {
+        return "n/a".into();
+    }
+    let r = a / b;
+    if r >= 100.0 {
+        format!("{r:.0}")
+    } else if r >= 10.0 {
+        format!("{r:.1}")
+    } else if r >= 0.1 {
+        format!("{r:.2}")
     } else {
-        "n/a".into()
+        format!("{r:.4}")
     }
 }
 
@@ -1573,11 +1633,13 @@ impl Report {
         );
         let _ = writeln!(
             t,
-            "Transfers: {} rounds per row, each run bounded by {} s or {} transfers (at least {} \
-             per session; PORT at most {PORT_RUN_CAP}); the routes' runs alternate, every ftp-alg \
-             run with a freshly started daemon at log level warn. Load average before/after: {} / {}.\n",
+            "Transfers: {} rounds per row, each run bounded by {} s ({} s through the relay proxy) \
+             or {} transfers (at least {} per session; PORT at most {PORT_RUN_CAP}); the routes' runs \
+             alternate, every ftp-alg run with a freshly started daemon at log level warn. Load \
+             average before/after: {} / {}.\n",
             s.rounds,
             s.run_time.as_secs(),
+            s.relay_time.as_secs_f64(),
             s.run_max,
             s.per_session_min,
             self.load_before,
@@ -1933,6 +1995,10 @@ impl Report {
                     ("pinholes_per_series", Json::Int(s.pinholes as u64)),
                     ("concurrent_callers", Json::Int(s.callers as u64)),
                     ("run_time_bound_s", Json::Num(s.run_time.as_secs_f64())),
+                    (
+                        "relay_run_time_bound_s",
+                        Json::Num(s.relay_time.as_secs_f64()),
+                    ),
                     ("run_count_bound", Json::Int(s.run_max as u64)),
                     (
                         "run_count_bound_min_per_session",
@@ -2054,11 +2120,28 @@ impl Report {
             if rates.is_empty() {
                 continue;
             }
+            // Linear, unless the routes lie orders of magnitude apart (the relay proxy).
+            let values = || rates.iter().flat_map(|l| l.points.iter().map(|p| p.1));
+            let (min, max) = (
+                values().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min),
+                values().fold(0.0, f64::max),
+            );
+            let (y_scale, y_label) = if max > 30.0 * min {
+                (
+                    plot::YScale::Log10,
+                    "1 KiB RETRs/s, all sessions (median of rounds; log scale)",
+                )
+            } else {
+                (
+                    plot::YScale::Linear,
+                    "1 KiB RETRs/s, all sessions (median of rounds)",
+                )
+            };
             panels.push(plot::Panel {
                 title: format!("{}: transfers per second", mode.name()),
                 x_label: x_label.into(),
-                y_label: "1 KiB RETRs/s, all sessions (median of rounds)".into(),
-                y_scale: plot::YScale::Linear,
+                y_label: y_label.into(),
+                y_scale,
                 lines: rates,
             });
             panels.push(plot::Panel {

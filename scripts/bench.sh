@@ -15,6 +15,7 @@
 # the report. Other knobs (environment): FTP_ALG_BENCH_SECS (time bound of a run, default 5),
 # FTP_ALG_BENCH_MAX (count bound of a run, default 10000), FTP_ALG_BENCH_ROUNDS (default 3),
 # FTP_ALG_BENCH_SESSIONS (the sweep's session counts, default "1,2,4,8,16,32,64"),
+# FTP_ALG_BENCH_RELAY_SECS (time bound of a relay-proxy run, default 2), FTP_ALG_BENCH_RELAY=0,
 # FTP_ALG_BENCH_PINHOLES, FTP_ALG_BENCH_NFT_SPAWNS, FTP_ALG_BENCH_BINARY (benchmark another
 # ftp-alg build or a wrapper script).
 #
@@ -25,7 +26,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_root "$@"
-apt_install nftables iproute2 procps vsftpd
+# ftp-proxy: the userspace relay proxy, the sweep's third route (skipped when missing, or with
+# FTP_ALG_BENCH_RELAY=0).
+apt_install nftables iproute2 procps vsftpd ftp-proxy
 require_cargo
 
 # Build first, so the compiler's load is gone before the wait and the measurement.

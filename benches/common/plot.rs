@@ -166,7 +166,7 @@ impl Panel {
                 for d in (a as i32)..=(b as i32) {
                     let base = 10f64.powi(d);
                     ticks.push(base);
-                    if decades <= 3 && d < b as i32 {
+                    if decades <= 4 && d < b as i32 {
                         ticks.push(2.0 * base);
                         ticks.push(5.0 * base);
                     }
