@@ -245,8 +245,9 @@ pub struct PinholeConfig {
 pub struct ActiveConfig {
     /// Gateway ports handed out for rewritten PORT/EPRT, as "low-high".
     pub port_range: String,
-    /// Seconds a released gateway port rests before the same server gets it again
-    /// (conntrack keeps the previous data connection on that tuple for a while).
+    /// Seconds a released gateway port rests before the same server gets it again. 0 is
+    /// safe for servers that send from port 20 (the stale flow is removed from conntrack on
+    /// release); set it for servers with another fixed active source port.
     pub port_quarantine_secs: u64,
 }
 
@@ -339,7 +340,7 @@ impl Default for ActiveConfig {
     fn default() -> Self {
         Self {
             port_range: "40000-49999".into(),
-            port_quarantine_secs: 60,
+            port_quarantine_secs: 0,
         }
     }
 }

@@ -84,6 +84,24 @@ const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 // enum nft_data_attributes
 const NFTA_DATA_VALUE: u16 = 1;
+// uapi: linux/netfilter/nfnetlink_conntrack.h
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+/// The source port of an active data connection from a server that follows RFC 959's
+/// default (L-1 of port 21), e.g. Debian's vsftpd and proftpd.
+const FTP_DATA_PORT: u16 = 20;
 
 /// Socket buffer sizes. ACKs are one datagram each (~1 KiB of receive-buffer accounting), and
 /// they are all queued before we read the first: a full batch needs ~1 MiB, a buffer that
@@ -131,6 +149,8 @@ pub struct FirewallStats {
     pub replays: u64,
     /// Time spent sending transactions and reading their acknowledgements.
     pub kernel_time: Duration,
+    /// Stale data connections of released gateway ports removed from conntrack.
+    pub flows_forgotten: u64,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +159,7 @@ struct Counters {
     transactions: AtomicU64,
     replays: AtomicU64,
     kernel_nanos: AtomicU64,
+    flows_forgotten: AtomicU64,
 }
 
 impl Counters {
@@ -201,6 +222,7 @@ impl NftFirewall {
             transactions: c.transactions.load(Ordering::Relaxed),
             replays: c.replays.load(Ordering::Relaxed),
             kernel_time: Duration::from_nanos(c.kernel_nanos.load(Ordering::Relaxed)),
+            flows_forgotten: c.flows_forgotten.load(Ordering::Relaxed),
         }
     }
 
@@ -518,6 +540,41 @@ fn setelem_msg(
     }
     nest_end(buf, item);
     nest_end(buf, list);
+    msg_end(buf, start);
+}
+
+/// One ctnetlink `DELETE` of the TCP connection whose original tuple is `src -> dst`.
+fn ct_delete_msg(
+    buf: &mut Vec<u8>,
+    seq: u32,
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+) {
+    let canonical =
+        |a: std::net::SocketAddr| std::net::SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (src, dst) = (canonical(src), canonical(dst));
+    let (family, src_attr, dst_attr) = if src.ip().is_ipv4() {
+        (NFPROTO_IPV4, CTA_IP_V4_SRC, CTA_IP_V4_DST)
+    } else {
+        (NFPROTO_IPV6, CTA_IP_V6_SRC, CTA_IP_V6_DST)
+    };
+    let ip_bytes = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let ty = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
+    let start = msg_start(buf, ty, NLM_F_REQUEST | NLM_F_ACK, seq, family, 0);
+    let tuple = nest_start(buf, CTA_TUPLE_ORIG);
+    let ip = nest_start(buf, CTA_TUPLE_IP);
+    attr(buf, src_attr, &ip_bytes(src.ip()));
+    attr(buf, dst_attr, &ip_bytes(dst.ip()));
+    nest_end(buf, ip);
+    let proto = nest_start(buf, CTA_TUPLE_PROTO);
+    attr(buf, CTA_PROTO_NUM, &[libc::IPPROTO_TCP as u8]);
+    attr(buf, CTA_PROTO_SRC_PORT, &src.port().to_be_bytes());
+    attr(buf, CTA_PROTO_DST_PORT, &dst.port().to_be_bytes());
+    nest_end(buf, proto);
+    nest_end(buf, tuple);
     msg_end(buf, start);
 }
 
@@ -973,8 +1030,7 @@ impl Backend {
             return Some(request);
         }
         let mut retries = 0;
-        while matches!(request.kind, Kind::Add { .. }) && busy(&outcome) && retries < BUSY_RETRIES
-        {
+        while matches!(request.kind, Kind::Add { .. }) && busy(&outcome) && retries < BUSY_RETRIES {
             retries += 1;
             Counters::add(&self.counters.replays, 1);
             std::thread::sleep(BUSY_BACKOFF * retries);
@@ -995,6 +1051,9 @@ impl Backend {
             }
             (kind, outcome) => self.interpret(kind, &request.elements, outcome),
         };
+        if request.kind == Kind::Remove && result.is_ok() {
+            self.forget_stale_flow(&request.pinhole);
+        }
         if let Err(error) = &result {
             debug!(pinhole = %request.pinhole, %error, "pinhole operation failed");
             if matches!(request.kind, Kind::Add { .. }) {
@@ -1004,6 +1063,50 @@ impl Backend {
         Counters::add(&self.counters.requests, 1);
         let _ = request.reply.send(result);
         None
+    }
+
+    /// An active pinhole leased a gateway port; when it goes, so does the conntrack entry
+    /// of its data connection from the server's port 20. That entry outlives the transfer
+    /// (TIME_WAIT, or CLOSE after a reset) with its DNAT to this client, and a reset one
+    /// takes the next SYN on the same tuple for itself: the server's connection for the
+    /// port's next holder would reach this client. Gone, the port can be leased again at
+    /// once. No entry (`ENOENT`) is the usual case and fine.
+    fn forget_stale_flow(&mut self, pinhole: &Pinhole) {
+        let (Direction::Active, Some(via)) = (pinhole.direction, pinhole.via) else {
+            return;
+        };
+        let src = std::net::SocketAddr::new(pinhole.from, FTP_DATA_PORT);
+        let seq = bump(&mut self.seq);
+        self.tx.clear();
+        ct_delete_msg(&mut self.tx, seq, src, via);
+        if let Err(e) = self.send() {
+            debug!(error = %e, "could not ask conntrack to forget a data connection");
+            return;
+        }
+        let mut answer = None;
+        let received = self.receive(|reply| {
+            if let Reply::Ack { seq: s, errno } = reply
+                && s == seq
+            {
+                answer = Some(errno);
+            }
+            answer.is_some()
+        });
+        match (answer, received) {
+            (Some(0), _) => {
+                Counters::add(&self.counters.flows_forgotten, 1);
+                debug!(%src, dst = %via, "stale data connection removed from conntrack");
+            }
+            (Some(libc::ENOENT), _) => {}
+            (Some(errno), _) => debug!(
+                %src,
+                dst = %via,
+                error = %std::io::Error::from_raw_os_error(errno),
+                "conntrack refused to forget a data connection"
+            ),
+            (None, Err(e)) => debug!(error = %e, "no answer from conntrack"),
+            (None, Ok(())) => debug!("no answer from conntrack"),
+        }
     }
 
     /// Undoes the ownership an add took (it failed, or goes back to the queue).

@@ -4,11 +4,13 @@
 //! use the same gateway port at once) and picked at random so that a server cannot predict
 //! the next one.
 //!
-//! A released port rests in quarantine before it is leased again to the same server:
-//! conntrack keeps the previous data connection on that tuple for a while (10 s in CLOSE
-//! after a reset), and a server that connects from a fixed source port (20) would have its
-//! new SYN taken for that old connection and DNATed by its stale binding to the previous
-//! client, past every pinhole.
+//! A released port may rest in quarantine before it is leased again to the same server
+//! (`active.port_quarantine_secs`, default 0): conntrack keeps the previous data connection on
+//! that tuple for a while (10 s in CLOSE after a reset), and a server that connects from a
+//! fixed source port would have its new SYN taken for that old connection and DNATed by its
+//! stale binding to the previous client, past every pinhole. For port 20 the firewall removes
+//! that flow when the pinhole closes (`firewall::netlink`), so no rest is needed; the
+//! quarantine is for servers with another fixed source port.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;

@@ -365,6 +365,71 @@ fn table_text(table: &str, size: u32) -> String {
 const T: &str = "fa_test";
 const LONG: Duration = Duration::from_secs(60);
 
+impl Netns {
+    fn conntrack(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "conntrack"])
+            .args(args)
+            .output()
+            .expect("run conntrack (conntrack-tools)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A conntrack entry for TCP `src:sport -> dst:dport` in state CLOSE (as a reset leaves
+    /// it).
+    fn insert_closed_flow(&self, src: &str, sport: u16, dst: &str, dport: u16) {
+        let (sport, dport) = (sport.to_string(), dport.to_string());
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "conntrack", "-I", "-p", "tcp"])
+            .args(["-s", src, "-d", dst, "--sport", &sport, "--dport", &dport])
+            .args(["--state", "CLOSE", "-t", "60"])
+            .output()
+            .expect("run conntrack (conntrack-tools)");
+        assert!(
+            out.status.success(),
+            "conntrack -I: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_an_active_pinhole_forgets_the_stale_port_20_flow_of_its_gateway_port() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let fw = ns.start(T);
+    // The reset data connection of the port's previous holder, and bystanders that must stay:
+    // another gateway port, another source port, another server.
+    ns.insert_closed_flow("203.0.113.2", 20, "198.51.100.1", 40001);
+    ns.insert_closed_flow("203.0.113.2", 20, "198.51.100.1", 40002);
+    ns.insert_closed_flow("203.0.113.2", 33000, "198.51.100.1", 40001);
+    ns.insert_closed_flow("203.0.113.9", 20, "198.51.100.1", 40001);
+    let pinhole = active("203.0.113.2", "198.51.100.1", 40001, "10.0.0.2", 50000);
+    fw.open(pinhole, LONG).await.expect("open");
+    let before = fw.stats().flows_forgotten;
+    fw.close(pinhole).await.expect("close");
+    let flows = ns.conntrack(&["-L", "-p", "tcp"]);
+    assert!(
+        !flows.contains("src=203.0.113.2 dst=198.51.100.1 sport=20 dport=40001 "),
+        "stale flow still tracked:\n{flows}"
+    );
+    for kept in [
+        "src=203.0.113.2 dst=198.51.100.1 sport=20 dport=40002 ",
+        "src=203.0.113.2 dst=198.51.100.1 sport=33000 dport=40001 ",
+        "src=203.0.113.9 dst=198.51.100.1 sport=20 dport=40001 ",
+    ] {
+        assert!(flows.contains(kept), "{kept} was removed too:\n{flows}");
+    }
+    assert_eq!(fw.stats().flows_forgotten, before + 1);
+    // Nothing to forget the second time (ENOENT is fine), and passive pinholes never ask.
+    fw.open(pinhole, LONG).await.expect("reopen");
+    fw.close(pinhole).await.expect("close again");
+    let p = passive("10.0.0.2", "203.0.113.2", 30000);
+    fw.open(p, LONG).await.expect("open passive");
+    fw.close(p).await.expect("close passive");
+    assert_eq!(fw.stats().flows_forgotten, before + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identical_pinhole_of_two_holders_stays_until_the_last_closes() {
     let Some(ns) = Netns::new() else { return };
