@@ -56,7 +56,9 @@ pub fn runtime(settings: &Validated) -> std::io::Result<tokio::runtime::Runtime>
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
-        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
         n => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
             .enable_all()
