@@ -246,8 +246,8 @@ pub struct ActiveConfig {
     /// Gateway ports handed out for rewritten PORT/EPRT, as "low-high".
     pub port_range: String,
     /// Seconds a released gateway port rests before the same server gets it again. 0 is
-    /// safe for servers that send from port 20 (the stale flow is removed from conntrack on
-    /// release); set it for servers with another fixed active source port.
+    /// safe for servers that send from port 20 (a stale flow is removed from conntrack when the
+    /// port is leased again); set it for servers with another fixed active source port.
     pub port_quarantine_secs: u64,
 }
 

@@ -205,3 +205,84 @@ fn an_unreachable_server_gets_421_and_leaves_nothing() {
     assert_pinholes_drained(&lab, &alg);
     assert_clean_shutdown(&lab, alg);
 }
+
+/// Active transfers back to back: the 226 that ends one overtakes the client's FIN and last
+/// ACK on its data connection. Nothing the ALG does at that moment may cut those off (it once
+/// removed the data connection's conntrack entry when the 226 went by; the client's FIN was
+/// then dropped by the forward chain, and vsftpd answered the next PORT only after its
+/// ~200 ms retransmission — 2 % of transfers). Every transfer here must take well under
+/// the 200 ms minimum retransmission timeout, and each data connection must close cleanly.
+#[test]
+fn back_to_back_active_transfers_close_cleanly_without_retransmission_stalls() {
+    require_lab!("vsftpd");
+    const TRANSFERS: usize = 300;
+    let lab = strict_lab();
+    let server = Vsftpd::start(&lab.server).expect("vsftpd");
+    let payload: Vec<u8> = (0..1024u32).map(|i| (i % 253) as u8).collect();
+    server.put_file("one-k.bin", &payload).expect("file");
+    let alg = start_alg(&lab, &[]);
+    let expected = payload.clone();
+    let times = lab
+        .client
+        .run_in(move || -> Result<Vec<Duration>, String> {
+            let mut ftp = RawFtp::connect(server_addr(21)).map_err(|e| e.to_string())?;
+            ftp.login(FTP_USER, FTP_PASSWORD)
+                .map_err(|e| e.to_string())?;
+            let mut times = Vec::with_capacity(TRANSFERS);
+            for i in 0..TRANSFERS {
+                let started = Instant::now();
+                let got = ftp
+                    .retr(DataMode::Port, "one-k.bin")
+                    .map_err(|e| format!("transfer {i}: {e}\n{}", ftp.transcript()))?;
+                times.push(started.elapsed());
+                if got != expected {
+                    return Err(format!("transfer {i}: content differs"));
+                }
+            }
+            Ok(times)
+        })
+        .expect("client thread")
+        .unwrap_or_else(|e| panic!("{e}\n{}", alg.output()));
+    let stalled: Vec<(usize, Duration)> = times
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, t)| *t >= Duration::from_millis(150))
+        .collect();
+    // One slow transfer may be the machine (a loaded CI box); a retransmission stall hits
+    // several in 300.
+    assert!(
+        stalled.len() <= 1,
+        "{} of {TRANSFERS} active transfers took ≥ 150 ms (a lost FIN/ACK waits for the \
+         200 ms retransmission): {stalled:?}",
+        stalled.len()
+    );
+    // The server's data sockets (source port 20) finished their close: none is left waiting
+    // for the client's FIN or ACK.
+    let out = lab
+        .server
+        .exec_ok(&[
+            "ss",
+            "-tanH",
+            "state",
+            "fin-wait-1",
+            "state",
+            "fin-wait-2",
+            "state",
+            "last-ack",
+            "sport",
+            "=",
+            ":20",
+        ])
+        .expect("ss");
+    let waiting = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(
+        waiting,
+        0,
+        "server data sockets still closing:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    drop(server);
+    assert_pinholes_drained(&lab, &alg);
+    assert_clean_shutdown(&lab, alg);
+}

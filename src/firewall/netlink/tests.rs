@@ -394,7 +394,7 @@ impl Netns {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closing_an_active_pinhole_forgets_the_stale_port_20_flow_of_its_gateway_port() {
+async fn opening_an_active_pinhole_forgets_the_stale_port_20_flow_of_its_gateway_port() {
     let Some(ns) = Netns::new() else { return };
     ns.load(T, 1024);
     let fw = ns.start(T);
@@ -404,10 +404,9 @@ async fn closing_an_active_pinhole_forgets_the_stale_port_20_flow_of_its_gateway
     ns.insert_closed_flow("203.0.113.2", 20, "198.51.100.1", 40002);
     ns.insert_closed_flow("203.0.113.2", 33000, "198.51.100.1", 40001);
     ns.insert_closed_flow("203.0.113.9", 20, "198.51.100.1", 40001);
+    let before = fw.stats().flows_forgotten;
     let pinhole = active("203.0.113.2", "198.51.100.1", 40001, "10.0.0.2", 50000);
     fw.open(pinhole, LONG).await.expect("open");
-    let before = fw.stats().flows_forgotten;
-    fw.close(pinhole).await.expect("close");
     let flows = ns.conntrack(&["-L", "-p", "tcp"]);
     assert!(
         !flows.contains("src=203.0.113.2 dst=198.51.100.1 sport=20 dport=40001 "),
@@ -421,13 +420,24 @@ async fn closing_an_active_pinhole_forgets_the_stale_port_20_flow_of_its_gateway
         assert!(flows.contains(kept), "{kept} was removed too:\n{flows}");
     }
     assert_eq!(fw.stats().flows_forgotten, before + 1);
-    // Nothing to forget the second time (ENOENT is fine), and passive pinholes never ask.
+    // Closing leaves conntrack alone: the transfer that just ended may still be exchanging
+    // its last FIN/ACK on that tuple.
+    ns.insert_closed_flow("203.0.113.2", 20, "198.51.100.1", 40001);
+    fw.close(pinhole).await.expect("close");
+    let flows = ns.conntrack(&["-L", "-p", "tcp"]);
+    assert!(
+        flows.contains("src=203.0.113.2 dst=198.51.100.1 sport=20 dport=40001 "),
+        "closing the pinhole removed its flow:\n{flows}"
+    );
+    assert_eq!(fw.stats().flows_forgotten, before + 1);
+    // The next holder of the port gets it clean again; passive pinholes never ask.
     fw.open(pinhole, LONG).await.expect("reopen");
+    assert_eq!(fw.stats().flows_forgotten, before + 2);
     fw.close(pinhole).await.expect("close again");
     let p = passive("10.0.0.2", "203.0.113.2", 30000);
     fw.open(p, LONG).await.expect("open passive");
     fw.close(p).await.expect("close passive");
-    assert_eq!(fw.stats().flows_forgotten, before + 1);
+    assert_eq!(fw.stats().flows_forgotten, before + 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
