@@ -2,8 +2,9 @@
 //! core): K concurrent clients each loop complete FTP sessions — connect, 220, USER/PASS, PASV,
 //! data connect, LIST (content checked), 226, QUIT, 221 — through the gateway, against a tiny
 //! non-forking FTP server (`benches/common/tiny_ftp.rs`), through ftp-alg (the daemon pinned to
-//! one CPU) and through the kernel's FTP helper, with the same server and the same load,
-//! rounds alternating.
+//! one CPU), through the kernel's FTP helper and through a userspace relay proxy (Debian's
+//! `ftp-proxy`, pinned to the same CPU), with the same server and the same load, rounds
+//! alternating.
 //!
 //! Run as root: `sudo bash scripts/bench-churn.sh` (= `cargo bench --bench churn`), or
 //! `cargo bench --bench churn -- --quick` for a smoke run (< 30 s once built). Numbers are
@@ -12,8 +13,15 @@
 //!
 //! Variants are entries of [`VARIANTS`]: each builds a [`Bed`] (a client-NAT lab, the tiny
 //! server in its server namespace and, optionally, a userspace process in the gateway whose
-//! CPU time is measured and which is pinned to one CPU). A third variant (e.g. a userspace
-//! relay proxy) is one more entry and one more `build_*` function.
+//! CPU time is measured and which is pinned to one CPU). The third, `relay`, is
+//! `ftp_alg::lab::relay`'s `ftp-proxy` in the gateway, transparent (LAN tcp/21 redirected to
+//! it; the clients are unchanged): it forks one process per session, answers 220 itself,
+//! connects to the server only after USER, and copies both channels through userspace. Its
+//! CPU time is the daemon's plus its session children's (reaped: cutime+cstime; still there:
+//! their utime+stime); the children inherit the daemon's CPU affinity, live ones are pinned
+//! again before each run. It is skipped, with a message, when `/usr/sbin/ftp-proxy` is
+//! missing or with `FTP_ALG_BENCH_RELAY=0`. `MaxClients` is capped at 512 by ftp-proxy, so K
+//! above 512 gets `421` refusals through it.
 //!
 //! Every client and server loop runs on threads inside a lab namespace and is bounded in count
 //! and in time; every socket operation has a timeout. For each concurrency level the beds are
@@ -34,6 +42,7 @@ use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
 use ftp_alg::lab::preflight::{self, Gate};
+use ftp_alg::lab::relay::{RELAY_BINARY, RelayOptions, RelayProxy};
 use ftp_alg::lab::{AlgDaemon, AlgOptions, ClientNatLab, ClientNatOptions, Netns, SERVER_IP};
 use serde_json::json;
 use tiny_ftp::{LISTING, TinyFtp};
@@ -158,7 +167,25 @@ const VARIANTS: &[Variant] = &[
         name: "kernel FTP helper",
         build: build_helper,
     },
+    Variant {
+        key: "relay",
+        name: "relay proxy (ftp-proxy)",
+        build: build_relay,
+    },
 ];
+
+/// Why the relay variant cannot run here (`None`: it can).
+fn relay_unavailable() -> Option<String> {
+    if std::env::var("FTP_ALG_BENCH_RELAY").is_ok_and(|v| v == "0") {
+        return Some("FTP_ALG_BENCH_RELAY=0".into());
+    }
+    if !Path::new(RELAY_BINARY).is_file() {
+        return Some(format!(
+            "{RELAY_BINARY} not installed (Debian package ftp-proxy)"
+        ));
+    }
+    None
+}
 
 /// One variant's lab, ready for load. Fields drop in order: the daemon first, then the server,
 /// then the namespaces.
@@ -173,6 +200,8 @@ struct Bed {
 struct Daemon {
     pid: i32,
     command: String,
+    /// It forks a process per session: their CPU time counts too, and they are pinned.
+    forks: bool,
     /// Keeps the process alive (dropping it stops the process).
     _guard: Box<dyn std::any::Any>,
 }
@@ -232,6 +261,7 @@ fn build_alg(settings: &Settings) -> BoxResult<Bed> {
         daemon: Some(Daemon {
             pid,
             command,
+            forks: false,
             _guard: Box::new(alg),
         }),
         server,
@@ -247,6 +277,50 @@ fn build_helper(settings: &Settings) -> BoxResult<Bed> {
     let server = start_server(&lab, settings)?;
     Ok(Bed {
         daemon: None,
+        server,
+        lab,
+    })
+}
+
+/// `ftp-proxy` in the gateway (see `ftp_alg::lab::relay`): transparent, logging at `WRN`,
+/// `ForkLimit` off and `MaxClients` 512 (the lab's defaults). The clients connect to the
+/// server's address as for the other variants; the redirect sends them to the relay.
+fn build_relay(settings: &Settings) -> BoxResult<Bed> {
+    if let Some(why) = relay_unavailable() {
+        return Err(format!("relay proxy unavailable: {why}").into());
+    }
+    let lab = ClientNatLab::build(ClientNatOptions::default())?;
+    let server = start_server(&lab, settings)?;
+    let relay = RelayProxy::start(
+        &lab.gateway,
+        &RelayOptions {
+            log_level: "WRN".into(),
+            ..RelayOptions::default()
+        },
+    )?;
+    let target = relay.target("anonymous");
+    if target.addr != SocketAddrV4::new(SERVER_IP, 21) || target.user != "anonymous" {
+        return Err(format!("the relay is not transparent: {target:?}").into());
+    }
+    let pid = i32::try_from(relay.pid())?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "ftp-proxy" {
+        return Err(format!("pid {pid} of the relay is {:?}, not ftp-proxy", comm.trim()).into());
+    }
+    let command = format!(
+        "{RELAY_BINARY} -d -n -f {} (MaxClients {}, ForkLimit {}, LogLevel {})",
+        relay.config_path().display(),
+        relay.options().max_clients,
+        relay.options().fork_limit,
+        relay.options().log_level
+    );
+    Ok(Bed {
+        daemon: Some(Daemon {
+            pid,
+            command,
+            forks: true,
+            _guard: Box::new(relay),
+        }),
         server,
         lab,
     })
@@ -268,9 +342,17 @@ fn main() {
             std::process::exit(1);
         }
     }
+    let relay_skip = relay_unavailable();
     let variants: Vec<&'static Variant> = VARIANTS
         .iter()
         .filter(|v| settings.variants.iter().any(|k| k == v.key))
+        .filter(|v| match (&relay_skip, v.key) {
+            (Some(why), "relay") => {
+                say(&format!("relay proxy skipped: {why}"));
+                false
+            }
+            _ => true,
+        })
         .collect();
     if variants.is_empty() {
         eprintln!(
@@ -353,7 +435,14 @@ fn run(
         };
         for (i, bed) in beds.iter().enumerate() {
             if let Some(d) = &bed.daemon {
-                let pinned = pin_process(d.pid, settings.daemon_cpu)?;
+                let mut pinned = pin_process(d.pid, settings.daemon_cpu)?;
+                if d.forks {
+                    pinned.push_str(&format!(
+                        "; its session processes are forked from it and inherit the affinity \
+                         ({} live ones pinned again before each run)",
+                        pin_children(d.pid, settings.daemon_cpu)
+                    ));
+                }
                 say(&format!("{}: {pinned}", variants[i].name));
                 point.notes[i].push(pinned);
             }
@@ -378,6 +467,9 @@ fn run(
                 if let Some(d) = &bed.daemon {
                     // Threads born since the last run (if any) get the same CPU.
                     pin_process(d.pid, settings.daemon_cpu)?;
+                    if d.forks {
+                        pin_children(d.pid, settings.daemon_cpu);
+                    }
                 }
                 let run = measured_run(bed, settings, clients)?;
                 say(&format!(
@@ -412,6 +504,20 @@ fn run(
                     .join(", "),
                 count(conntrack_count(&bed.lab.gateway))
             ));
+            if variants[i].key == "relay" {
+                let listing_to_226 = summarize(&point.runs[i]).phase_means_us[4];
+                if listing_to_226 > 20_000.0 {
+                    // Seen with strace: no TCP_NODELAY on any of ftp-proxy's sockets.
+                    point.notes[i].push(format!(
+                        "listing→226 takes {:.0} ms on average: ftp-proxy does not set \
+                         TCP_NODELAY, and its 226 follows its 150 on the client's control \
+                         connection with no client data in between, so Nagle holds the 226 \
+                         until the client's delayed ACK of the 150 (the session rate is bound \
+                         by latency, K / session time, not by the relay's CPU)",
+                        listing_to_226 / 1e3
+                    ));
+                }
+            }
             let c = bed.server.counters();
             point.notes[i].push(format!(
                 "tiny server: {} sessions accepted, {} listings, {} QUITs, {} ended by error",
@@ -453,6 +559,7 @@ impl Run {
 fn measured_run(bed: &Bed, settings: &Settings, clients: usize) -> BoxResult<Run> {
     let server_tids = bed.server.tids();
     let pid = bed.daemon.as_ref().map(|d| d.pid);
+    let forks = bed.daemon.as_ref().is_some_and(|d| d.forks);
     let conntrack_before = conntrack_count(&bed.lab.gateway);
     if let Some(n) = conntrack_before.filter(|n| *n > 200_000) {
         say(&format!(
@@ -461,6 +568,7 @@ fn measured_run(bed: &Bed, settings: &Settings, clients: usize) -> BoxResult<Run
         ));
     }
     let cpu0 = cpu_times();
+    let children0 = pid.filter(|_| forks).map(children_cpu_ticks);
     let daemon0 = pid.map(process_cpu_ticks);
     let threads0 = pid.map(thread_cpu_ticks).unwrap_or_default();
     let server0: u64 = server_tids.iter().map(|&t| own_thread_cpu_ns(t)).sum();
@@ -468,10 +576,15 @@ fn measured_run(bed: &Bed, settings: &Settings, clients: usize) -> BoxResult<Run
     let server1: u64 = server_tids.iter().map(|&t| own_thread_cpu_ns(t)).sum();
     let threads1 = pid.map(thread_cpu_ticks).unwrap_or_default();
     let daemon1 = pid.map(process_cpu_ticks);
+    let children1 = pid.filter(|_| forks).map(children_cpu_ticks);
     let cpu1 = cpu_times();
     let hz = clock_ticks_per_sec();
-    let daemon_cpu_s = match (daemon0, daemon1) {
+    let children_s = match (children0, children1) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / hz),
+        _ => None,
+    };
+    let daemon_cpu_s = match (daemon0, daemon1) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / hz + children_s.unwrap_or(0.0)),
         _ => None,
     };
     let mut daemon_threads: Vec<(String, f64)> = Vec::new();
@@ -482,6 +595,9 @@ fn measured_run(bed: &Bed, settings: &Settings, clients: usize) -> BoxResult<Run
             Some((_, s)) => *s += secs,
             None => daemon_threads.push((name.clone(), secs)),
         }
+    }
+    if let Some(secs) = children_s {
+        daemon_threads.push(("session processes (forked)".into(), secs));
     }
     daemon_threads.sort_by(|a, b| b.1.total_cmp(&a.1));
     let cpus = cpu0
@@ -843,6 +959,56 @@ fn process_cpu_ticks(pid: i32) -> u64 {
     stat_ticks(&format!("/proc/{pid}/stat")).map_or(0, |(_, t)| t)
 }
 
+/// CPU time of the processes `pid` forked, in clock ticks: cutime + cstime of `pid` (children
+/// it has reaped) plus utime + stime of its children still there (running or zombie). A child
+/// reaped between the two reads is missed or counted twice: one session's worth at most.
+fn children_cpu_ticks(pid: i32) -> u64 {
+    let reaped = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+            let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+            Some(field(16)? + field(17)?)
+        })
+        .unwrap_or(0);
+    reaped
+        + children_of(pid)
+            .into_iter()
+            .filter_map(|child| stat_ticks(&format!("/proc/{child}/stat")))
+            .map(|(_, t)| t)
+            .sum::<u64>()
+}
+
+/// The processes whose parent (field 4 of `/proc/*/stat`) is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat[stat.rfind(')')? + 1..]
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<i32>()
+                        .ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Pins the (single-threaded) children of `pid` to `cpu`; returns how many.
+fn pin_children(pid: i32, cpu: usize) -> usize {
+    children_of(pid)
+        .into_iter()
+        .filter(|&child| pin_thread(child, cpu).is_ok())
+        .count()
+}
+
 /// Per thread of `pid`: (tid → (name, utime + stime ticks)).
 fn thread_cpu_ticks(pid: i32) -> std::collections::HashMap<i32, (String, u64)> {
     tasks_of(pid)
@@ -1196,7 +1362,10 @@ impl Report<'_> {
              thread(s)) in the server namespace; load: K concurrent clients on {} tokio \
              thread(s) in the client namespace; {} round(s) of {} s per variant and K \
              (alternating order), at most {} sessions per run. The ftp-alg daemon is pinned to \
-             CPU {} (all its threads); {}. Daemon CPU = utime+stime of /proc/<pid>/stat (all threads), which includes \
+             CPU {} (all its threads), and so is the relay proxy (ftp-proxy: its daemon and \
+             the session processes it forks) where it runs; {}. Daemon CPU = utime+stime of \
+             /proc/<pid>/stat (all threads; for the relay proxy plus its session processes: \
+             cutime+cstime of the reaped ones, utime+stime of the others), which includes \
              the kernel's packet processing that runs in the daemon's context (its sends \
              traverse veth, forwarding and the peer's receive path); CPU busy per CPU from \
              /proc/stat. Load average before/after: {} / {}. RLIMIT_NOFILE {}. Total {:.0} s.\n",
@@ -1223,19 +1392,12 @@ impl Report<'_> {
         for v in self.variants {
             let _ = write!(t, " {} sessions/s, median (rounds) |", v.name);
         }
-        if self.variants.len() > 1 {
-            let _ = write!(
-                t,
-                " ratio {}/{} |",
-                self.variants[0].name, self.variants[1].name
-            );
+        // The first variant against each of the others.
+        for v in self.variants.iter().skip(1) {
+            let _ = write!(t, " ratio {}/{} |", self.variants[0].name, v.name);
         }
         let _ = writeln!(t, " ≥ {TARGET_PER_SEC:.0}/s ({}) |", self.variants[0].name);
-        let _ = writeln!(
-            t,
-            "|---|{}",
-            "---|".repeat(self.variants.len() + 1 + usize::from(self.variants.len() > 1))
-        );
+        let _ = writeln!(t, "|---|{}", "---|".repeat(2 * self.variants.len()));
         for p in self.points {
             let sums: Vec<Summary> = p.runs.iter().map(|r| summarize(r)).collect();
             let _ = write!(t, "| {} |", p.clients);
@@ -1251,8 +1413,8 @@ impl Report<'_> {
                         .join(", ")
                 );
             }
-            if sums.len() > 1 {
-                let ratio = sums[0].median_rate / sums[1].median_rate.max(1e-9);
+            for other in sums.iter().skip(1) {
+                let ratio = sums[0].median_rate / other.median_rate.max(1e-9);
                 let _ = write!(t, " {ratio:.2} |");
             }
             let met = sums
@@ -1401,6 +1563,17 @@ impl Report<'_> {
                         })
                     })
                     .collect();
+                let first = p.runs.first().map(|r| summarize(r).median_rate);
+                let ratios: serde_json::Map<String, serde_json::Value> = self
+                    .variants
+                    .iter()
+                    .zip(&p.runs)
+                    .skip(1)
+                    .filter_map(|(v, runs)| {
+                        let ratio = first? / summarize(runs).median_rate.max(1e-9);
+                        Some((format!("{}/{}", self.variants[0].key, v.key), json!(ratio)))
+                    })
+                    .collect();
                 let ratio = (p.runs.len() > 1).then(|| {
                     summarize(&p.runs[0]).median_rate
                         / summarize(&p.runs[1]).median_rate.max(1e-9)
@@ -1409,6 +1582,7 @@ impl Report<'_> {
                     "clients": p.clients,
                     "variants": variants,
                     "ratio_first_to_second": ratio,
+                    "ratios_first_to_each": ratios,
                 })
             })
             .collect();

@@ -17,7 +17,13 @@
 //!   baseline (bulk TCP, NOOP round trip without interception); for active mode a static port
 //!   forward (server:20 → gateway:45000-45999 DNATed to the client), which a client that
 //!   announces the gateway's address in PORT uses;
-//! - `helper`: the kernel's FTP helper (`ct helper` "ftp" + nf_nat_ftp), no ALG.
+//! - `helper`: the kernel's FTP helper (`ct helper` "ftp" + nf_nat_ftp), no ALG;
+//! - `relay` (bulk RETR PASV only): a userspace relay proxy in the gateway, Debian's
+//!   `ftp-proxy` started by `ftp_alg::lab::relay` (transparent: LAN tcp/21 redirected to it,
+//!   the client unchanged), which terminates both channels and copies every byte through its
+//!   per-session process. Skipped when `/usr/sbin/ftp-proxy` is missing or with
+//!   `FTP_ALG_BENCH_RELAY=0`. It speaks PASV/PORT over IPv4 only; the comparison is the RETR
+//!   PASV rounds, with the relay's CPU time (daemon and session child) next to the daemon's.
 //!
 //! Scale of state (issue 7, target 6): a second `NftFirewall` socket on the daemon's own table
 //! in the `alg` gateway fills its sets and maps with N pinholes (half passive, half active
@@ -46,6 +52,7 @@ use std::time::{Duration, Instant};
 use ftp_alg::firewall::{Firewall, NftFirewall, Pinhole};
 use ftp_alg::lab::nft::ALG_TABLE;
 use ftp_alg::lab::preflight::{self, Gate};
+use ftp_alg::lab::relay::{RELAY_BINARY, RelayOptions, RelayProxy};
 use ftp_alg::lab::{
     AlgDaemon, AlgOptions, CLIENT_IP, ClientNatLab, ClientNatOptions, FTP_PASSWORD, FTP_USER,
     GATEWAY_WAN_IP, Netns, SERVER_IP, Vsftpd, raw_client,
@@ -268,6 +275,7 @@ fn run(settings: &Settings, rows: &mut Vec<Row>) -> BoxResult<()> {
         "accept",
     ])?;
     install_port_forward(&open_lab)?;
+    let relay = relay_bed(bulk_len)?;
 
     let mut alg = AlgDaemon::start(&alg_lab.gateway, &alg_options(vec![21, TINY_PORT]))?;
     let pid = daemon_pid(&alg_lab.gateway).ok_or("ftp-alg's pid not found in the gateway")?;
@@ -283,6 +291,10 @@ fn run(settings: &Settings, rows: &mut Vec<Row>) -> BoxResult<()> {
         alg: route("alg", &alg_lab, &alg_server, PortPlan::Rewritten),
         open: route("open", &open_lab, &open_server, PortPlan::Forwarded),
         helper: route("helper", &helper_lab, &helper_server, PortPlan::Rewritten),
+        relay: relay.as_ref().map(|r| RelayRoute {
+            route: route("relay", &r.lab, &r.server, PortPlan::Rewritten),
+            pid: r.pid,
+        }),
         pid,
     };
     bulk(settings, rows, &bed, bulk_len)?;
@@ -298,7 +310,69 @@ fn run(settings: &Settings, rows: &mut Vec<Row>) -> BoxResult<()> {
     drop(plain);
     drop(alg_plain);
     drop(tiny);
+    drop(relay);
     Ok(())
+}
+
+/// The relay proxy's lab, for the bulk RETR PASV rounds. Fields drop in order: the relay
+/// first, then its server, then the namespaces.
+struct RelayBed {
+    /// Kept alive for the bulk rounds; dropped (stopped) first.
+    _relay: RelayProxy,
+    server: Vsftpd,
+    lab: ClientNatLab,
+    /// The `ftp-proxy` daemon (its session children fork from it).
+    pid: i32,
+}
+
+/// A fourth client-NAT lab (no ALG, no helper) with a userspace relay proxy in the gateway:
+/// Debian's `ftp-proxy` started by `ftp_alg::lab::relay`, transparent like ftp-alg (LAN tcp/21
+/// redirected to it; the client connects to the server's address and logs in as usual),
+/// logging at `WRN`, `ForkLimit` off, `MaxClients` 512 (the lab's defaults), and the same
+/// sparse file in its vsftpd. `None` when `ftp-proxy` is not installed or
+/// `FTP_ALG_BENCH_RELAY=0`.
+fn relay_bed(bulk_len: u64) -> BoxResult<Option<RelayBed>> {
+    if std::env::var("FTP_ALG_BENCH_RELAY").is_ok_and(|v| v == "0") {
+        say("relay proxy skipped (FTP_ALG_BENCH_RELAY=0)");
+        return Ok(None);
+    }
+    if !Path::new(RELAY_BINARY).is_file() {
+        say(&format!(
+            "relay proxy skipped: {RELAY_BINARY} not installed (Debian package ftp-proxy)"
+        ));
+        return Ok(None);
+    }
+    say("building a fourth lab: the relay proxy (ftp-proxy in the gateway)");
+    let lab = ClientNatLab::build(ClientNatOptions::default())?;
+    let server = Vsftpd::start(&lab.server)?;
+    let file = std::fs::File::create(server.root().join(BULK_NAME))?;
+    file.set_len(bulk_len)?;
+    let relay = RelayProxy::start(
+        &lab.gateway,
+        &RelayOptions {
+            log_level: "WRN".into(),
+            ..RelayOptions::default()
+        },
+    )?;
+    let pid = i32::try_from(relay.pid())?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "ftp-proxy" {
+        return Err(format!("pid {pid} of the relay is {:?}, not ftp-proxy", comm.trim()).into());
+    }
+    let target = relay.target(FTP_USER);
+    if target.addr != SocketAddrV4::new(SERVER_IP, 21) || target.user != FTP_USER {
+        return Err(format!("the relay is not transparent: {target:?}").into());
+    }
+    say(&format!(
+        "relay pid {pid}: {RELAY_BINARY} -d -n -f {}",
+        relay.config_path().display()
+    ));
+    Ok(Some(RelayBed {
+        _relay: relay,
+        server,
+        lab,
+        pid,
+    }))
 }
 
 // ------------------------------------------------------------------------------------------
@@ -434,6 +508,33 @@ struct BulkSeries {
     helper: Vec<f64>,
     plain: Vec<f64>,
     cpu_ms: Vec<f64>,
+    /// Through the relay proxy (RETR PASV only).
+    relay: Vec<f64>,
+    /// The relay's CPU time per transfer: daemon and session child.
+    relay_cpu_ms: Vec<f64>,
+}
+
+/// The relay proxy's side of the bulk runs.
+struct RelayRoute<'a> {
+    route: BulkRoute<'a>,
+    /// The `ftp-proxy` daemon.
+    pid: i32,
+}
+
+impl RelayRoute<'_> {
+    /// One transfer; returns bytes/s and the CPU time (ms) of the relay's processes during it,
+    /// counted once the session child has exited.
+    fn run(&self, transfer: Transfer, len: u64, hz: f64) -> BoxResult<(f64, f64)> {
+        // A child of an earlier session still ending would move its CPU into this one.
+        wait_children_ended(self.pid, Duration::from_secs(5));
+        let before = family_cpu_ticks(self.pid);
+        let rate = self.route.run(transfer, len)?;
+        if !wait_children_ended(self.pid, Duration::from_secs(5)) {
+            say("  the relay's session child did not exit within 5 s; its CPU so far counted");
+        }
+        let after = family_cpu_ticks(self.pid);
+        Ok((rate, after.saturating_sub(before) as f64 * 1000.0 / hz))
+    }
 }
 
 /// The labs and processes the bulk runs use.
@@ -441,6 +542,8 @@ struct BulkBed<'a> {
     alg: BulkRoute<'a>,
     open: BulkRoute<'a>,
     helper: BulkRoute<'a>,
+    /// `None` when the relay proxy is skipped.
+    relay: Option<RelayRoute<'a>>,
     pid: i32,
 }
 
@@ -451,10 +554,15 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
     for round in 0..settings.bulk_rounds {
         say(&format!("bulk round {}: {} MiB", round + 1, len >> 20));
         for (transfer, s) in transfers.iter().zip(series.iter_mut()) {
-            // The three FTP routes in a rotating order, so none is always first after the
-            // plain TCP run (or always right after another transfer's tail of writeback).
-            let mut order = [0usize, 1, 2];
-            order.rotate_left(round % 3);
+            // The FTP routes in a rotating order, so none is always first after the plain TCP
+            // run (or always right after another transfer's tail of writeback). The relay
+            // proxy is the fourth, in RETR PASV only.
+            let mut order = vec![0usize, 1, 2];
+            if *transfer == Transfer::RetrPasv && bed.relay.is_some() {
+                order.push(3);
+            }
+            let routes = order.len();
+            order.rotate_left(round % routes);
             for which in order {
                 match which {
                     0 => {
@@ -466,7 +574,14 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
                             .push(after.saturating_sub(before) as f64 * 1000.0 / hz);
                     }
                     1 => s.open.push(bed.open.run(*transfer, len)?),
-                    _ => s.helper.push(bed.helper.run(*transfer, len)?),
+                    2 => s.helper.push(bed.helper.run(*transfer, len)?),
+                    _ => {
+                        if let Some(relay) = &bed.relay {
+                            let (rate, cpu) = relay.run(*transfer, len, hz)?;
+                            s.relay.push(rate);
+                            s.relay_cpu_ms.push(cpu);
+                        }
+                    }
                 }
             }
             match transfer {
@@ -476,7 +591,7 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
             }
             say(&format!(
                 "  {}: ftp-alg {:.0} MB/s (daemon {:.0} ms), open forwarding {:.0}, helper \
-                 {:.0}{}",
+                 {:.0}{}{}",
                 transfer.label(),
                 last(&s.alg) / 1e6,
                 s.cpu_ms.last().copied().unwrap_or(0.0),
@@ -486,6 +601,15 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
                     String::new()
                 } else {
                     format!(", plain TCP {:.0}", last(&s.plain) / 1e6)
+                },
+                if s.relay.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", relay proxy {:.0} (relay {:.0} ms)",
+                        last(&s.relay) / 1e6,
+                        last(&s.relay_cpu_ms)
+                    )
                 }
             ));
         }
@@ -609,7 +733,7 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
         rows.push(Row {
             key: helper_key,
             paired: Some(median(&paired_ratios(&s.alg, &s.helper))),
-            metric,
+            metric: metric.clone(),
             alg: Some(median(&s.alg) / 1e6),
             baseline: Some(median(&s.helper) / 1e6),
             baseline_name: "kernel FTP helper",
@@ -645,8 +769,64 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
                 }
             ),
         });
+        if !s.relay.is_empty() {
+            push_relay_rows(rows, s, &metric, hz, &list);
+        }
     }
     Ok(())
+}
+
+/// The relay proxy's rows of one transfer shape: its rate against ftp-alg's, and the CPU time
+/// of its processes against the daemon's.
+fn push_relay_rows(
+    rows: &mut Vec<Row>,
+    s: &BulkSeries,
+    metric: &str,
+    hz: f64,
+    list: &dyn Fn(&[f64]) -> String,
+) {
+    let ms = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    rows.push(Row {
+        key: "bulk_vs_relay",
+        paired: Some(median(&paired_ratios(&s.alg, &s.relay))),
+        metric: metric.to_owned(),
+        alg: Some(median(&s.alg) / 1e6),
+        baseline: Some(median(&s.relay) / 1e6),
+        baseline_name: "userspace relay proxy: Debian's ftp-proxy in the gateway (transparent, \
+                        one forked process per session), the same vsftpd RETR of the same file",
+        alg_text: format!("{:.0} ({})", median(&s.alg) / 1e6, list(&s.alg)),
+        baseline_text: format!("{:.0} ({})", median(&s.relay) / 1e6, list(&s.relay)),
+        limit: "the relay terminates both channels: the client's data connection ends in the \
+                gateway (10.0.0.1) and the relay's own leaves it (203.0.113.1 → server), so two \
+                TCP streams with every byte copied through userspace (select(), FIONREAD, one \
+                recv()/send() per chunk) instead of one forwarded stream; MB/s from the data \
+                connect to EOF, as for ftp-alg"
+            .into(),
+    });
+    rows.push(Row {
+        key: "bulk_relay_cpu",
+        paired: Some(median(&paired_ratios(&s.cpu_ms, &s.relay_cpu_ms))),
+        metric: "CPU time (utime+stime) during each RETR PASV: the ftp-alg daemon vs the relay \
+                 (ftp-proxy daemon + the session's child process), ms (median of rounds)"
+            .into(),
+        alg: Some(median(&s.cpu_ms)),
+        baseline: Some(median(&s.relay_cpu_ms)),
+        baseline_name: "relay proxy processes (ftp-proxy)",
+        alg_text: format!("{:.0} ({})", median(&s.cpu_ms), ms(&s.cpu_ms)),
+        baseline_text: format!("{:.0} ({})", median(&s.relay_cpu_ms), ms(&s.relay_cpu_ms)),
+        limit: format!(
+            "/proc/<pid>/stat, one tick = {:.0} ms: for the relay, the daemon's utime+stime plus \
+             cutime+cstime (its reaped session children) plus any live child's, read before the \
+             login and after the session's child has exited; includes the login and the copy of \
+             every byte (the ALG's data never reaches userspace)",
+            1000.0 / hz
+        ),
+    });
 }
 
 /// `a[i] / b[i]` for every round that has both.
@@ -656,6 +836,60 @@ fn paired_ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
         .filter(|(_, y)| **y > 0.0)
         .map(|(x, y)| x / y)
         .collect()
+}
+
+/// utime+stime of `pid`, of its reaped children (cutime+cstime) and of its children still
+/// there (live or zombie), in clock ticks: the relay proxy's daemon and its session processes.
+fn family_cpu_ticks(pid: i32) -> u64 {
+    let own = stat_fields(pid).map_or(0, |f| (14..=17).map(|n| stat_num(&f, n)).sum());
+    own + children_of(pid)
+        .iter()
+        .filter_map(|(child, _)| stat_fields(*child))
+        .map(|f| stat_num(&f, 14) + stat_num(&f, 15))
+        .sum::<u64>()
+}
+
+/// Waits (polling every 10 ms, at most `bound`) until `pid` has no child that is still
+/// running (zombies don't count); false if one remains.
+fn wait_children_ended(pid: i32, bound: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        if children_of(pid).iter().all(|(_, state)| *state == 'Z') {
+            return true;
+        }
+        if start.elapsed() >= bound {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The processes whose parent is `pid`, with their state letter (`/proc/*/stat`).
+fn children_of(pid: i32) -> Vec<(i32, char)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|child| {
+            let f = stat_fields(child)?;
+            let parent: i32 = f.get(1)?.parse().ok()?;
+            let state = f.first()?.chars().next()?;
+            (parent == pid).then_some((child, state))
+        })
+        .collect()
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name: field 3 (state) first.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+/// Field `n` (1-based, as in proc(5)) of [`stat_fields`] as a number, 0 if absent.
+fn stat_num(fields: &[String], n: usize) -> u64 {
+    fields.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// CPU time of all kernel worker threads (`kworker/*`), in ns (`/proc/<pid>/schedstat`, the

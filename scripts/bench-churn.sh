@@ -2,8 +2,10 @@
 # The session-churn benchmark (see BENCHMARKS.md, issue 7 target 5: ≥ 1,000 new sessions per
 # second on one core): K concurrent clients loop complete FTP sessions (connect, 220, USER/PASS,
 # PASV, data connect, LIST, 226, QUIT, 221) against a tiny non-forking FTP server, through
-# ftp-alg (the daemon pinned to one CPU) and through the kernel FTP helper, rounds alternating;
-# new sessions/s, latency, the daemon's CPU time per session and the CPU use of every part.
+# ftp-alg (the daemon pinned to one CPU), through the kernel FTP helper and through a userspace
+# relay proxy (Debian's ftp-proxy, forking per session, pinned to the same CPU), rounds
+# alternating; new sessions/s, latency, the daemon's CPU time per session and the CPU use of
+# every part.
 #
 #   sudo bash scripts/bench-churn.sh            # full run (about 2 minutes once built)
 #   sudo bash scripts/bench-churn.sh --quick    # smoke run (< 30 s once built)
@@ -16,7 +18,8 @@
 # which keeps the gateway's conntrack table below nf_conntrack_max),
 # FTP_ALG_CHURN_LOAD_THREADS (1), FTP_ALG_CHURN_SERVER_THREADS (1), FTP_ALG_CHURN_DAEMON_CPU (0),
 # FTP_ALG_CHURN_PEER_CPU (unset: pin the load generator and server threads to this CPU),
-# FTP_ALG_CHURN_VARIANTS ("alg,helper"), FTP_ALG_CHURN_DAEMON_ARGS (more daemon arguments),
+# FTP_ALG_CHURN_VARIANTS ("alg,helper,relay"; relay is skipped without /usr/sbin/ftp-proxy or with
+# FTP_ALG_BENCH_RELAY=0), FTP_ALG_CHURN_DAEMON_ARGS (more daemon arguments),
 # FTP_ALG_BENCH_BINARY (another ftp-alg build), FTP_ALG_BENCH_QUIET_WAIT (120; 0 = don't wait).
 #
 # Output: Markdown tables on stdout, all numbers in target/bench/churn.json.
@@ -25,7 +28,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_root "$@"
-apt_install nftables iproute2 procps
+# ftp-proxy: the relay variant (skipped when missing, or with FTP_ALG_BENCH_RELAY=0).
+apt_install nftables iproute2 procps ftp-proxy
 require_cargo
 
 # Build first, so the compiler's load is gone before the wait and the measurement.

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The scale benchmark (see BENCHMARKS.md "Scale"): bulk RETR (PASV and PORT) and STOR through an
 # ftp-alg pinhole vs plain kernel forwarding and the kernel FTP helper (with the daemon's CPU
-# time during the transfer), the same RETRs and the pinhole install latency with 100,000 live
-# pinholes in the daemon's table vs empty, NOOP round trip through the proxy vs direct (one
-# session, then with 1,000 idle sessions held through the ALG), daemon RSS per idle session
-# (1,000 and up to 10,000 sessions), and new sessions per second vs the kernel helper.
+# time during the transfer) and, for RETR PASV, a userspace relay proxy (Debian's ftp-proxy in
+# the gateway, with its processes' CPU time), the same RETRs and the pinhole install latency with
+# 100,000 live pinholes in the daemon's table vs empty, NOOP round trip through the proxy vs
+# direct (one session, then with 1,000 idle sessions held through the ALG), daemon RSS per idle
+# session (1,000 and up to 10,000 sessions), and new sessions per second vs the kernel helper.
 #
 #   sudo bash scripts/bench-scale.sh            # full run (a few minutes once built)
 #   sudo bash scripts/bench-scale.sh --quick    # smoke run (seconds)
@@ -21,6 +22,7 @@
 # FTP_ALG_SCALE_LATENCY_N (2000 sequential opens per state and round), FTP_ALG_SCALE_PACED_N
 # (500 opens 1 ms apart), FTP_ALG_SCALE_IDLE_WINDOW_MS (1000: kernel-worker CPU while idle,
 # per state and round), FTP_ALG_BENCH_BINARY (another ftp-alg build),
+# FTP_ALG_BENCH_RELAY=0 (skip the relay proxy; it is skipped anyway without /usr/sbin/ftp-proxy),
 # FTP_ALG_BENCH_QUIET_WAIT (120; 0 = don't wait).
 #
 # The idle-session count is capped by RLIMIT_NOFILE: the benchmark raises it (hard limit too,
@@ -32,7 +34,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_root "$@"
-apt_install nftables iproute2 procps vsftpd
+# ftp-proxy: the userspace relay proxy, one more route of the RETR PASV rounds (skipped when
+# missing, or with FTP_ALG_BENCH_RELAY=0).
+apt_install nftables iproute2 procps vsftpd ftp-proxy
 require_cargo
 
 # Build first, so the compiler's load is gone before the wait and the measurement.
