@@ -82,8 +82,9 @@ impl<F: Firewall> Healing<F> {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let table = self.table.clone();
-            let exists = tokio::task::spawn_blocking(move || table.exists()).await;
+            let table = self.table.table.clone();
+            let exists =
+                tokio::task::spawn_blocking(move || super::netlink::table_exists(&table)).await;
             if matches!(exists, Ok(Ok(false))) {
                 self.reinstall();
             }

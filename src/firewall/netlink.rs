@@ -67,12 +67,15 @@ const NFNETLINK_V0: u8 = 0;
 const NFPROTO_UNSPEC: u8 = 0;
 const NFPROTO_INET: u8 = 1;
 // uapi: linux/netfilter/nf_tables.h, enum nf_tables_msg_types
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_MSG_GETGEN: u16 = 16;
 /// Added in 6.3 after `GETRULE_RESET` (25) and `DESTROYTABLE..DESTROYSET` (26..29).
 const NFT_MSG_DESTROYSETELEM: u16 = 30;
 // enum nft_set_elem_list_attributes
+// enum nft_table_attributes
+const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -174,6 +177,14 @@ impl fmt::Debug for NftFirewall {
             .field("table", &self.inner.table)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether the `inet` table `table` exists in the current network namespace, asked over a
+/// netlink socket of its own (for the watchdog; blocking: it waits for the kernel's answer,
+/// and closing the socket waits for an RCU grace period).
+pub(crate) fn table_exists(table: &str) -> Result<bool, FirewallError> {
+    let mut backend = Backend::open(table.to_owned(), Arc::new(Counters::default()))?;
+    backend.table_exists()
 }
 
 impl NftFirewall {
@@ -743,6 +754,46 @@ impl Backend {
             (None, Err(e)) => Err(e),
             (None, Ok(())) => Err(FirewallError::Protocol(
                 "no answer to a generation query".into(),
+            )),
+        }
+    }
+
+    /// Whether `inet <table>` exists: one `NFT_MSG_GETTABLE` for that name (a lookup, not a
+    /// dump: `nft list tables` would fetch every set element into its cache, 100,000
+    /// pinholes every few seconds on a busy gateway).
+    fn table_exists(&mut self) -> Result<bool, FirewallError> {
+        let seq = bump(&mut self.seq);
+        self.tx.clear();
+        let start = msg_start(
+            &mut self.tx,
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            NFPROTO_INET,
+            0,
+        );
+        let table = self.table.clone();
+        attr_str(&mut self.tx, NFTA_TABLE_NAME, &table);
+        msg_end(&mut self.tx, start);
+        self.send()
+            .map_err(|e| FirewallError::io("send to the kernel", &e))?;
+        let mut answer = None;
+        let lost = self.receive(|reply| {
+            if let Reply::Ack { seq: s, errno } = reply
+                && s == seq
+            {
+                answer = Some(errno);
+            }
+            answer.is_some()
+        });
+        match (answer, lost) {
+            (Some(0), _) => Ok(true),
+            (Some(libc::ENOENT), _) => Ok(false),
+            (Some(libc::EPERM), _) => Err(FirewallError::PermissionDenied),
+            (Some(errno), _) => Err(kernel_error("look up our table", errno)),
+            (None, Err(e)) => Err(e),
+            (None, Ok(())) => Err(FirewallError::Protocol(
+                "no answer to a table lookup".into(),
             )),
         }
     }

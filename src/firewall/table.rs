@@ -89,25 +89,6 @@ impl BaseTable {
         let script = format!("table inet {t}\ndelete table inet {t}\n", t = self.table);
         run_nft(&["-f", "-"], Some(&script))
     }
-
-    /// Whether the table currently exists in the kernel (lists table names only, never
-    /// the pinholes, which may be many).
-    pub fn exists(&self) -> Result<bool, TableError> {
-        let out = Command::new("nft")
-            .args(["list", "tables", "inet"])
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(TableError::Spawn)?;
-        if !out.status.success() {
-            return Err(TableError::Nft(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ));
-        }
-        let wanted = format!("table inet {}", self.table);
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|line| line.trim() == wanted))
-    }
 }
 
 impl BaseTable {

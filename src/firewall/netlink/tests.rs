@@ -1018,3 +1018,24 @@ async fn pinhole_latency() {
 
     assert_eq!(ns.count(T, "passive_pin"), 2 * N);
 }
+
+#[test]
+fn the_watchdog_lookup_tells_whether_our_table_exists() {
+    let Some(ns) = Netns::new() else { return };
+    let path = ns.path();
+    let exists = move || {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            enter_netns(&path).expect("enter the namespace");
+            super::table_exists(T)
+        })
+        .join()
+        .expect("lookup thread")
+    };
+    assert!(!exists().expect("lookup before load"), "no table yet");
+    ns.load(T, 1024);
+    assert!(exists().expect("lookup after load"), "table loaded");
+    ns.nft(&["delete", "table", "inet", T], None)
+        .expect("delete the table");
+    assert!(!exists().expect("lookup after delete"), "table deleted");
+}
