@@ -161,8 +161,8 @@ pub struct Overrides {
     /// Gateway ports for active mode, "low-high" [config: active.port_range].
     #[arg(long, value_name = "LOW-HIGH")]
     pub active_ports: Option<String>,
-    /// Seconds a released gateway port rests before the same server gets it again; 0 is
-    /// safe for servers sending from port 20 [config: active.port_quarantine_secs].
+    /// Seconds a released gateway port rests before the same server gets it again (the
+    /// old data connection must finish closing) [config: active.port_quarantine_secs].
     #[arg(long, value_name = "SECS")]
     pub active_port_quarantine: Option<u64>,
     /// Policy for a 227 naming another host [config: passive.address_policy].

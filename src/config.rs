@@ -245,9 +245,10 @@ pub struct PinholeConfig {
 pub struct ActiveConfig {
     /// Gateway ports handed out for rewritten PORT/EPRT, as "low-high".
     pub port_range: String,
-    /// Seconds a released gateway port rests before the same server gets it again. 0 is
-    /// safe for servers that send from port 20 (a stale flow is removed from conntrack when the
-    /// port is leased again); set it for servers with another fixed active source port.
+    /// Seconds a released gateway port rests before the same server gets it again: the
+    /// server's previous data connection on that tuple must have finished its close (2 s
+    /// by default); a stale flow from port 20 is removed from conntrack when the port is
+    /// leased again. Raise it (e.g. 60) for servers with another fixed active source port.
     pub port_quarantine_secs: u64,
 }
 
@@ -340,7 +341,7 @@ impl Default for ActiveConfig {
     fn default() -> Self {
         Self {
             port_range: "40000-49999".into(),
-            port_quarantine_secs: 0,
+            port_quarantine_secs: 2,
         }
     }
 }

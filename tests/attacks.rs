@@ -1278,10 +1278,14 @@ fn an_active_data_connection_is_never_delivered_to_the_previous_holder_of_its_ga
     server
         .put_file("big.bin", &vec![6u8; 8 << 20])
         .expect("file");
-    // One gateway port and no quarantine (the default): the victim's transfer gets the very
-    // port Mallory just released. What keeps the victim's data away from Mallory is that the
-    // release removed the reset flow server:20 -> gateway:port from conntrack.
-    let alg = start_alg_tuned(&lab.gateway, |o| o.active_ports = (40000, 40000), &[]);
+    // One gateway port and no quarantine: the victim's transfer gets the very port Mallory
+    // just released. What keeps the victim's data away from Mallory is that the new lease
+    // removed the reset flow server:20 -> gateway:port from conntrack.
+    let alg = start_alg_tuned(
+        &lab.gateway,
+        |o| o.active_ports = (40000, 40000),
+        &["--active-port-quarantine", "0"],
+    );
 
     // Mallory (another LAN host) starts an active RETR, resets its data connection, leaves,
     // and keeps listening on the port it announced.

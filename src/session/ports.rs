@@ -4,13 +4,15 @@
 //! use the same gateway port at once) and picked at random so that a server cannot predict
 //! the next one.
 //!
-//! A released port may rest in quarantine before it is leased again to the same server
-//! (`active.port_quarantine_secs`, default 0): conntrack keeps the previous data connection on
-//! that tuple for a while (10 s in CLOSE after a reset), and a server that connects from a
-//! fixed source port would have its new SYN taken for that old connection and DNATed by its
-//! stale binding to the previous client, past every pinhole. For port 20 the firewall removes
-//! that flow when the pinhole closes (`firewall::netlink`), so no rest is needed; the
-//! quarantine is for servers with another fixed source port.
+//! A released port rests in quarantine before it is leased again to the same server
+//! (`active.port_quarantine_secs`, default 2 s). The 226 that ends a transfer comes before
+//! the data connection has finished closing; a port leased again microseconds later (a random
+//! pick hits a just-released port a few times in 10,000 under load) makes a server that
+//! connects from port 20 reuse a 4-tuple whose socket is still closing, and its `connect()`
+//! fails (vsftpd: `425 Failed to establish connection`). Conntrack also keeps the previous
+//! data connection on that tuple for a while (10 s in CLOSE after a reset); for port 20 the
+//! firewall removes that flow when the port is leased again (`firewall::netlink`), so a short
+//! rest is enough. Servers with another fixed source port need a longer one (e.g. 60 s).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
