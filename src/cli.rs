@@ -220,7 +220,7 @@ pub struct Overrides {
     /// Seconds sessions get to finish on SIGTERM [config: limits.drain_grace_secs].
     #[arg(long, value_name = "SECS")]
     pub drain_grace: Option<u64>,
-    /// Runtime worker threads, 0 = one per CPU but one, at least 1 [config: runtime.workers].
+    /// Runtime worker threads, 0 = one per CPU [config: runtime.workers].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
     /// Log format [config: log.format].

@@ -134,8 +134,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Worker threads: `0` one per CPU but one (left to the kernel's forwarding), at least
-    /// 1; `1` a single thread that runs everything (no hand-off between threads); `n` that
+    /// Worker threads: `0` one per CPU, `1` a single thread that runs everything (the
+    /// lowest latency per command on a small box: no hand-off between threads), `n` that
     /// many. Read at start; a reload does not change it.
     pub workers: usize,
 }

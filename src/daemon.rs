@@ -50,30 +50,19 @@ pub enum DaemonError {
 const TABLE_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The async runtime for [`run`], shaped by `runtime.workers`: `1` is a current-thread
-/// runtime (everything on one thread, no hand-off between threads), `n` that many workers,
-/// `0` [`auto_workers`].
+/// runtime (everything on one thread, no hand-off between threads), `0` one worker per CPU.
 pub fn runtime(settings: &Validated) -> std::io::Result<tokio::runtime::Runtime> {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    match resolve_workers(settings.config.runtime.workers, cpus) {
+    match settings.config.runtime.workers {
         1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),
         n => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
             .enable_all()
             .build(),
-    }
-}
-
-/// Runtime threads for `runtime.workers = configured` on a machine with `cpus` CPUs: `0`
-/// (the default) leaves one CPU to the kernel, which forwards every data byte and runs the
-/// control connections' TCP, so `cpus - 1`, at least 1. On 2 vCPUs a single thread used
-/// 20 % less CPU per 1 KiB transfer than two workers (61-66 vs 77-93 µs, no cross-thread
-/// wake-ups) and moved more transfers per second (BENCHMARKS.md).
-pub fn resolve_workers(configured: usize, cpus: usize) -> usize {
-    match configured {
-        0 => cpus.saturating_sub(1).max(1),
-        n => n,
     }
 }
 
@@ -362,18 +351,4 @@ fn verbs(list: &[String]) -> Vec<Vec<u8>> {
     list.iter()
         .map(|v| v.to_ascii_uppercase().into_bytes())
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::resolve_workers;
-
-    #[test]
-    fn auto_workers_leave_one_cpu_to_the_kernel() {
-        assert_eq!(resolve_workers(0, 1), 1);
-        assert_eq!(resolve_workers(0, 2), 1);
-        assert_eq!(resolve_workers(0, 8), 7);
-        assert_eq!(resolve_workers(3, 2), 3);
-        assert_eq!(resolve_workers(1, 16), 1);
-    }
 }
