@@ -45,7 +45,7 @@ use ftp_alg::lab::preflight::{self, Gate};
 use ftp_alg::lab::relay::{RELAY_BINARY, RelayOptions, RelayProxy};
 use ftp_alg::lab::{
     AlgDaemon, AlgOptions, CLIENT_IP, ClientNatLab, ClientNatOptions, FTP_PASSWORD, FTP_USER,
-    Netns, SERVER_IP, Vsftpd, raw_client,
+    Netns, SERVER_IP, Vsftpd, VsftpdOptions, raw_client,
 };
 use socket2::{Domain, Socket, Type};
 
@@ -221,13 +221,13 @@ fn run(settings: Settings, report: &mut Report) -> BoxResult<()> {
     // background load drifts; alternating spreads it over both).
     say("building the client-NAT lab for ftp-alg and the one with the kernel FTP helper");
     let lab = ClientNatLab::build(ClientNatOptions::default())?;
-    let server = Vsftpd::start(&lab.server)?;
+    let server = Vsftpd::start_with(&lab.server, &bench_vsftpd())?;
     server.put_file(FILE_NAME, &payload)?;
     let helper_lab = ClientNatLab::build(ClientNatOptions {
         kernel_helper: true,
         ..ClientNatOptions::default()
     })?;
-    let helper_server = Vsftpd::start(&helper_lab.server)?;
+    let helper_server = Vsftpd::start_with(&helper_lab.server, &bench_vsftpd())?;
     helper_server.put_file(FILE_NAME, &payload)?;
     let relay = relay_bed(&payload)?;
 
@@ -391,6 +391,16 @@ fn run(settings: Settings, report: &mut Report) -> BoxResult<()> {
     Ok(())
 }
 
+/// vsftpd for the transfer runs: a wide passive port range (the lab's 101 ports are too few
+/// for 64 sessions that each hold a listener while earlier data connections close: vsftpd
+/// answered `500 OOPS: vsf_sysutil_bind`).
+fn bench_vsftpd() -> VsftpdOptions {
+    VsftpdOptions {
+        pasv_ports: Some((30000, 39999)),
+        ..VsftpdOptions::default()
+    }
+}
+
 /// The daemon of the measured runs.
 fn measured_options() -> AlgOptions {
     let mut options = alg_options();
@@ -526,7 +536,7 @@ fn relay_bed(payload: &[u8]) -> BoxResult<Option<RelayBed>> {
     }
     say("building the lab for the relay proxy (ftp-proxy in the gateway)");
     let lab = ClientNatLab::build(ClientNatOptions::default())?;
-    let server = Vsftpd::start(&lab.server)?;
+    let server = Vsftpd::start_with(&lab.server, &bench_vsftpd())?;
     server.put_file(FILE_NAME, payload)?;
     let relay = RelayProxy::start(
         &lab.gateway,

@@ -414,6 +414,8 @@ fn config(root: &Path, log: &Path) -> String {
          accept_timeout=5\n\
          data_connection_timeout=20\n\
          idle_session_timeout=60\n\
+         max_clients=0\n\
+         max_per_ip=0\n\
          dirmessage_enable=NO\n\
          ftpd_banner=ftp-alg lab vsftpd\n\
          syslog_enable=NO\n\
