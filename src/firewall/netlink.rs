@@ -307,7 +307,7 @@ impl NftFirewall {
                 other => return other,
             }
             spins += 1;
-            if spins % 16 == 0 && started.elapsed() >= LOCK_SPIN {
+            if spins.is_multiple_of(16) && started.elapsed() >= LOCK_SPIN {
                 return Err(TryLockError::WouldBlock);
             }
             std::hint::spin_loop();
