@@ -716,7 +716,7 @@ struct Backend {
     /// same tuple (a client's second session gets the server's passive port the first one
     /// used); the kernel has one element for both, so it is removed only when the last
     /// holder closes. Counted here because this thread sees every request in order.
-    owners: HashMap<Pinhole, u32>,
+    owners: HashMap<(&'static str, Vec<u8>), u32>,
 }
 
 impl Backend {
@@ -1015,23 +1015,16 @@ impl Backend {
         // Account for shared tuples in request order; a close that leaves other holders
         // is answered without touching the kernel.
         let mut kept = Vec::with_capacity(batch.len());
-        for request in batch.drain(..) {
+        for mut request in batch.drain(..) {
             let still_held = match request.kind {
                 Kind::Add { .. } => {
-                    *self.owners.entry(request.pinhole).or_default() += 1;
+                    self.own(&request.elements);
                     false
                 }
-                Kind::Remove => match self.owners.get_mut(&request.pinhole) {
-                    Some(n) if *n > 1 => {
-                        *n -= 1;
-                        true
-                    }
-                    Some(_) => {
-                        self.owners.remove(&request.pinhole);
-                        false
-                    }
-                    None => false,
-                },
+                Kind::Remove => {
+                    request.elements = self.release(std::mem::take(&mut request.elements));
+                    request.elements.is_empty()
+                }
             };
             if still_held {
                 debug!(pinhole = %request.pinhole, "pinhole still held by another session; kept");
@@ -1107,7 +1100,7 @@ impl Backend {
             )
         };
         if mode == Mode::Inline && matches!(request.kind, Kind::Add { .. }) && busy(&outcome) {
-            self.disown(&request.pinhole);
+            self.disown(&request.elements);
             return Some(request);
         }
         let mut retries = 0;
@@ -1138,7 +1131,7 @@ impl Backend {
         if let Err(error) = &result {
             debug!(pinhole = %request.pinhole, %error, "pinhole operation failed");
             if matches!(request.kind, Kind::Add { .. }) {
-                self.disown(&request.pinhole);
+                self.disown(&request.elements);
             }
         }
         Counters::add(&self.counters.requests, 1);
@@ -1196,14 +1189,47 @@ impl Backend {
         }
     }
 
-    /// Undoes the ownership an add took (it failed, or goes back to the queue).
-    fn disown(&mut self, pinhole: &Pinhole) {
-        if let Some(n) = self.owners.get_mut(pinhole) {
-            *n -= 1;
-            if *n == 0 {
-                self.owners.remove(pinhole);
-            }
+    /// Counts one more holder of each element. Ownership is per kernel element, not per
+    /// pinhole: two sessions may ask for the very same pinhole (a client's second session
+    /// gets the server's passive port the first one used), and two different active pinholes
+    /// share their `active_pin` element when one client announces the same port for two
+    /// transfers through different gateway ports (clients reuse ephemeral ports within
+    /// milliseconds). The end of one must not remove what the other still needs.
+    fn own(&mut self, elements: &[Element]) {
+        for element in elements {
+            *self
+                .owners
+                .entry((element.set, element.key.clone()))
+                .or_default() += 1;
         }
+    }
+
+    /// Undoes the ownership an add took (it failed, or goes back to the queue).
+    fn disown(&mut self, elements: &[Element]) {
+        let _ = self.release(elements.to_vec());
+    }
+
+    /// Drops one holder of each element; returns the elements nobody holds any more (those
+    /// a close must remove from the kernel). Elements we never counted (e.g. left by a
+    /// previous daemon) are returned too.
+    fn release(&mut self, elements: Vec<Element>) -> Vec<Element> {
+        elements
+            .into_iter()
+            .filter(|element| {
+                let id = (element.set, element.key.clone());
+                match self.owners.get_mut(&id) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        false
+                    }
+                    Some(_) => {
+                        self.owners.remove(&id);
+                        true
+                    }
+                    None => true,
+                }
+            })
+            .collect()
     }
 
     /// The fallback for kernels without `DESTROYSETELEM` (< 6.3, which answer `EINVAL`):

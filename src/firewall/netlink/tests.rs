@@ -467,6 +467,40 @@ async fn an_identical_pinhole_of_two_holders_stays_until_the_last_closes() {
     fw.close(p).await.expect("extra close");
 }
 
+/// One client announces the same port for two transfers in a row (clients reuse ephemeral
+/// ports within milliseconds), each through its own gateway port: the two active pinholes
+/// differ but share their `active_pin` element. The end of the first transfer must not
+/// remove the element the second still needs (its SYN would meet the drop policy: a `425`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_active_pinholes_sharing_an_element_keep_it_until_both_close() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let fw = ns.start(T);
+    let first = active("203.0.113.2", "198.51.100.1", 40001, "10.0.0.2", 50000);
+    let second = active("203.0.113.2", "198.51.100.1", 40002, "10.0.0.2", 50000);
+    fw.open(first, LONG).await.expect("first transfer");
+    fw.open(second, LONG).await.expect("second transfer");
+    assert_eq!(ns.count(T, "active_pin"), 1, "{}", ns.list(T, "active_pin"));
+    assert_eq!(ns.count(T, "dnat_once"), 2, "{}", ns.list(T, "dnat_once"));
+    fw.close(first).await.expect("first transfer ends");
+    assert_eq!(
+        ns.count(T, "active_pin"),
+        1,
+        "the second transfer's active_pin was removed with the first: {}",
+        ns.list(T, "active_pin")
+    );
+    assert_eq!(
+        ns.count(T, "dnat_once"),
+        1,
+        "the first transfer's own DNAT stayed: {}",
+        ns.list(T, "dnat_once")
+    );
+    fw.close(second).await.expect("second transfer ends");
+    for set in ["active_pin", "dnat_once", "dnat_to"] {
+        assert_eq!(ns.count(T, set), 0, "{set}: {}", ns.list(T, set));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_pinhole_opens_with_timeout_and_closes_idempotently() {
     let Some(ns) = Netns::new() else { return };
