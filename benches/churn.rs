@@ -42,7 +42,7 @@ use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
 use ftp_alg::lab::preflight::{self, Gate};
-use ftp_alg::lab::relay::{RELAY_BINARY, RelayOptions, RelayProxy};
+use ftp_alg::lab::relay::RELAY_BINARY;
 use ftp_alg::lab::{AlgDaemon, AlgOptions, ClientNatLab, ClientNatOptions, Netns, SERVER_IP};
 use serde_json::json;
 use tiny_ftp::{LISTING, TinyFtp};
@@ -174,19 +174,6 @@ const VARIANTS: &[Variant] = &[
     },
 ];
 
-/// Why the relay variant cannot run here (`None`: it can).
-fn relay_unavailable() -> Option<String> {
-    if std::env::var("FTP_ALG_BENCH_RELAY").is_ok_and(|v| v == "0") {
-        return Some("FTP_ALG_BENCH_RELAY=0".into());
-    }
-    if !Path::new(RELAY_BINARY).is_file() {
-        return Some(format!(
-            "{RELAY_BINARY} not installed (Debian package ftp-proxy)"
-        ));
-    }
-    None
-}
-
 /// One variant's lab, ready for load. Fields drop in order: the daemon first, then the server,
 /// then the namespaces.
 struct Bed {
@@ -286,18 +273,12 @@ fn build_helper(settings: &Settings) -> BoxResult<Bed> {
 /// `ForkLimit` off and `MaxClients` 512 (the lab's defaults). The clients connect to the
 /// server's address as for the other variants; the redirect sends them to the relay.
 fn build_relay(settings: &Settings) -> BoxResult<Bed> {
-    if let Some(why) = relay_unavailable() {
+    if let Some(why) = common::relay_unavailable() {
         return Err(format!("relay proxy unavailable: {why}").into());
     }
     let lab = ClientNatLab::build(ClientNatOptions::default())?;
     let server = start_server(&lab, settings)?;
-    let relay = RelayProxy::start(
-        &lab.gateway,
-        &RelayOptions {
-            log_level: "WRN".into(),
-            ..RelayOptions::default()
-        },
-    )?;
+    let relay = common::start_relay(&lab.gateway)?;
     let target = relay.target("anonymous");
     if target.addr != SocketAddrV4::new(SERVER_IP, 21) || target.user != "anonymous" {
         return Err(format!("the relay is not transparent: {target:?}").into());
@@ -342,7 +323,7 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let relay_skip = relay_unavailable();
+    let relay_skip = common::relay_unavailable();
     let variants: Vec<&'static Variant> = VARIANTS
         .iter()
         .filter(|v| settings.variants.iter().any(|k| k == v.key))

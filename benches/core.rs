@@ -42,7 +42,6 @@ use std::time::{Duration, Instant};
 
 use ftp_alg::firewall::{Firewall, NftFirewall, Pinhole};
 use ftp_alg::lab::preflight::{self, Gate};
-use ftp_alg::lab::relay::{RELAY_BINARY, RelayOptions, RelayProxy};
 use ftp_alg::lab::{
     AlgDaemon, AlgOptions, CLIENT_IP, ClientNatLab, ClientNatOptions, FTP_PASSWORD, FTP_USER,
     Netns, SERVER_IP, Vsftpd, VsftpdOptions, raw_client,
@@ -285,51 +284,39 @@ fn run(settings: Settings, report: &mut Report) -> BoxResult<()> {
             endpoint: direct.clone(),
             alg: None,
         };
+        // One session, then the headline number at once (issue 7, target 4: install latency
+        // under load, batched when many sessions ask at once).
         let mut sessions = 0;
-        for mode in [Mode::Pasv, Mode::Port] {
-            say(&format!("ftp-alg at log level debug, {}", mode.name()));
-            let before = alg.output().len();
-            let result = transfer_run(
-                &route,
-                mode,
-                1,
-                &payload,
-                settings.run_time,
-                settings.debug_max,
-                MAX_FAILURES,
-            )?;
-            let log = alg.output();
-            let micros = acknowledged_micros(log.get(before..).unwrap_or(""), mode);
-            report.in_daemon.push((mode, Stats::from_micros(micros)));
-            sessions += 1 + result.reconnects;
-            wait_sessions_ended(&alg, sessions);
-            report.alg_debug.push((mode, result));
-        }
-        // Under load: the headline number of sessions at once (issue 7, target 4: install
-        // latency p50/p99 under load, batched when many sessions ask at once).
-        for mode in [Mode::Pasv, Mode::Port] {
-            let n = settings.headline;
-            say(&format!(
-                "ftp-alg at log level debug, {}, {n} sessions",
-                mode.name()
-            ));
-            let before = alg.output().len();
-            let result = transfer_run(
-                &route,
-                mode,
-                n,
-                &payload,
-                settings.run_time,
-                settings.debug_max.max(n * 50),
-                MAX_FAILURES,
-            )?;
-            let log = alg.output();
-            let micros = acknowledged_micros(log.get(before..).unwrap_or(""), mode);
-            report
-                .in_daemon_loaded
-                .push((mode, n, result.rate(), Stats::from_micros(micros)));
-            sessions += n + result.reconnects;
-            wait_sessions_ended(&alg, sessions);
+        for n in [1, settings.headline] {
+            for mode in [Mode::Pasv, Mode::Port] {
+                say(&format!(
+                    "ftp-alg at log level debug, {}, {n} session(s)",
+                    mode.name()
+                ));
+                let before = alg.output().len();
+                let result = transfer_run(
+                    &route,
+                    mode,
+                    n,
+                    &payload,
+                    settings.run_time,
+                    settings.debug_max.max(n * 50),
+                    MAX_FAILURES,
+                )?;
+                let log = alg.output();
+                let latency =
+                    Stats::from_micros(acknowledged_micros(log.get(before..).unwrap_or(""), mode));
+                sessions += n + result.reconnects;
+                wait_sessions_ended(&alg, sessions);
+                if n == 1 {
+                    report.in_daemon.push((mode, latency));
+                    report.alg_debug.push((mode, result));
+                } else {
+                    report
+                        .in_daemon_loaded
+                        .push((mode, n, result.rate(), latency));
+                }
+            }
         }
         save_log_if_failed(&alg, &report.alg_debug, "ftp-alg-debug.log");
     }
@@ -524,27 +511,15 @@ struct RelayBed {
 /// its per-session process. `None` when `ftp-proxy` is not installed or
 /// `FTP_ALG_BENCH_RELAY=0`.
 fn relay_bed(payload: &[u8]) -> BoxResult<Option<RelayBed>> {
-    if std::env::var("FTP_ALG_BENCH_RELAY").is_ok_and(|v| v == "0") {
-        say("relay proxy skipped (FTP_ALG_BENCH_RELAY=0)");
-        return Ok(None);
-    }
-    if !Path::new(RELAY_BINARY).is_file() {
-        say(&format!(
-            "relay proxy skipped: {RELAY_BINARY} not installed (Debian package ftp-proxy)"
-        ));
+    if let Some(why) = common::relay_unavailable() {
+        say(&format!("relay proxy skipped: {why}"));
         return Ok(None);
     }
     say("building the lab for the relay proxy (ftp-proxy in the gateway)");
     let lab = ClientNatLab::build(ClientNatOptions::default())?;
     let server = Vsftpd::start_with(&lab.server, &bench_vsftpd())?;
     server.put_file(FILE_NAME, payload)?;
-    let relay = RelayProxy::start(
-        &lab.gateway,
-        &RelayOptions {
-            log_level: "WRN".into(),
-            ..RelayOptions::default()
-        },
-    )?;
+    let relay = common::start_relay(&lab.gateway)?;
     let target = relay.target(FTP_USER);
     Ok(Some(RelayBed {
         lab,

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use ftp_alg::firewall::{Firewall, NftFirewall, Pinhole};
 use ftp_alg::lab::nft::ALG_TABLE;
 use ftp_alg::lab::preflight::{self, Gate};
-use ftp_alg::lab::relay::{RELAY_BINARY, RelayOptions, RelayProxy};
+use ftp_alg::lab::relay::{RELAY_BINARY, RelayProxy};
 use ftp_alg::lab::{
     AlgDaemon, AlgOptions, CLIENT_IP, ClientNatLab, ClientNatOptions, FTP_PASSWORD, FTP_USER,
     GATEWAY_WAN_IP, Netns, SERVER_IP, Vsftpd, raw_client,
@@ -332,14 +332,8 @@ struct RelayBed {
 /// sparse file in its vsftpd. `None` when `ftp-proxy` is not installed or
 /// `FTP_ALG_BENCH_RELAY=0`.
 fn relay_bed(bulk_len: u64) -> BoxResult<Option<RelayBed>> {
-    if std::env::var("FTP_ALG_BENCH_RELAY").is_ok_and(|v| v == "0") {
-        say("relay proxy skipped (FTP_ALG_BENCH_RELAY=0)");
-        return Ok(None);
-    }
-    if !Path::new(RELAY_BINARY).is_file() {
-        say(&format!(
-            "relay proxy skipped: {RELAY_BINARY} not installed (Debian package ftp-proxy)"
-        ));
+    if let Some(why) = common::relay_unavailable() {
+        say(&format!("relay proxy skipped: {why}"));
         return Ok(None);
     }
     say("building a fourth lab: the relay proxy (ftp-proxy in the gateway)");
@@ -347,13 +341,7 @@ fn relay_bed(bulk_len: u64) -> BoxResult<Option<RelayBed>> {
     let server = Vsftpd::start(&lab.server)?;
     let file = std::fs::File::create(server.root().join(BULK_NAME))?;
     file.set_len(bulk_len)?;
-    let relay = RelayProxy::start(
-        &lab.gateway,
-        &RelayOptions {
-            log_level: "WRN".into(),
-            ..RelayOptions::default()
-        },
-    )?;
+    let relay = common::start_relay(&lab.gateway)?;
     let pid = i32::try_from(relay.pid())?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     if comm.trim() != "ftp-proxy" {

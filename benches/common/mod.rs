@@ -1,7 +1,39 @@
-//! Shared by the benchmarks: nearest-rank percentiles of latency samples.
+//! Shared by the benchmarks: nearest-rank percentiles of latency samples, and the userspace
+//! relay proxy they compare against.
 #![allow(dead_code)] // each benchmark uses a different subset
 
+use std::path::Path;
 use std::time::Duration;
+
+use ftp_alg::lab::Netns;
+use ftp_alg::lab::relay::{RELAY_BINARY, RelayOptions, RelayProxy};
+
+/// Why the relay proxy cannot be a route of this run: `FTP_ALG_BENCH_RELAY=0`, or Debian's
+/// `ftp-proxy` is not installed.
+pub(crate) fn relay_unavailable() -> Option<String> {
+    if std::env::var("FTP_ALG_BENCH_RELAY").is_ok_and(|v| v == "0") {
+        return Some("FTP_ALG_BENCH_RELAY=0".into());
+    }
+    if !Path::new(RELAY_BINARY).is_file() {
+        return Some(format!(
+            "{RELAY_BINARY} not installed (Debian package ftp-proxy)"
+        ));
+    }
+    None
+}
+
+/// Debian's `ftp-proxy` in `gateway` as every benchmark runs it (see `ftp_alg::lab::relay`):
+/// transparent like ftp-alg, logging at `WRN`, `ForkLimit` off and `MaxClients` 512 (the
+/// lab's defaults).
+pub(crate) fn start_relay(gateway: &Netns) -> ftp_alg::lab::Result<RelayProxy> {
+    RelayProxy::start(
+        gateway,
+        &RelayOptions {
+            log_level: "WRN".into(),
+            ..RelayOptions::default()
+        },
+    )
+}
 
 /// Percentiles of microsecond samples.
 #[derive(Debug, Clone, Default)]

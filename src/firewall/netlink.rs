@@ -766,6 +766,16 @@ impl Backend {
             0,
         );
         msg_end(&mut self.tx, start);
+        match self.ask(seq, "a generation query")? {
+            0 => Ok(()),
+            libc::EPERM => Err(FirewallError::PermissionDenied),
+            errno => Err(kernel_error("answer a generation query", errno)),
+        }
+    }
+
+    /// Sends the one message in `tx` (sequence `seq`) and waits for its ACK: the errno the
+    /// kernel answered (0 for success). `what` names the request in errors.
+    fn ask(&mut self, seq: u32, what: &str) -> Result<i32, FirewallError> {
         self.send()
             .map_err(|e| FirewallError::io("send to the kernel", &e))?;
         let mut answer = None;
@@ -778,13 +788,9 @@ impl Backend {
             answer.is_some()
         });
         match (answer, lost) {
-            (Some(0), _) => Ok(()),
-            (Some(libc::EPERM), _) => Err(FirewallError::PermissionDenied),
-            (Some(errno), _) => Err(kernel_error("answer a generation query", errno)),
+            (Some(errno), _) => Ok(errno),
             (None, Err(e)) => Err(e),
-            (None, Ok(())) => Err(FirewallError::Protocol(
-                "no answer to a generation query".into(),
-            )),
+            (None, Ok(())) => Err(FirewallError::Protocol(format!("no answer to {what}"))),
         }
     }
 
@@ -805,26 +811,11 @@ impl Backend {
         let table = self.table.clone();
         attr_str(&mut self.tx, NFTA_TABLE_NAME, &table);
         msg_end(&mut self.tx, start);
-        self.send()
-            .map_err(|e| FirewallError::io("send to the kernel", &e))?;
-        let mut answer = None;
-        let lost = self.receive(|reply| {
-            if let Reply::Ack { seq: s, errno } = reply
-                && s == seq
-            {
-                answer = Some(errno);
-            }
-            answer.is_some()
-        });
-        match (answer, lost) {
-            (Some(0), _) => Ok(true),
-            (Some(libc::ENOENT), _) => Ok(false),
-            (Some(libc::EPERM), _) => Err(FirewallError::PermissionDenied),
-            (Some(errno), _) => Err(kernel_error("look up our table", errno)),
-            (None, Err(e)) => Err(e),
-            (None, Ok(())) => Err(FirewallError::Protocol(
-                "no answer to a table lookup".into(),
-            )),
+        match self.ask(seq, "a table lookup")? {
+            0 => Ok(true),
+            libc::ENOENT => Ok(false),
+            libc::EPERM => Err(FirewallError::PermissionDenied),
+            errno => Err(kernel_error("look up our table", errno)),
         }
     }
 
@@ -1159,33 +1150,21 @@ impl Backend {
         let seq = bump(&mut self.seq);
         self.tx.clear();
         ct_delete_msg(&mut self.tx, seq, src, via);
-        if let Err(e) = self.send() {
-            debug!(error = %e, "could not ask conntrack to forget a data connection");
-            return;
-        }
-        let mut answer = None;
-        let received = self.receive(|reply| {
-            if let Reply::Ack { seq: s, errno } = reply
-                && s == seq
-            {
-                answer = Some(errno);
-            }
-            answer.is_some()
-        });
-        match (answer, received) {
-            (Some(0), _) => {
+        match self.ask(seq, "a conntrack delete") {
+            Ok(0) => {
                 Counters::add(&self.counters.flows_forgotten, 1);
                 debug!(%src, dst = %via, "stale data connection removed from conntrack");
             }
-            (Some(libc::ENOENT), _) => {}
-            (Some(errno), _) => debug!(
+            Ok(libc::ENOENT) => {}
+            Ok(errno) => debug!(
                 %src,
                 dst = %via,
                 error = %std::io::Error::from_raw_os_error(errno),
                 "conntrack refused to forget a data connection"
             ),
-            (None, Err(e)) => debug!(error = %e, "no answer from conntrack"),
-            (None, Ok(())) => debug!("no answer from conntrack"),
+            Err(e) => {
+                debug!(%src, dst = %via, error = %e, "could not ask conntrack to forget a data connection")
+            }
         }
     }
 
