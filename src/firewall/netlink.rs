@@ -287,9 +287,6 @@ impl NftFirewall {
         }
     }
 
-    /// Runs one request: on the caller's own thread when the socket is free (a combining
-    /// lock: one `sendmsg` and the ACK read, a few microseconds, no thread hand-off), else
-    /// through the firewall thread, which batches everything that queued up meanwhile.
     /// The backend, if it is free now or within [`LOCK_SPIN`]. Its holder (another runtime
     /// worker or the firewall thread) is in the middle of one transaction of a few µs; waiting
     /// for it here is cheaper than handing the request to the firewall thread, whose wake-up
@@ -314,6 +311,9 @@ impl NftFirewall {
         }
     }
 
+    /// Runs one request: on the caller's own thread when the socket is free (a combining
+    /// lock: one `sendmsg` and the ACK read, a few microseconds, no thread hand-off), else
+    /// through the firewall thread, which batches everything that queued up meanwhile.
     async fn submit(
         &self,
         kind: Kind,
@@ -712,10 +712,9 @@ struct Backend {
     rx: Vec<u8>,
     replies: Vec<Reply>,
     counters: Arc<Counters>,
-    /// How many callers currently hold each pinhole. Two sessions can ask for the very
-    /// same tuple (a client's second session gets the server's passive port the first one
-    /// used); the kernel has one element for both, so it is removed only when the last
-    /// holder closes. Counted here because this thread sees every request in order.
+    /// How many open pinholes hold each kernel element (set, key): an element shared by
+    /// several pinholes is removed only when the last of them closes (see `Backend::own`).
+    /// Counted here because requests pass through here in order.
     owners: HashMap<(&'static str, Vec<u8>), u32>,
 }
 
@@ -1185,7 +1184,15 @@ impl Backend {
 
     /// Undoes the ownership an add took (it failed, or goes back to the queue).
     fn disown(&mut self, elements: &[Element]) {
-        let _ = self.release(elements.to_vec());
+        for element in elements {
+            let id = (element.set, element.key.clone());
+            if let Some(n) = self.owners.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owners.remove(&id);
+                }
+            }
+        }
     }
 
     /// Drops one holder of each element; returns the elements nobody holds any more (those
