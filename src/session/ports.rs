@@ -125,6 +125,23 @@ mod tests {
         assert!(ports.allocate("203.0.113.3".parse().unwrap()).is_some());
     }
 
+    /// With the shipped defaults, a port is not handed out again the moment its transfer
+    /// ends: the server's socket on that 4-tuple may still be closing, and its next
+    /// `connect()` from port 20 would fail (`425`). One port in the range: the just-released
+    /// port must not come back at once.
+    #[test]
+    fn by_default_a_just_released_port_does_not_go_straight_back_to_its_server() {
+        let defaults = crate::config::ActiveConfig::default();
+        let ports = PortAllocator::new(
+            40000..=40000,
+            Duration::from_secs(defaults.port_quarantine_secs),
+        );
+        let server: IpAddr = "203.0.113.2".parse().unwrap();
+        let port = ports.allocate(server).expect("the one port");
+        ports.release(server, port);
+        assert_eq!(ports.allocate(server), None, "re-leased at once");
+    }
+
     #[test]
     fn the_same_port_may_serve_two_servers() {
         let ports = PortAllocator::new(40000..=40000, Duration::ZERO);
