@@ -220,9 +220,12 @@ pub struct Overrides {
     /// Seconds sessions get to finish on SIGTERM [config: limits.drain_grace_secs].
     #[arg(long, value_name = "SECS")]
     pub drain_grace: Option<u64>,
-    /// Runtime worker threads, 0 = one per CPU [config: runtime.workers].
+    /// Session threads, 0 = one per CPU [config: runtime.workers].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Busy-poll window after traffic in µs, 0 = off [config: runtime.busy_poll_us].
+    #[arg(long, value_name = "US")]
+    pub busy_poll_us: Option<u64>,
     /// Log format [config: log.format].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -363,6 +366,9 @@ impl Overrides {
         }
         if let Some(v) = o.workers {
             c.runtime.workers = v;
+        }
+        if let Some(v) = o.busy_poll_us {
+            c.runtime.busy_poll_us = v;
         }
         if let Some(v) = o.drain_grace {
             c.limits.drain_grace_secs = v;

@@ -134,10 +134,16 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Worker threads: `0` one per CPU, `1` a single thread that runs everything (the
-    /// lowest latency per command on a small box: no hand-off between threads), `n` that
-    /// many. Read at start; a reload does not change it.
+    /// Session threads: `0` one per CPU, `n` that many. Each runs its own single-threaded
+    /// runtime and keeps a session from its first byte to its last (no hand-off between
+    /// threads); new sessions go to them in turn. The first also accepts connections and
+    /// serves the status socket and metrics. Read at start; a reload does not change it.
     pub workers: usize,
+    /// Busy polling, in microseconds: after a control socket delivered bytes, its thread
+    /// polls without sleeping this long, so the reply that follows is relayed without a
+    /// wake-up (tens of µs per message inside a VM). Costs CPU while sessions are active;
+    /// `0` (the default) turns it off. At most 10,000. Read at start.
+    pub busy_poll_us: u64,
 }
 
 /// The local status socket.
@@ -541,6 +547,12 @@ impl Config {
             return Err(invalid(
                 "nftables.ct_mark",
                 "0 means \"no mark\"; pick a non-zero value not used by your own ruleset",
+            ));
+        }
+        if self.runtime.busy_poll_us > 10_000 {
+            return Err(invalid(
+                "runtime.busy_poll_us",
+                "must be 0 (off) to 10000 µs; 50-200 covers a command's round trip to the server",
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

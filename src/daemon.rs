@@ -15,7 +15,7 @@ use crate::firewall::routing::{RoutingError, TransparentRouting};
 use crate::firewall::table::{BaseTable, TableError};
 use crate::firewall::{FirewallError, Healing, NftFirewall};
 use crate::proxy::status::{self, StatusError};
-use crate::proxy::{self, InterfaceError, ProxyError, ProxySettings, Service};
+use crate::proxy::{self, InterfaceError, ProxyError, ProxySettings, Service, Shards};
 use crate::session::{Policy, PortAllocator, Topology};
 use crate::telemetry::Telemetry;
 
@@ -44,25 +44,27 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The session threads could not be started.
+    #[error("cannot start the session threads: {0} (try a smaller runtime.workers)")]
+    Threads(std::io::Error),
 }
 
 /// How often the daemon checks that its table still exists (interception depends on it).
 const TABLE_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The async runtime for [`run`], shaped by `runtime.workers`: `1` is a current-thread
-/// runtime (everything on one thread, no hand-off between threads), `0` one worker per CPU.
-pub fn runtime(settings: &Validated) -> std::io::Result<tokio::runtime::Runtime> {
-    match settings.config.runtime.workers {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
+/// The async runtime for [`run`]: one thread, which also runs the first share of the
+/// sessions; [`run`] starts the other session threads (`runtime.workers`).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// How many session threads `runtime.workers` asks for: `0` is one per CPU.
+fn session_threads(workers: usize) -> usize {
+    match workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        n => n,
     }
 }
 
@@ -161,6 +163,19 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
+    let busy_poll = (c.runtime.busy_poll_us > 0)
+        .then(|| std::time::Duration::from_micros(c.runtime.busy_poll_us));
+    let shards = match Shards::start(session_threads(c.runtime.workers), busy_poll) {
+        Ok(shards) => shards,
+        Err(e) => {
+            firewall.retire();
+            let _ = table.remove();
+            if let Some(routing) = routing {
+                routing.remove();
+            }
+            return Err(DaemonError::Threads(e));
+        }
+    };
     let (policy_tx, policy_rx) = watch::channel(Arc::new(policy(&settings)));
     let proxy_settings = ProxySettings {
         max_sessions: c.limits.max_sessions,
@@ -170,6 +185,8 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         upstream_source,
         policy: policy_rx,
         telemetry: telemetry.clone(),
+        threads: shards.spawner(),
+        busy_poll: busy_poll.is_some(),
     };
     let ports = Arc::new(PortAllocator::new(
         settings.active_ports.clone(),
@@ -199,6 +216,8 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         table = %c.nftables.table,
         wan = ?upstream_source,
         lan = ?c.lan_interfaces,
+        session_threads = shards.spawner().threads(),
+        busy_poll_us = c.runtime.busy_poll_us,
         status = ?c.status.socket,
         metrics = ?c.metrics.listen,
         "listening; table installed"
@@ -258,6 +277,8 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         serving.abort();
     }
     background.abort_all();
+    // Sessions still running after the grace period end with their threads.
+    drop(shards);
     firewall.retire();
     if let Some(routing) = routing {
         routing.remove();
@@ -316,6 +337,7 @@ fn apply_reload(
             o.status != n.status || o.metrics != n.metrics,
         ),
         ("log.format", o.log.format != n.log.format),
+        ("runtime", o.runtime != n.runtime),
     ];
     for (key, changed) in restart_only {
         if changed {

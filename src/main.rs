@@ -25,8 +25,7 @@ fn real_main() -> anyhow::Result<()> {
                 reload: Box::new(move || settings.load()?.validate()),
                 set_log_level,
             };
-            let runtime =
-                ftp_alg::daemon::runtime(&validated).context("cannot start the async runtime")?;
+            let runtime = ftp_alg::daemon::runtime().context("cannot start the async runtime")?;
             runtime.block_on(ftp_alg::daemon::run(validated, hooks))?;
         }
         Subcommands::Check(settings) => {

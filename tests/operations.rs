@@ -251,3 +251,93 @@ fn status_metrics_reload_and_drain_work_on_a_live_daemon() {
     drop(server);
     assert_clean_shutdown(&lab, alg);
 }
+
+/// Runtime (ns) of each thread of `pid` by name, from `/proc/PID/task/*/schedstat`.
+fn thread_runtimes(pid: i32) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        *out.entry(comm.trim().to_owned()).or_default() += ns;
+    }
+    out
+}
+
+#[test]
+fn sessions_run_on_every_session_thread_and_busy_polling_keeps_data_intact() {
+    require_lab!("vsftpd");
+    let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");
+    let server = Vsftpd::start(&lab.server).expect("vsftpd");
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    server.put_file("f.bin", &content).expect("file");
+    let mut options = AlgOptions::new(alg_binary());
+    options.extra_args = ["--workers", "3", "--busy-poll-us", "200"]
+        .map(String::from)
+        .to_vec();
+    let alg = AlgDaemon::start(&lab.gateway, &options).expect("ftp-alg");
+    let pid = daemon_pid(&lab.gateway);
+    let before = thread_runtimes(pid);
+    for name in ["ftp-alg-s1", "ftp-alg-s2"] {
+        assert!(
+            before.contains_key(name),
+            "--workers 3: the main thread and two session threads; threads: {before:?}"
+        );
+    }
+
+    // Six sessions at once, each with passive and active transfers.
+    let expected = content.clone();
+    let failures = lab
+        .client
+        .run_in(move || {
+            let clients: Vec<_> = (0..6)
+                .map(|_| {
+                    let expected = expected.clone();
+                    std::thread::spawn(move || -> Result<(), String> {
+                        let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
+                        ftp.login(FTP_USER, FTP_PASSWORD)
+                            .map_err(|e| e.to_string())?;
+                        for i in 0..20 {
+                            let mode = if i % 2 == 0 {
+                                DataMode::Pasv
+                            } else {
+                                DataMode::Port
+                            };
+                            let data = ftp.retr(mode, "f.bin").map_err(|e| e.to_string())?;
+                            if data != expected {
+                                return Err(format!("{mode:?} transfer {i}: data differs"));
+                            }
+                        }
+                        ftp.quit().map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            clients
+                .into_iter()
+                .filter_map(|c| match c.join() {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(_) => Some("client thread panicked".into()),
+                })
+                .collect::<Vec<_>>()
+        })
+        .expect("client thread");
+    assert!(failures.is_empty(), "{failures:?}\n{}", alg.output());
+
+    // Sessions went to the threads in turn: each session thread did relay work.
+    let after = thread_runtimes(pid);
+    for name in ["ftp-alg-s1", "ftp-alg-s2"] {
+        let spent = after[name].saturating_sub(before[name]);
+        assert!(
+            spent > 500_000,
+            "{name} ran {spent} ns during 120 transfers in 6 sessions: sessions did not reach it"
+        );
+    }
+    drop(server);
+    assert_clean_shutdown(&lab, alg);
+}

@@ -4,9 +4,11 @@
 //! This is the only layer that owns sockets; it hands each pair of streams to a
 //! [`Session`](crate::session::Session).
 
+mod busy_poll;
 mod interfaces;
 mod limits;
 pub mod metrics;
+mod shards;
 pub mod status;
 
 use std::net::{IpAddr, SocketAddr};
@@ -24,9 +26,11 @@ use crate::firewall::Firewall;
 use crate::ftp;
 use crate::session::{Endpoints, Policy, PortAllocator, Session, Topology};
 use crate::telemetry::{SessionRefusal, Telemetry};
+use busy_poll::Watched;
 
 pub use interfaces::{InterfaceError, first_address};
 pub use limits::{Admission, ClientLimiter, Rejection};
+pub use shards::{Shards, Spawner};
 
 /// A failure of the proxy's own sockets.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,10 @@ pub struct ProxySettings {
     pub policy: watch::Receiver<Arc<Policy>>,
     /// Live sessions and counters.
     pub telemetry: Arc<Telemetry>,
+    /// The threads that run the sessions.
+    pub threads: Spawner,
+    /// Whether the session threads busy-poll after traffic (see `runtime.busy_poll_us`).
+    pub busy_poll: bool,
 }
 
 /// Binds a listener (IP_FREEBIND, so it may start before its address is up; IPv6 sockets
@@ -174,8 +182,24 @@ async fn accept_loop<F: Firewall>(
         let admission = shared.limiter.admit(peer.ip(), Instant::now());
         let shared = shared.clone();
         let span = info_span!("session", id, client = %peer, server = tracing::field::Empty);
-        tokio::spawn(
+        // The session's thread registers the socket with its own runtime.
+        let client = match client.into_std() {
+            Ok(client) => client,
+            Err(e) => {
+                warn!(error = %e, %peer, "cannot hand the connection to a session thread");
+                continue;
+            }
+        };
+        let threads = shared.settings.threads.clone();
+        threads.spawn(
             async move {
+                let client = match TcpStream::from_std(client) {
+                    Ok(client) => client,
+                    Err(e) => {
+                        warn!(error = %e, "cannot register the connection on its session thread");
+                        return;
+                    }
+                };
                 let Ok(_permit) = permit else {
                     shared
                         .settings
@@ -299,7 +323,16 @@ async fn handle<F: Firewall>(
         shared.ports.clone(),
     )
     .with_telemetry(entry.clone())
-    .run(client, upstream)
+    .run(
+        Watched {
+            inner: client,
+            busy: shared.settings.busy_poll,
+        },
+        Watched {
+            inner: upstream,
+            busy: shared.settings.busy_poll,
+        },
+    )
     .await;
     let (data_channels, bytes_up, bytes_down) = entry.totals();
     info!(
