@@ -345,6 +345,10 @@ fn run(settings: Settings, report: &mut Report) -> BoxResult<()> {
             alg: None,
         });
     }
+    let drops_before: Vec<Option<u64>> = routes
+        .iter()
+        .map(|r| conntrack_drops(&r.lab.gateway))
+        .collect();
     // Warm-up, not counted: each route's first sessions and data connections (vsftpd's
     // first forks, page faults, conntrack and set growth).
     for route in &routes {
@@ -373,6 +377,20 @@ fn run(settings: Settings, report: &mut Report) -> BoxResult<()> {
             }
         }
     }
+    for (route, before) in routes.iter().zip(drops_before) {
+        if let (Some(before), Some(after)) = (before, conntrack_drops(&route.lab.gateway)) {
+            let dropped = after.saturating_sub(before);
+            if dropped > 0 {
+                say(&format!(
+                    "warning: conntrack dropped {dropped} packets in the {} gateway (a full \
+                     table: each costs a 1 s SYN retransmit); fewer rounds or a lower \
+                     FTP_ALG_BENCH_MAX",
+                    route.via.label()
+                ));
+            }
+            report.conntrack_drops.push((route.via, dropped));
+        }
+    }
     drop(relay);
     report.load_after = load_average();
     Ok(())
@@ -393,14 +411,15 @@ fn measured_options() -> AlgOptions {
     let mut options = alg_options();
     options.log_level = "ftp_alg=warn".into();
     options.active_ports = (40000, 49999);
-    options.extra_args = [
-        "--max-sessions-per-client",
-        "100000",
-        "--new-sessions-per-second",
-        "1000000",
-    ]
-    .map(String::from)
-    .to_vec();
+    options.extra_args.extend(
+        [
+            "--max-sessions-per-client",
+            "100000",
+            "--new-sessions-per-second",
+            "1000000",
+        ]
+        .map(String::from),
+    );
     options
 }
 
@@ -573,13 +592,45 @@ fn save_log(alg: &AlgDaemon, name: &str) {
 }
 
 /// The daemon under test: the binary cargo built, or `FTP_ALG_BENCH_BINARY` (another build,
-/// or a wrapper script that sets an environment or a CPU affinity) to compare against.
+/// or a wrapper script that sets an environment or a CPU affinity) to compare against, with
+/// the options in `FTP_ALG_BENCH_ALG_ARGS` (e.g. `--busy-poll-us 100`) added to every start.
 fn alg_options() -> AlgOptions {
     let binary = std::env::var_os("FTP_ALG_BENCH_BINARY").map_or_else(
         || PathBuf::from(env!("CARGO_BIN_EXE_ftp-alg")),
         PathBuf::from,
     );
-    AlgOptions::new(binary)
+    let mut options = AlgOptions::new(binary);
+    options.extra_args = extra_alg_args();
+    options
+}
+
+/// `FTP_ALG_BENCH_ALG_ARGS`, split on white space.
+fn extra_alg_args() -> Vec<String> {
+    std::env::var("FTP_ALG_BENCH_ALG_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Packets conntrack dropped in `ns` (summed over CPUs; `/proc/net/stat/nf_conntrack`):
+/// mostly new connections refused by a full table, each of which costs its client a SYN
+/// retransmit (1 s) that no failure count shows.
+fn conntrack_drops(ns: &Netns) -> Option<u64> {
+    ns.run_in(|| {
+        let text = std::fs::read_to_string("/proc/net/stat/nf_conntrack").ok()?;
+        let mut lines = text.lines();
+        let column = lines.next()?.split_whitespace().position(|f| f == "drop")?;
+        lines
+            .map(|line| {
+                line.split_whitespace()
+                    .nth(column)
+                    .and_then(|v| u64::from_str_radix(v, 16).ok())
+            })
+            .sum()
+    })
+    .ok()
+    .flatten()
 }
 
 fn say(text: &str) {
@@ -1492,6 +1543,8 @@ struct Report {
     total: Duration,
     load_before: String,
     load_after: String,
+    /// Packets conntrack dropped in each route's gateway during the warm-up and the sweep.
+    conntrack_drops: Vec<(Via, u64)>,
 }
 
 /// One point of the sweep for one route.
@@ -1538,12 +1591,18 @@ fn machine_info() -> Machine {
             };
             let head = git(&["rev-parse", "--short", "HEAD"]);
             // Say what was measured when it is not simply HEAD.
-            if let Some(binary) = std::env::var_os("FTP_ALG_BENCH_BINARY") {
+            let head = if let Some(binary) = std::env::var_os("FTP_ALG_BENCH_BINARY") {
                 format!("{head} (daemon: {})", Path::new(&binary).display())
             } else if git(&["status", "--porcelain", "--", "src"]).is_empty() {
                 head
             } else {
                 format!("{head} + uncommitted src changes")
+            };
+            let extra = extra_alg_args();
+            if extra.is_empty() {
+                head
+            } else {
+                format!("{head}, ftp-alg with `{}`", extra.join(" "))
             }
         },
     }
@@ -1650,14 +1709,24 @@ impl Report {
             "Transfers: {} rounds per row, each run bounded by {} s ({} s through the relay proxy) \
              or {} transfers (at least {} per session; PORT at most {PORT_RUN_CAP}); the routes' runs \
              alternate, every ftp-alg run with a freshly started daemon at log level warn. Load \
-             average before/after: {} / {}.\n",
+             average before/after: {} / {}. Conntrack drops in the gateways during the sweep \
+             (a full table; each costs a 1 s SYN retransmit): {}.\n",
             s.rounds,
             s.run_time.as_secs(),
             s.relay_time.as_secs_f64(),
             s.run_max,
             s.per_session_min,
             self.load_before,
-            self.load_after
+            self.load_after,
+            if self.conntrack_drops.is_empty() {
+                "not read".to_owned()
+            } else {
+                self.conntrack_drops
+                    .iter()
+                    .map(|(via, n)| format!("{} {n}", via.label()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
         );
         // One column per route, one ratio column per route other than ftp-alg.
         let row = |t: &mut String, metric: &str, cells: &[String], ratios: &[String]| {
@@ -2012,6 +2081,15 @@ impl Report {
                     ("commit", Json::Str(m.commit.clone())),
                     ("loadavg_before", Json::Str(self.load_before.clone())),
                     ("loadavg_after", Json::Str(self.load_after.clone())),
+                    (
+                        "conntrack_drops",
+                        Json::Obj(
+                            self.conntrack_drops
+                                .iter()
+                                .map(|(via, n)| (via.key().to_owned(), Json::Int(*n)))
+                                .collect(),
+                        ),
+                    ),
                 ]),
             ),
             (

@@ -17,7 +17,8 @@
 # FTP_ALG_BENCH_SESSIONS (the sweep's session counts, default "1,2,4,8,16,32,64"),
 # FTP_ALG_BENCH_RELAY_SECS (time bound of a relay-proxy run, default 2), FTP_ALG_BENCH_RELAY=0,
 # FTP_ALG_BENCH_PINHOLES, FTP_ALG_BENCH_NFT_SPAWNS, FTP_ALG_BENCH_BINARY (benchmark another
-# ftp-alg build or a wrapper script).
+# ftp-alg build or a wrapper script), FTP_ALG_BENCH_ALG_ARGS (options added to every ftp-alg
+# start, e.g. "--busy-poll-us 100").
 #
 # Output: Markdown tables on stdout, all numbers in target/bench/core.json, the sweep drawn in
 # target/bench/concurrency.svg (rsvg-convert -o concurrency.png concurrency.svg to look at it).
