@@ -313,6 +313,7 @@ async fn handle<F: Firewall>(
         .settings
         .telemetry
         .register(id, peer, server, topology.name());
+    let _enrolled = busy_poll::Enrolled::new();
     let policy = shared.settings.policy.borrow().clone();
     let entry = registration.entry().clone();
     let ending = Session::new(
