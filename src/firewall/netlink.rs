@@ -1097,6 +1097,11 @@ impl Backend {
         while matches!(request.kind, Kind::Add { .. }) && busy(&outcome) && retries < BUSY_RETRIES {
             retries += 1;
             Counters::add(&self.counters.replays, 1);
+            debug!(
+                pinhole = %request.pinhole,
+                retries,
+                "nftables set busy (EBUSY); retrying after a back-off"
+            );
             std::thread::sleep(BUSY_BACKOFF * retries);
             outcome = self.transact_one(&request);
         }
