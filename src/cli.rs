@@ -208,6 +208,9 @@ pub struct Overrides {
     /// Conntrack mark on admitted data connections [config: nftables.ct_mark].
     #[arg(long, value_name = "MARK", value_parser = parse_mark)]
     pub ct_mark: Option<u32>,
+    /// Pinhole sets' garbage-collection interval in ms [config: nftables.gc_interval_ms].
+    #[arg(long, value_name = "MS")]
+    pub gc_interval_ms: Option<u32>,
     /// Status socket path [config: status.socket].
     #[arg(long, value_name = "PATH")]
     pub status_socket: Option<PathBuf>,
@@ -354,6 +357,9 @@ impl Overrides {
         }
         if let Some(v) = o.ct_mark {
             c.nftables.ct_mark = v;
+        }
+        if let Some(v) = o.gc_interval_ms {
+            c.nftables.gc_interval_ms = v;
         }
         if o.status_socket.is_some() {
             c.status.socket = o.status_socket;

@@ -77,6 +77,7 @@ pub fn base_table(settings: &Validated) -> BaseTable {
         control_ports: c.control_ports.clone(),
         listen_port: c.listen.port(),
         ct_mark: c.nftables.ct_mark,
+        gc_interval_ms: c.nftables.gc_interval_ms,
         route_mark: c.routing.fwmark,
     }
 }

@@ -26,6 +26,8 @@ pub struct BaseTable {
     pub ct_mark: u32,
     /// Packet mark of replies to transparent upstream sockets (routed mode).
     pub route_mark: u32,
+    /// The pinhole sets' garbage-collection interval, ms.
+    pub gc_interval_ms: u32,
 }
 
 /// Connections the kernel admitted through our pinholes (the table's named counters; the
@@ -72,6 +74,7 @@ impl BaseTable {
             .replace("@LISTEN_PORT@", &self.listen_port.to_string())
             .replace("@CT_MARK@", &format!("{:#x}", self.ct_mark))
             .replace("@ROUTE_MARK@", &format!("{:#x}", self.route_mark))
+            .replace("@GC_INTERVAL@", &format!("{}ms", self.gc_interval_ms))
     }
 
     /// Loads the table atomically, replacing any existing table of the same name.
@@ -157,6 +160,7 @@ mod tests {
             listen_port: 3121,
             ct_mark: 0x2121,
             route_mark: 0x2122,
+            gc_interval_ms: 1500,
         }
     }
 
@@ -182,6 +186,7 @@ mod tests {
             "@LISTEN_PORT@",
             "@CT_MARK@",
             "@ROUTE_MARK@",
+            "@GC_INTERVAL@",
         ] {
             assert!(!text.contains(placeholder), "{placeholder} left in {text}");
         }
@@ -189,5 +194,6 @@ mod tests {
         assert!(text.contains("tcp dport { 21, 2121 }"));
         assert!(text.contains("redirect to :3121"));
         assert!(text.contains("ct mark set 0x2121"));
+        assert_eq!(text.matches("gc-interval 1500ms").count(), 6, "{text}");
     }
 }

@@ -357,6 +357,7 @@ fn table_text(table: &str, size: u32) -> String {
         listen_port: 2121,
         ct_mark: 0x2121,
         route_mark: 0x2122,
+        gc_interval_ms: 100,
     }
     .render()
     .replace("size 1048576", &format!("size {size}"))
