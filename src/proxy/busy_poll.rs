@@ -101,7 +101,11 @@ fn saturated() -> bool {
     {
         return saturated;
     }
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    // available_parallelism reads the affinity mask and cgroup files: once per process.
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cpus = *CPUS.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     let saturated = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .as_deref()

@@ -180,7 +180,8 @@ async fn accept_loop<F: Firewall>(
         }
         let permit = shared.slots.clone().try_acquire_owned();
         let admission = shared.limiter.admit(peer.ip(), Instant::now());
-        let shared = shared.clone();
+        let threads = &shared.settings.threads;
+        let session_shared = shared.clone();
         let span = info_span!("session", id, client = %peer, server = tracing::field::Empty);
         // The session's thread registers the socket with its own runtime.
         let client = match client.into_std() {
@@ -190,9 +191,9 @@ async fn accept_loop<F: Firewall>(
                 continue;
             }
         };
-        let threads = shared.settings.threads.clone();
         threads.spawn(
             async move {
+                let shared = session_shared;
                 let client = match TcpStream::from_std(client) {
                     Ok(client) => client,
                     Err(e) => {
