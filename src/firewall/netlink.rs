@@ -2,17 +2,20 @@
 //!
 //! Why it is shaped this way (measurements in `DESIGN.md`, "Netfilter shape"):
 //!
-//! - **One long-lived socket, one thread.** Spawning `nft` costs ~2 ms per add and ~14 ms per
-//!   delete; closing *any* nf_tables netlink socket waits for an RCU grace period, so even a
-//!   socket per operation is as slow as `nft`. One `NETLINK_NETFILTER` socket, opened once and
-//!   owned by one dedicated OS thread, costs a few microseconds per element. The thread is a
-//!   plain `std::thread` because every syscall on the socket is short and blocking, and
-//!   because a thread can be put into another network namespace (`setns`) before it opens the
-//!   socket, which binds the socket to that namespace for good (see
-//!   [`NftFirewall::start_in_netns`]).
-//! - **Batching.** Callers send requests over a channel; the thread drains everything queued
-//!   (up to [`MAX_BATCH`] requests) into one nf_tables transaction: `BATCH_BEGIN`, one message
-//!   per element each with `NLM_F_ACK` and its own sequence number, `BATCH_END`. The kernel
+//! - **Long-lived sockets, opened by one thread.** Spawning `nft` costs ~2 ms per add and
+//!   ~14 ms per delete; closing *any* nf_tables netlink socket waits for an RCU grace period,
+//!   so even a socket per operation is as slow as `nft`. `NETLINK_NETFILTER` sockets opened
+//!   once cost a few microseconds per element. The firewall thread opens them all at start:
+//!   a thread can be put into another network namespace (`setns`) before it opens a socket,
+//!   which binds the socket to that namespace for good (see [`NftFirewall::start_in_netns`]).
+//!   It keeps one for itself and lends one to each runtime thread: a caller runs its own
+//!   transaction on the socket it finds free, without a thread hand-off, and a thread that
+//!   is preempted mid-transaction holds up only its own sessions. Who holds each element is
+//!   counted across all sockets, and ordered where two sockets touch one element
+//!   ([`owners`]).
+//! - **Batching.** Callers that find every socket busy send their requests over a channel;
+//!   the thread drains everything queued (up to [`MAX_BATCH`] requests) into one nf_tables
+//!   transaction: `BATCH_BEGIN`, one message per element each with `NLM_F_ACK` and its own sequence number, `BATCH_END`. The kernel
 //!   processes the batch synchronously inside `sendmsg`, so every acknowledgement is queued
 //!   on the socket when `sendmsg` returns; they are matched back to requests by sequence
 //!   number. A transaction is all or nothing: when any message fails the kernel aborts the
@@ -32,7 +35,6 @@
 //! TIMEOUT (be64 ms) } }`. Concatenated keys pad every component to 4 bytes, in network
 //! byte order (`inet_service` is 2 bytes big-endian plus 2 zero bytes).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -46,6 +48,9 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::{Direction, Firewall, FirewallError, Pinhole};
+
+mod owners;
+use owners::{Hold, Owners, Removal};
 
 /// Most requests (pinholes) sent in one nf_tables transaction. An active-mode pinhole is
 /// three messages, so a full batch is at most 768 messages and as many ACKs.
@@ -139,11 +144,41 @@ pub struct NftFirewall {
 
 struct Inner {
     requests: mpsc::Sender<Request>,
-    /// The socket and its bookkeeping, shared with the firewall thread: a caller that finds
-    /// it free runs its own transaction (see [`NftFirewall::submit`]).
-    backend: Arc<Mutex<Backend>>,
+    /// The sockets: the firewall thread's first, then one per runtime thread (see
+    /// [`sockets`]). A caller runs its own transaction on whichever it finds free (see
+    /// [`NftFirewall::submit`]).
+    pool: Arc<Vec<Mutex<Backend>>>,
+    /// Who holds each element, across all the sockets.
+    owners: Arc<Owners>,
     table: String,
     counters: Arc<Counters>,
+}
+
+/// How many sockets callers use besides the firewall thread's: one per CPU, as the daemon
+/// runs one runtime thread per CPU by default. More threads than sockets only means that two
+/// of them sometimes share one (a caller tries every socket before it waits).
+fn sockets() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SOCKETS))
+}
+
+/// The most caller sockets (a bound on the sockets a large machine keeps open).
+const MAX_SOCKETS: usize = 16;
+
+thread_local! {
+    /// This thread's own socket in every pool: the next free slot, taken at its first
+    /// pinhole (so runtime threads, which start together, get different sockets).
+    static SLOT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+fn slot() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    SLOT.with(|slot| {
+        slot.get().unwrap_or_else(|| {
+            let taken = usize::try_from(NEXT.fetch_add(1, Ordering::Relaxed)).unwrap_or(0);
+            slot.set(Some(taken));
+            taken
+        })
+    })
 }
 
 /// What the firewall thread has done so far (for benchmarks, the lab and debugging).
@@ -201,7 +236,7 @@ impl NftFirewall {
     /// process lacks `CAP_NET_ADMIN` ([`FirewallError::PermissionDenied`]). The table itself
     /// need not exist yet: it is looked up by every operation.
     pub fn start(table: &str) -> Result<Self, FirewallError> {
-        Self::spawn(table, || Ok(()))
+        Self::spawn(table, sockets(), || Ok(()))
     }
 
     /// Like [`NftFirewall::start`], but the thread first enters the network namespace at
@@ -212,7 +247,7 @@ impl NftFirewall {
             return Self::start(table);
         };
         let path = path.to_path_buf();
-        Self::spawn(table, move || enter_netns(&path))
+        Self::spawn(table, sockets(), move || enter_netns(&path))
     }
 
     /// Like [`NftFirewall::start`], but runs `setup` on the firewall thread before the socket
@@ -221,7 +256,7 @@ impl NftFirewall {
     where
         S: FnOnce() -> std::io::Result<()> + Send + 'static,
     {
-        Self::spawn(table, move || {
+        Self::spawn(table, sockets(), move || {
             setup().map_err(|e| FirewallError::io("set up the firewall thread", &e))
         })
     }
@@ -243,38 +278,54 @@ impl NftFirewall {
         }
     }
 
-    fn spawn<S>(table: &str, setup: S) -> Result<Self, FirewallError>
+    /// Like [`NftFirewall::start_in_netns`], with `sockets` sockets for callers (0: they all
+    /// share the firewall thread's), so that tests can make callers contend.
+    #[cfg(test)]
+    fn start_sharing(table: &str, netns: &Path, sockets: usize) -> Result<Self, FirewallError> {
+        let path = netns.to_path_buf();
+        Self::spawn(table, sockets, move || enter_netns(&path))
+    }
+
+    fn spawn<S>(table: &str, sockets: usize, setup: S) -> Result<Self, FirewallError>
     where
         S: FnOnce() -> Result<(), FirewallError> + Send + 'static,
     {
         if table.is_empty() || table.len() > 255 || table.contains('\0') {
             return Err(FirewallError::InvalidTableName(table.to_owned()));
         }
+        type Pool = Arc<Vec<Mutex<Backend>>>;
         let (requests, queue) = mpsc::channel::<Request>();
-        let (ready_tx, ready) = mpsc::sync_channel::<Result<Arc<Mutex<Backend>>, FirewallError>>(1);
+        let (ready_tx, ready) = mpsc::sync_channel::<Result<Pool, FirewallError>>(1);
         let name = table.to_owned();
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
+        // Every socket is opened on the thread, after `setup`: a socket belongs for good to
+        // the network namespace it was opened in.
+        let open_pool = move || -> Result<Pool, FirewallError> {
+            setup()?;
+            let pool = (0..=sockets)
+                .map(|_| Backend::open(name.clone(), thread_counters.clone()).map(Mutex::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Arc::new(pool))
+        };
         let thread = std::thread::Builder::new()
             .name("ftp-alg-nft".into())
-            .spawn(
-                move || match setup().and_then(|()| Backend::open(name, thread_counters)) {
-                    Ok(backend) => {
-                        let backend = Arc::new(Mutex::new(backend));
-                        let _ = ready_tx.send(Ok(backend.clone()));
-                        run(&backend, &queue);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                },
-            )
+            .spawn(move || match open_pool() {
+                Ok(pool) => {
+                    let _ = ready_tx.send(Ok(pool.clone()));
+                    run(&pool[0], &queue);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
             .map_err(|e| FirewallError::io("spawn the firewall thread", &e))?;
         match ready.recv() {
-            Ok(Ok(backend)) => Ok(Self {
+            Ok(Ok(pool)) => Ok(Self {
                 inner: Arc::new(Inner {
                     requests,
-                    backend,
+                    pool,
+                    owners: Arc::default(),
                     table: table.to_owned(),
                     counters,
                 }),
@@ -287,19 +338,36 @@ impl NftFirewall {
         }
     }
 
-    /// The backend, if it is free now or within [`LOCK_SPIN`]. Its holder (another runtime
-    /// worker or the firewall thread) is in the middle of one transaction of a few µs; waiting
-    /// for it here is cheaper than handing the request to the firewall thread, whose wake-up
-    /// on a busy 2-CPU box took milliseconds (in-daemon install p99 3.3 ms with 32 sessions
-    /// and two workers, against 0.16 ms with one). A holder that was preempted is not waited
-    /// for: after the spin the request is queued (and batched with the others) as before.
-    fn lock_briefly(
+    /// A free socket: this thread's own, else any other that is free, else this thread's
+    /// own if it frees up within [`LOCK_SPIN`]. Each runtime thread normally finds its own
+    /// socket free, so a thread that is preempted in the middle of a transaction delays only
+    /// its own sessions. (With one shared socket the sessions of every other thread queued
+    /// behind it: in-daemon install p99 1-3 ms with 32 busy sessions on 2 CPUs.)
+    fn lock_any(&self) -> Result<MutexGuard<'_, Backend>, TryLockError<MutexGuard<'_, Backend>>> {
+        let pool = &self.inner.pool;
+        let home = 1 + slot() % (pool.len() - 1).max(1);
+        for i in 0..pool.len() {
+            match pool[(home + i) % pool.len()].try_lock() {
+                Err(TryLockError::WouldBlock) => {}
+                other => return other,
+            }
+        }
+        self.lock_briefly(&pool[home % pool.len()])
+    }
+
+    /// `backend`, if it is free within [`LOCK_SPIN`]. Its holder (another runtime thread or
+    /// the firewall thread) is in the middle of one transaction of a few µs; waiting for it
+    /// here is cheaper than handing the request to the firewall thread, whose wake-up on a
+    /// busy 2-CPU box took milliseconds. A holder that was preempted is not waited for: after
+    /// the spin the request is queued (and batched with the others).
+    fn lock_briefly<'a>(
         &self,
-    ) -> Result<MutexGuard<'_, Backend>, TryLockError<MutexGuard<'_, Backend>>> {
+        backend: &'a Mutex<Backend>,
+    ) -> Result<MutexGuard<'a, Backend>, TryLockError<MutexGuard<'a, Backend>>> {
         let started = Instant::now();
         let mut spins = 0u32;
         loop {
-            match self.inner.backend.try_lock() {
+            match backend.try_lock() {
                 Err(TryLockError::WouldBlock) if *SPIN_ALLOWED => {}
                 other => return other,
             }
@@ -311,14 +379,45 @@ impl NftFirewall {
         }
     }
 
-    /// Runs one request: on the caller's own thread when the socket is free (a combining
-    /// lock: one `sendmsg` and the ACK read, a few microseconds, no thread hand-off), else
-    /// through the firewall thread, which batches everything that queued up meanwhile.
+    /// Counts the holders of the elements (see [`owners`]), then runs what the kernel must
+    /// do: an add, or the removal of the elements nobody holds any more.
     async fn submit(
         &self,
         kind: Kind,
         pinhole: Pinhole,
         elements: Vec<Element>,
+    ) -> Result<(), FirewallError> {
+        match kind {
+            Kind::Add { .. } => {
+                let hold = Hold::take(&self.inner.owners, &elements).await;
+                let result = self.transact(kind, pinhole, elements, None).await;
+                if result.is_ok() {
+                    hold.keep();
+                }
+                result
+            }
+            Kind::Remove => {
+                let removal = self.inner.owners.release(elements);
+                if removal.elements().is_empty() {
+                    debug!(%pinhole, "pinhole still held by another session; kept");
+                    Counters::add(&self.inner.counters.requests, 1);
+                    return Ok(());
+                }
+                let elements = removal.elements().to_vec();
+                self.transact(kind, pinhole, elements, Some(removal)).await
+            }
+        }
+    }
+
+    /// Runs one request: on the caller's own thread when a socket is free (one `sendmsg` and
+    /// the ACK read, a few microseconds, no thread hand-off), else through the firewall
+    /// thread, which batches everything that queued up meanwhile.
+    async fn transact(
+        &self,
+        kind: Kind,
+        pinhole: Pinhole,
+        elements: Vec<Element>,
+        removal: Option<Removal>,
     ) -> Result<(), FirewallError> {
         let (reply, mut answer) = oneshot::channel();
         let request = Request {
@@ -326,8 +425,9 @@ impl NftFirewall {
             pinhole,
             elements,
             reply,
+            _removal: removal,
         };
-        let request = match self.lock_briefly() {
+        let request = match self.lock_any() {
             Ok(mut backend) => {
                 let mut batch = vec![request];
                 let retry = backend.process(&mut batch, Mode::Inline);
@@ -409,6 +509,9 @@ struct Request {
     pinhole: Pinhole,
     elements: Vec<Element>,
     reply: oneshot::Sender<Result<(), FirewallError>>,
+    /// A remove's elements are marked as being removed until this is dropped with the request
+    /// (answered or not).
+    _removal: Option<Removal>,
 }
 
 /// The elements of a pinhole, in the order they are added. `with_data`: include map data
@@ -712,10 +815,6 @@ struct Backend {
     rx: Vec<u8>,
     replies: Vec<Reply>,
     counters: Arc<Counters>,
-    /// How many open pinholes hold each kernel element (set, key): an element shared by
-    /// several pinholes is removed only when the last of them closes (see `Backend::own`).
-    /// Counted here because requests pass through here in order.
-    owners: HashMap<(&'static str, Vec<u8>), u32>,
 }
 
 impl Backend {
@@ -744,7 +843,6 @@ impl Backend {
             tx: Vec::with_capacity(64 << 10),
             rx: Vec::with_capacity(64 << 10),
             replies: Vec::new(),
-            owners: HashMap::new(),
             counters,
         };
         backend.probe()?;
@@ -1002,29 +1100,6 @@ impl Backend {
         // An open whose caller stopped waiting would leave an untracked pinhole behind (until
         // its timeout): skip it. Closes always run.
         batch.retain(|r| !(matches!(r.kind, Kind::Add { .. }) && r.reply.is_closed()));
-        // Account for shared tuples in request order; a close that leaves other holders
-        // is answered without touching the kernel.
-        let mut kept = Vec::with_capacity(batch.len());
-        for mut request in batch.drain(..) {
-            let still_held = match request.kind {
-                Kind::Add { .. } => {
-                    self.own(&request.elements);
-                    false
-                }
-                Kind::Remove => {
-                    request.elements = self.release(std::mem::take(&mut request.elements));
-                    request.elements.is_empty()
-                }
-            };
-            if still_held {
-                debug!(pinhole = %request.pinhole, "pinhole still held by another session; kept");
-                Counters::add(&self.counters.requests, 1);
-                let _ = request.reply.send(Ok(()));
-            } else {
-                kept.push(request);
-            }
-        }
-        *batch = kept;
         if batch.is_empty() {
             return None;
         }
@@ -1076,7 +1151,7 @@ impl Backend {
     }
 
     /// Answers one request with its outcome; `Some` hands an add the kernel found busy back
-    /// to an inline caller (unanswered, its ownership undone) for the thread to retry.
+    /// to an inline caller (unanswered) for the thread to retry.
     fn finish(&mut self, request: Request, mut outcome: Outcome, mode: Mode) -> Option<Request> {
         // EBUSY: the kernel is resizing the set under a concurrent transaction. It is not a
         // clash of keys; a retry a moment later succeeds.
@@ -1090,7 +1165,6 @@ impl Backend {
             )
         };
         if mode == Mode::Inline && matches!(request.kind, Kind::Add { .. }) && busy(&outcome) {
-            self.disown(&request.elements);
             return Some(request);
         }
         let mut retries = 0;
@@ -1125,9 +1199,6 @@ impl Backend {
         }
         if let Err(error) = &result {
             debug!(pinhole = %request.pinhole, %error, "pinhole operation failed");
-            if matches!(request.kind, Kind::Add { .. }) {
-                self.disown(&request.elements);
-            }
         }
         Counters::add(&self.counters.requests, 1);
         let _ = request.reply.send(result);
@@ -1170,57 +1241,6 @@ impl Backend {
                 debug!(%src, dst = %via, error = %e, "could not ask conntrack to forget a data connection")
             }
         }
-    }
-
-    /// Counts one more holder of each element. Ownership is per kernel element, not per
-    /// pinhole: two sessions may ask for the very same pinhole (a client's second session
-    /// gets the server's passive port the first one used), and two different active pinholes
-    /// share their `active_pin` element when one client announces the same port for two
-    /// transfers through different gateway ports (clients reuse ephemeral ports within
-    /// milliseconds). The end of one must not remove what the other still needs.
-    fn own(&mut self, elements: &[Element]) {
-        for element in elements {
-            *self
-                .owners
-                .entry((element.set, element.key.clone()))
-                .or_default() += 1;
-        }
-    }
-
-    /// Undoes the ownership an add took (it failed, or goes back to the queue).
-    fn disown(&mut self, elements: &[Element]) {
-        for element in elements {
-            let id = (element.set, element.key.clone());
-            if let Some(n) = self.owners.get_mut(&id) {
-                *n -= 1;
-                if *n == 0 {
-                    self.owners.remove(&id);
-                }
-            }
-        }
-    }
-
-    /// Drops one holder of each element; returns the elements nobody holds any more (those
-    /// a close must remove from the kernel). Elements we never counted (e.g. left by a
-    /// previous daemon) are returned too.
-    fn release(&mut self, elements: Vec<Element>) -> Vec<Element> {
-        elements
-            .into_iter()
-            .filter(|element| {
-                let id = (element.set, element.key.clone());
-                match self.owners.get_mut(&id) {
-                    Some(n) if *n > 1 => {
-                        *n -= 1;
-                        false
-                    }
-                    Some(_) => {
-                        self.owners.remove(&id);
-                        true
-                    }
-                    None => true,
-                }
-            })
-            .collect()
     }
 
     /// The fallback for kernels without `DESTROYSETELEM` (< 6.3, which answer `EINVAL`):

@@ -660,7 +660,9 @@ async fn deleted_table_is_reported_as_table_missing() {
 async fn concurrent_opens_are_batched_and_all_installed() {
     let Some(ns) = Netns::new() else { return };
     ns.load(T, 1 << 20);
-    let fw = ns.start(T);
+    // Two runtime threads share the firewall thread's socket (none of their own): they
+    // contend, so requests queue and are batched.
+    let fw = NftFirewall::start_sharing(T, &ns.path(), 0).expect("start the backend");
     let pinholes: Vec<Pinhole> = (0..1000u16)
         .map(|i| {
             if i % 2 == 0 {
@@ -788,6 +790,7 @@ fn request(kind: Kind, pinhole: Pinhole) -> (Request, Answer) {
         pinhole,
         elements,
         reply,
+        _removal: None,
     };
     (request, answer)
 }
