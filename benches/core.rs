@@ -273,10 +273,13 @@ fn run(settings: Settings, report: &mut Report) -> BoxResult<()> {
     report.alg_command = options.argv().join(" ");
 
     // The daemon's own pinhole latency, from its debug lines: a short run of its own, because
-    // per-transfer debug logging slows the daemon down (the measured runs use warn).
+    // per-transfer debug logging slows the daemon down (the measured runs use warn). The
+    // firewall's own debug lines stay off: they are written inside the measured window (a
+    // blocking write to a pipe the benchmark drains), which a daemon at its default level
+    // never does.
     {
         let mut debug = options.clone();
-        debug.log_level = "ftp_alg=debug".into();
+        debug.log_level = IN_DAEMON_LOG_LEVEL.into();
         let alg = AlgDaemon::start(&lab.gateway, &debug)?;
         let route = Route {
             via: Via::Alg,
@@ -942,6 +945,10 @@ fn run_bounded(cmd: &mut Command, timeout: Duration) -> bool {
         }
     }
 }
+
+/// The log level of the runs that measure the pinhole latency inside the daemon: debug, for
+/// the sessions' `pinhole acknowledged` lines, except the firewall's per-transaction lines.
+const IN_DAEMON_LOG_LEVEL: &str = "ftp_alg=debug,ftp_alg::firewall=info";
 
 /// The daemon's `pinhole acknowledged` debug lines for one mode: their `micros=` values.
 fn acknowledged_micros(log: &str, mode: Mode) -> Vec<f64> {
