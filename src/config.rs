@@ -144,6 +144,12 @@ pub struct RuntimeConfig {
     /// wake-up (tens of µs per message inside a VM). Costs CPU while sessions are active;
     /// `0` (the default) turns it off. At most 10,000. Read at start.
     pub busy_poll_us: u64,
+    /// Real-time priority (`SCHED_FIFO`, 1-99) of the session threads and the firewall
+    /// thread; `0` (the default) leaves them to the normal scheduler. On a gateway whose CPUs
+    /// are busy, it keeps other processes from preempting a session in the middle of a
+    /// pinhole install (the install p99 tail). Needs `CAP_SYS_NICE`; not with busy polling
+    /// (a real-time thread that spins starves the processes on its CPU). Read at start.
+    pub realtime_priority: u8,
 }
 
 /// The local status socket.
@@ -562,6 +568,19 @@ impl Config {
                 "0 means \"no mark\"; pick a non-zero value not used by your own ruleset",
             ));
         }
+        if self.runtime.realtime_priority > 99 {
+            return Err(invalid(
+                "runtime.realtime_priority",
+                "must be 0 (off) or a SCHED_FIFO priority 1-99; a low one (e.g. 10) is enough",
+            ));
+        }
+        if self.runtime.realtime_priority > 0 && self.runtime.busy_poll_us > 0 {
+            return Err(invalid(
+                "runtime.realtime_priority",
+                "cannot be combined with runtime.busy_poll_us: a real-time thread that polls \
+                 starves the other processes on its CPU; set one of them to 0",
+            ));
+        }
         if self.runtime.busy_poll_us > 10_000 {
             return Err(invalid(
                 "runtime.busy_poll_us",
@@ -702,6 +721,15 @@ mod tests {
         assert!(valid(&|c| c.runtime.busy_poll_us = 10_000).is_ok());
         let err = valid(&|c| c.runtime.busy_poll_us = 10_001).unwrap_err();
         assert!(err.contains("runtime.busy_poll_us"), "{err}");
+        assert!(valid(&|c| c.runtime.realtime_priority = 99).is_ok());
+        let err = valid(&|c| c.runtime.realtime_priority = 100).unwrap_err();
+        assert!(err.contains("runtime.realtime_priority"), "{err}");
+        let err = valid(&|c| {
+            c.runtime.realtime_priority = 10;
+            c.runtime.busy_poll_us = 100;
+        })
+        .unwrap_err();
+        assert!(err.contains("busy_poll_us"), "{err}");
     }
 
     #[test]

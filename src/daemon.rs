@@ -47,6 +47,9 @@ pub enum DaemonError {
     /// The session threads could not be started.
     #[error("cannot start the session threads: {0} (try a smaller runtime.workers)")]
     Threads(std::io::Error),
+    /// Real-time scheduling (`runtime.realtime_priority`) was refused.
+    #[error("runtime.realtime_priority: {0}")]
+    Realtime(std::io::Error),
 }
 
 /// How often the daemon checks that its table still exists (interception depends on it).
@@ -100,6 +103,10 @@ pub struct Hooks {
 /// Runs the gateway until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     let c = &settings.config;
+    // This thread is the first session thread; before anything is installed, so that a
+    // refusal leaves nothing behind.
+    let realtime = c.runtime.realtime_priority;
+    proxy::realtime::apply(realtime).map_err(DaemonError::Realtime)?;
     let upstream_source = match (c.wan_address, &c.wan_interface) {
         (Some(addr), _) => Some(addr),
         (None, Some(name)) => Some(proxy::first_address(name, false)?),
@@ -154,7 +161,9 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         let _ = table.remove();
         return Err(e.into());
     }
-    let firewall = match NftFirewall::start(&c.nftables.table) {
+    let firewall = match NftFirewall::start_with(&c.nftables.table, move || {
+        proxy::realtime::apply(realtime)
+    }) {
         Ok(firewall) => Arc::new(Healing::new(firewall, table.clone())),
         Err(e) => {
             let _ = table.remove();
@@ -166,7 +175,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     };
     let busy_poll = (c.runtime.busy_poll_us > 0)
         .then(|| std::time::Duration::from_micros(c.runtime.busy_poll_us));
-    let shards = match Shards::start(session_threads(c.runtime.workers), busy_poll) {
+    let shards = match Shards::start(session_threads(c.runtime.workers), busy_poll, realtime) {
         Ok(shards) => shards,
         Err(e) => {
             firewall.retire();
@@ -219,6 +228,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         lan = ?c.lan_interfaces,
         session_threads = shards.spawner().threads(),
         busy_poll_us = c.runtime.busy_poll_us,
+        realtime_priority = realtime,
         status = ?c.status.socket,
         metrics = ?c.metrics.listen,
         "listening; table installed"

@@ -341,3 +341,97 @@ fn sessions_run_on_every_session_thread_and_busy_polling_keeps_data_intact() {
     drop(server);
     assert_clean_shutdown(&lab, alg);
 }
+
+/// Scheduling policy of each thread of `pid` by name (`/proc/PID/task/*/stat`, field 41).
+fn thread_policies(pid: i32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let policy = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(41 - 3)?.parse().ok());
+        if let Some(policy) = policy {
+            out.push((comm.trim().to_owned(), policy));
+        }
+    }
+    out
+}
+
+#[test]
+fn realtime_priority_puts_the_session_and_firewall_threads_on_sched_fifo() {
+    require_lab!("vsftpd");
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_FIFO: u32 = 1;
+    let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");
+    let server = Vsftpd::start(&lab.server).expect("vsftpd");
+    let content: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    server.put_file("f.bin", &content).expect("file");
+    let mut options = AlgOptions::new(alg_binary());
+    options.extra_args = ["--workers", "2", "--realtime-priority", "5"]
+        .map(String::from)
+        .to_vec();
+    let alg = AlgDaemon::start(&lab.gateway, &options).expect("ftp-alg");
+    let pid = daemon_pid(&lab.gateway);
+    let policies = thread_policies(pid);
+    for name in ["ftp-alg", "ftp-alg-s1", "ftp-alg-nft"] {
+        let policy = policies.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
+        assert_eq!(
+            policy,
+            Some(SCHED_FIFO),
+            "{name} should be SCHED_FIFO: {policies:?}"
+        );
+    }
+    // Transfers of both modes work, and whatever the daemon starts runs normally.
+    let expected = content.clone();
+    lab.client
+        .run_in(move || -> Result<(), String> {
+            let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
+            ftp.login(FTP_USER, FTP_PASSWORD)
+                .map_err(|e| e.to_string())?;
+            for mode in [DataMode::Pasv, DataMode::Port] {
+                let data = ftp.retr(mode, "f.bin").map_err(|e| e.to_string())?;
+                if data != expected {
+                    return Err(format!("{mode:?}: data differs"));
+                }
+            }
+            ftp.quit().map_err(|e| e.to_string())
+        })
+        .expect("client thread")
+        .unwrap_or_else(|e| panic!("{e}\n{}", alg.output()));
+    for (name, policy) in thread_policies(pid) {
+        if !name.starts_with("ftp-alg") {
+            assert_eq!(policy, SCHED_OTHER, "{name} inherited real-time scheduling");
+        }
+    }
+    drop(server);
+    assert_clean_shutdown(&lab, alg);
+}
+
+#[test]
+fn realtime_priority_with_busy_polling_is_refused_at_start() {
+    let out = std::process::Command::new(alg_binary())
+        .args([
+            "check",
+            "--lan-interface",
+            "eth0",
+            "--wan-address",
+            "192.0.2.1",
+            "--realtime-priority",
+            "10",
+            "--busy-poll-us",
+            "100",
+        ])
+        .output()
+        .expect("run ftp-alg");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("runtime.realtime_priority") && err.contains("busy_poll_us"),
+        "{err}"
+    );
+}

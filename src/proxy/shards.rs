@@ -37,9 +37,10 @@ pub struct Spawner {
 
 impl Shards {
     /// `count` session threads in all: the current runtime and `count - 1` new ones (at
-    /// least the current runtime), each busy-polling for `busy_poll` after traffic if set.
-    /// Must be called inside a runtime.
-    pub fn start(count: usize, busy_poll: Option<Duration>) -> std::io::Result<Self> {
+    /// least the current runtime), each busy-polling for `busy_poll` after traffic if set,
+    /// the new ones at real-time priority `realtime` if not 0 (see [`super::realtime`]; the
+    /// caller sets its own thread). Must be called inside a runtime.
+    pub fn start(count: usize, busy_poll: Option<Duration>, realtime: u8) -> std::io::Result<Self> {
         let mut handles = vec![Handle::current()];
         let mut threads = Vec::new();
         for index in 1..count.max(1) {
@@ -48,14 +49,24 @@ impl Shards {
                 .build()?;
             handles.push(runtime.handle().clone());
             let (stop, stopped) = oneshot::channel::<()>();
+            let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
             let thread = std::thread::Builder::new()
                 .name(format!("ftp-alg-s{index}"))
                 .spawn(move || {
-                    // Serves spawned sessions until told to stop (or the sender is gone).
-                    let _ = runtime.block_on(stopped);
+                    let setup = super::realtime::apply(realtime);
+                    let ok = setup.is_ok();
+                    let _ = ready_tx.send(setup);
+                    if ok {
+                        // Serves spawned sessions until told to stop (or the sender is gone).
+                        let _ = runtime.block_on(stopped);
+                    }
                     runtime.shutdown_timeout(STOP_GRACE);
                 })?;
             threads.push((stop, thread));
+            // On error the threads started so far see their stop sender dropped, and end.
+            ready
+                .recv()
+                .map_err(|_| std::io::Error::other("a session thread died while starting"))??;
         }
         if let Some(window) = busy_poll {
             for handle in &handles {
@@ -117,7 +128,7 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let owner = Shards::start(3, None).expect("shards");
+            let owner = Shards::start(3, None, 0).expect("shards");
             let shards = owner.spawner();
             assert_eq!(shards.threads(), 3);
             let seen = Arc::new(Mutex::new(Vec::new()));
@@ -151,7 +162,7 @@ mod tests {
             .expect("runtime");
         let dropped = Arc::new(Mutex::new(0));
         runtime.block_on(async {
-            let owner = Shards::start(2, None).expect("shards");
+            let owner = Shards::start(2, None, 0).expect("shards");
             let shards = owner.spawner();
             struct Guard(Arc<Mutex<i32>>);
             impl Drop for Guard {
