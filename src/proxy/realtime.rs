@@ -16,9 +16,10 @@
 fn explain(priority: u8, error: &std::io::Error) -> std::io::Error {
     let hint = match error.raw_os_error() {
         Some(libc::EPERM) => {
-            "needs CAP_SYS_NICE and, under systemd, RestrictRealtime=no (see \
-             deploy/ftp-alg.service); in a cgroup with the cpu controller, a real-time \
-             budget (cpu.rt_runtime_us); or set runtime.realtime_priority = 0"
+            "needs CAP_SYS_NICE and, under the shipped systemd unit, a drop-in with \
+             RestrictRealtime=no and SystemCallFilter=sched_setscheduler (see the comment in \
+             ftp-alg.service); in a cgroup with the cpu controller, a real-time budget \
+             (cpu.rt_runtime_us); or set runtime.realtime_priority = 0"
         }
         _ => "set runtime.realtime_priority = 0 to run without it",
     };
