@@ -717,6 +717,120 @@ async fn concurrent_opens_are_batched_and_all_installed() {
     }
 }
 
+/// A close whose removal is still on its way to the kernel, and an open of the same pinhole on
+/// another socket: the open must wait for the removal, or the removal lands after the add and
+/// takes away a pinhole its new holder relies on. The test holds both sockets so that the
+/// close queues for the firewall thread, then lets the open through on the other socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_on_another_socket_waits_for_a_close_of_the_same_pinhole_in_flight() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let fw = NftFirewall::start_sharing(T, &ns.path(), 1).expect("start the backend");
+    let p = passive("10.0.0.2", "203.0.113.2", 30000);
+    fw.open(p, LONG).await.expect("first holder");
+    let pause = Duration::from_millis(100);
+
+    let pool = fw.inner.pool.clone();
+    let callers = pool[1].lock().expect("caller socket");
+    let thread = pool[0].lock().expect("firewall thread's socket");
+    // Both sockets busy: the close queues for the firewall thread, which waits for its socket.
+    let closing = tokio::spawn({
+        let fw = fw.clone();
+        async move { fw.close(p).await }
+    });
+    // Not awaited: the test's thread sleeps holding the sockets; the runtime's run the tasks.
+    std::thread::sleep(pause);
+    assert!(
+        !closing.is_finished(),
+        "the close went through a busy socket"
+    );
+    // The caller socket is free again: an open of the same pinhole could go at once.
+    drop(callers);
+    let opening = tokio::spawn({
+        let fw = fw.clone();
+        async move { fw.open(p, LONG).await }
+    });
+    std::thread::sleep(pause);
+    assert!(
+        !opening.is_finished(),
+        "the open was sent while the removal of the same element was still queued"
+    );
+    drop(thread);
+    closing.await.expect("join").expect("close");
+    opening.await.expect("join").expect("open");
+    assert_eq!(
+        ns.count(T, "passive_pin"),
+        1,
+        "the new holder's pinhole was removed by the earlier close: {}",
+        ns.list(T, "passive_pin")
+    );
+    fw.close(p).await.expect("close");
+    assert_eq!(ns.count(T, "passive_pin"), 0);
+}
+
+/// Sessions on different threads (so on different sockets) open and close the same pinholes
+/// over and over, then each keeps one: everything finishes (no add waits forever for a
+/// removal), and the holders' count is right at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holders_on_different_sockets_keep_a_shared_pinhole_through_racing_closes() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    // Two caller sockets for four threads: callers use their own, others' and the queue.
+    let fw = NftFirewall::start_sharing(T, &ns.path(), 2).expect("start the backend");
+    let shared = [
+        passive("10.0.0.2", "203.0.113.2", 30000),
+        passive("10.0.0.2", "203.0.113.2", 30001),
+        active("203.0.113.2", "198.51.100.1", 40000, "10.0.0.2", 50000),
+    ];
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let fw = fw.clone();
+            tokio::spawn(async move {
+                for i in 0..300usize {
+                    let p = shared[(t + i) % shared.len()];
+                    fw.open(p, LONG).await?;
+                    fw.close(p).await?;
+                }
+                // Keep one of each.
+                for p in shared {
+                    fw.open(p, LONG).await?;
+                }
+                Ok::<_, FirewallError>(())
+            })
+        })
+        .collect();
+    let all = async {
+        for task in tasks {
+            task.await.expect("join").expect("operation");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("opens and closes finish (no add waits forever for a removal)");
+    assert_eq!(
+        ns.count(T, "passive_pin"),
+        2,
+        "{}",
+        ns.list(T, "passive_pin")
+    );
+    for set in ["dnat_to", "dnat_once", "active_pin"] {
+        assert_eq!(ns.count(T, set), 1, "{set}: {}", ns.list(T, set));
+    }
+    // Eight holders each: seven closes keep them, the eighth removes them.
+    for p in shared {
+        for _ in 0..7 {
+            fw.close(p).await.expect("close");
+        }
+    }
+    assert_eq!(ns.count(T, "passive_pin"), 2);
+    for p in shared {
+        fw.close(p).await.expect("last close");
+    }
+    for set in ["passive_pin", "dnat_to", "dnat_once", "active_pin"] {
+        assert_eq!(ns.count(T, set), 0, "{set}: {}", ns.list(T, set));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_in_a_batch_are_attributed_to_their_own_request() {
     let Some(ns) = Netns::new() else { return };
