@@ -252,19 +252,29 @@ fn status_metrics_reload_and_drain_work_on_a_live_daemon() {
     assert_clean_shutdown(&lab, alg);
 }
 
+/// Each thread of `pid`: its name and its `/proc/PID/task/TID` directory.
+fn threads(pid: i32) -> Vec<(String, PathBuf)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            (comm.trim().to_owned(), task.path())
+        })
+        .collect()
+}
+
 /// Runtime (ns) of each thread of `pid` by name, from `/proc/PID/task/*/schedstat`.
 fn thread_runtimes(pid: i32) -> std::collections::HashMap<String, u64> {
     let mut out = std::collections::HashMap::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let ns = std::fs::read_to_string(task.path().join("schedstat"))
+    for (name, dir) in threads(pid) {
+        let ns = std::fs::read_to_string(dir.join("schedstat"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0);
-        *out.entry(comm.trim().to_owned()).or_default() += ns;
+        *out.entry(name).or_default() += ns;
     }
     out
 }
@@ -344,22 +354,16 @@ fn sessions_run_on_every_session_thread_and_busy_polling_keeps_data_intact() {
 
 /// Scheduling policy of each thread of `pid` by name (`/proc/PID/task/*/stat`, field 41).
 fn thread_policies(pid: i32) -> Vec<(String, u32)> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // Fields after the command name (which may hold spaces) start at field 3.
-        let policy = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(41 - 3)?.parse().ok());
-        if let Some(policy) = policy {
-            out.push((comm.trim().to_owned(), policy));
-        }
-    }
-    out
+    threads(pid)
+        .into_iter()
+        .filter_map(|(name, dir)| {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the command name (which may hold spaces) start at field 3.
+            let (_, rest) = stat.rsplit_once(')')?;
+            let policy = rest.split_whitespace().nth(41 - 3)?.parse().ok()?;
+            Some((name, policy))
+        })
+        .collect()
 }
 
 #[test]

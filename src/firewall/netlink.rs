@@ -13,16 +13,17 @@
 //!   is preempted mid-transaction holds up only its own sessions. Who holds each element is
 //!   counted across all sockets, and ordered where two sockets touch one element
 //!   ([`owners`]).
-//! - **Batching.** Callers that find every socket busy send their requests over a channel;
-//!   the thread drains everything queued (up to [`MAX_BATCH`] requests) into one nf_tables
-//!   transaction: `BATCH_BEGIN`, one message per element each with `NLM_F_ACK` and its own sequence number, `BATCH_END`. The kernel
-//!   processes the batch synchronously inside `sendmsg`, so every acknowledgement is queued
-//!   on the socket when `sendmsg` returns; they are matched back to requests by sequence
-//!   number. A transaction is all or nothing: when any message fails the kernel aborts the
-//!   batch *but still sends success ACKs for the messages that were fine*, so a zero ACK means
-//!   "committed" only if the whole batch had no error. On any error the requests of the batch
-//!   are replayed one per batch, which attributes each error precisely. Every operation is
-//!   idempotent (add without `NLM_F_EXCL`, destroy), so replaying is always safe.
+//! - **Batching.** Callers that find every socket busy send their requests over a channel; the
+//!   thread drains everything queued (up to [`MAX_BATCH`] requests) into one nf_tables
+//!   transaction: `BATCH_BEGIN`, one message per element each with `NLM_F_ACK` and its own
+//!   sequence number, `BATCH_END`. The kernel processes the batch synchronously inside
+//!   `sendmsg`, so every acknowledgement is queued on the socket when `sendmsg` returns; they
+//!   are matched back to requests by sequence number. A transaction is all or nothing: when any
+//!   message fails the kernel aborts the batch *but still sends success ACKs for the messages
+//!   that were fine*, so a zero ACK means "committed" only if the whole batch had no error. On
+//!   any error the requests of the batch are replayed one per batch, which attributes each
+//!   error precisely. Every operation is idempotent (add without `NLM_F_EXCL`, destroy), so
+//!   replaying is always safe.
 //! - **Destroy, not delete.** `close` sends `NFT_MSG_DESTROYSETELEM` (kernel >= 6.3), which
 //!   succeeds when the element is already gone: consumed by its connection (the rule deletes
 //!   it) or expired. `NFT_MSG_DELSETELEM` would fail with `ENOENT` and, worse, abort every
@@ -39,7 +40,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -171,10 +172,10 @@ thread_local! {
 }
 
 fn slot() -> usize {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
     SLOT.with(|slot| {
         slot.get().unwrap_or_else(|| {
-            let taken = usize::try_from(NEXT.fetch_add(1, Ordering::Relaxed)).unwrap_or(0);
+            let taken = NEXT.fetch_add(1, Ordering::Relaxed);
             slot.set(Some(taken));
             taken
         })
@@ -390,7 +391,7 @@ impl NftFirewall {
         match kind {
             Kind::Add { .. } => {
                 let hold = Hold::take(&self.inner.owners, &elements).await;
-                let result = self.transact(kind, pinhole, elements, None).await;
+                let result = self.run_request(kind, pinhole, elements, None).await;
                 if result.is_ok() {
                     hold.keep();
                 }
@@ -404,7 +405,8 @@ impl NftFirewall {
                     return Ok(());
                 }
                 let elements = removal.elements().to_vec();
-                self.transact(kind, pinhole, elements, Some(removal)).await
+                self.run_request(kind, pinhole, elements, Some(removal))
+                    .await
             }
         }
     }
@@ -412,7 +414,7 @@ impl NftFirewall {
     /// Runs one request: on the caller's own thread when a socket is free (one `sendmsg` and
     /// the ACK read, a few microseconds, no thread hand-off), else through the firewall
     /// thread, which batches everything that queued up meanwhile.
-    async fn transact(
+    async fn run_request(
         &self,
         kind: Kind,
         pinhole: Pinhole,
