@@ -228,6 +228,15 @@ impl AlgDaemon {
         self.argv.join(" ")
     }
 
+    /// Its status snapshot (`ftp-alg status`: sessions, pinholes, counters and the pinhole
+    /// install-latency histogram), read from the status socket on its command line; `None`
+    /// if it was started without one or does not answer.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let at = self.argv.iter().position(|a| a == "--status-socket")?;
+        let path = PathBuf::from(self.argv.get(at + 1)?);
+        crate::proxy::status::fetch(&path).ok()
+    }
+
     /// Whether it has exited, and how.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
         self.child.try_status()
