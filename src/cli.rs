@@ -229,9 +229,12 @@ pub struct Overrides {
     /// Busy-poll window after traffic in µs, 0 = off [config: runtime.busy_poll_us].
     #[arg(long, value_name = "US")]
     pub busy_poll_us: Option<u64>,
-    /// SCHED_FIFO priority of the session threads, 0 = off [config: runtime.realtime_priority].
+    /// SCHED_FIFO priority for the pinhole path, 0 = off [config: runtime.realtime_priority].
     #[arg(long, value_name = "1-99")]
     pub realtime_priority: Option<u8>,
+    /// What runs at that priority [config: runtime.realtime_scope].
+    #[arg(long, value_enum)]
+    pub realtime_scope: Option<crate::config::RealtimeScope>,
     /// Log format [config: log.format].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -381,6 +384,9 @@ impl Overrides {
         }
         if let Some(v) = o.realtime_priority {
             c.runtime.realtime_priority = v;
+        }
+        if let Some(v) = o.realtime_scope {
+            c.runtime.realtime_scope = v;
         }
         if let Some(v) = o.drain_grace {
             c.limits.drain_grace_secs = v;

@@ -72,6 +72,21 @@ pub enum TlsPolicy {
     Passthrough,
 }
 
+/// What runs at `runtime.realtime_priority`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RealtimeScope {
+    /// The firewall thread, and a session thread only from the moment it asks for a pinhole
+    /// until it has released the PORT/227 that waited for it (a few µs per data channel):
+    /// the install is not preempted, and relaying stays with the normal scheduler.
+    #[default]
+    Pinholes,
+    /// The session threads and the firewall thread all the time: relaying too comes before
+    /// every normal process on the box (the control channel's tail drops; the rest of the
+    /// box waits for the daemon).
+    Threads,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -144,12 +159,16 @@ pub struct RuntimeConfig {
     /// wake-up (tens of µs per message inside a VM). Costs CPU while sessions are active;
     /// `0` (the default) turns it off. At most 10,000. Read at start.
     pub busy_poll_us: u64,
-    /// Real-time priority (`SCHED_FIFO`, 1-99) of the session threads and the firewall
-    /// thread; `0` (the default) leaves them to the normal scheduler. On a gateway whose CPUs
+    /// Real-time priority (`SCHED_FIFO`, 1-99) for the pinhole path (see `realtime_scope`);
+    /// `0` (the default) leaves every thread to the normal scheduler. On a gateway whose CPUs
     /// are busy, it keeps other processes from preempting a session in the middle of a
-    /// pinhole install (the install p99 tail). Needs `CAP_SYS_NICE`; not with busy polling
-    /// (a real-time thread that spins starves the processes on its CPU). Read at start.
+    /// pinhole install (the install p99 tail). Needs `CAP_SYS_NICE`. Read at start.
     pub realtime_priority: u8,
+    /// What runs real-time when `realtime_priority` is set: `pinholes` (the default: a
+    /// session thread from its pinhole request to the release of the reply that waited for
+    /// it, and the firewall thread) or `threads` (the session threads all the time; not with
+    /// busy polling, whose spinning would then starve the CPU). Read at start.
+    pub realtime_scope: RealtimeScope,
 }
 
 /// The local status socket.
@@ -574,11 +593,15 @@ impl Config {
                 "must be 0 (off) or a SCHED_FIFO priority 1-99; a low one (e.g. 10) is enough",
             ));
         }
-        if self.runtime.realtime_priority > 0 && self.runtime.busy_poll_us > 0 {
+        if self.runtime.realtime_priority > 0
+            && self.runtime.realtime_scope == RealtimeScope::Threads
+            && self.runtime.busy_poll_us > 0
+        {
             return Err(invalid(
                 "runtime.realtime_priority",
-                "cannot be combined with runtime.busy_poll_us: a real-time thread that polls \
-                 starves the other processes on its CPU; set one of them to 0",
+                "with runtime.realtime_scope = \"threads\" it cannot be combined with \
+                 runtime.busy_poll_us: a real-time thread that polls starves the other \
+                 processes on its CPU; use realtime_scope = \"pinholes\" or set one of them to 0",
             ));
         }
         if self.runtime.busy_poll_us > 10_000 {
@@ -724,12 +747,27 @@ mod tests {
         assert!(valid(&|c| c.runtime.realtime_priority = 99).is_ok());
         let err = valid(&|c| c.runtime.realtime_priority = 100).unwrap_err();
         assert!(err.contains("runtime.realtime_priority"), "{err}");
+        // Real-time session threads must not spin; a boost around installs may.
+        assert_eq!(
+            Config::default().runtime.realtime_scope,
+            RealtimeScope::Pinholes
+        );
+        assert!(
+            valid(&|c| {
+                c.runtime.realtime_priority = 10;
+                c.runtime.busy_poll_us = 100;
+            })
+            .is_ok()
+        );
         let err = valid(&|c| {
             c.runtime.realtime_priority = 10;
+            c.runtime.realtime_scope = RealtimeScope::Threads;
             c.runtime.busy_poll_us = 100;
         })
         .unwrap_err();
         assert!(err.contains("busy_poll_us"), "{err}");
+        let parsed: Config = toml::from_str("[runtime]\nrealtime_scope = \"threads\"\n").unwrap();
+        assert_eq!(parsed.runtime.realtime_scope, RealtimeScope::Threads);
     }
 
     #[test]

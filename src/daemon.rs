@@ -9,13 +9,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::Mode;
 use crate::config::{ConfigError, Validated};
+use crate::config::{Mode, RealtimeScope};
 use crate::firewall::routing::{RoutingError, TransparentRouting};
 use crate::firewall::table::{BaseTable, TableError};
 use crate::firewall::{FirewallError, Healing, NftFirewall};
 use crate::proxy::status::{self, StatusError};
 use crate::proxy::{self, InterfaceError, ProxyError, ProxySettings, Service, Shards};
+use crate::realtime;
 use crate::session::{Policy, PortAllocator, Topology};
 use crate::telemetry::Telemetry;
 
@@ -106,7 +107,12 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     // This thread is the first session thread; before anything is installed, so that a
     // refusal leaves nothing behind.
     let realtime = c.runtime.realtime_priority;
-    proxy::realtime::apply(realtime).map_err(DaemonError::Realtime)?;
+    let (thread_realtime, boost) = match c.runtime.realtime_scope {
+        RealtimeScope::Threads => (realtime, 0),
+        RealtimeScope::Pinholes => (0, realtime),
+    };
+    realtime::apply(thread_realtime).map_err(DaemonError::Realtime)?;
+    realtime::check(boost).map_err(DaemonError::Realtime)?;
     let upstream_source = match (c.wan_address, &c.wan_interface) {
         (Some(addr), _) => Some(addr),
         (None, Some(name)) => Some(proxy::first_address(name, false)?),
@@ -161,21 +167,24 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         let _ = table.remove();
         return Err(e.into());
     }
-    let firewall = match NftFirewall::start_with(&c.nftables.table, move || {
-        proxy::realtime::apply(realtime)
-    }) {
-        Ok(firewall) => Arc::new(Healing::new(firewall, table.clone())),
-        Err(e) => {
-            let _ = table.remove();
-            if let Some(routing) = routing {
-                routing.remove();
+    let firewall =
+        match NftFirewall::start_with(&c.nftables.table, move || realtime::apply(realtime)) {
+            Ok(firewall) => Arc::new(Healing::new(firewall, table.clone())),
+            Err(e) => {
+                let _ = table.remove();
+                if let Some(routing) = routing {
+                    routing.remove();
+                }
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
-    };
+        };
     let busy_poll = (c.runtime.busy_poll_us > 0)
         .then(|| std::time::Duration::from_micros(c.runtime.busy_poll_us));
-    let shards = match Shards::start(session_threads(c.runtime.workers), busy_poll, realtime) {
+    let shards = match Shards::start(
+        session_threads(c.runtime.workers),
+        busy_poll,
+        thread_realtime,
+    ) {
         Ok(shards) => shards,
         Err(e) => {
             firewall.retire();
@@ -186,7 +195,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
             return Err(DaemonError::Threads(e));
         }
     };
-    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy(&settings)));
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy(&settings, boost)));
     let proxy_settings = ProxySettings {
         max_sessions: c.limits.max_sessions,
         max_sessions_per_client: c.limits.max_sessions_per_client,
@@ -229,6 +238,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         session_threads = shards.spawner().threads(),
         busy_poll_us = c.runtime.busy_poll_us,
         realtime_priority = realtime,
+        realtime_scope = ?c.runtime.realtime_scope,
         status = ?c.status.socket,
         metrics = ?c.metrics.listen,
         "listening; table installed"
@@ -309,7 +319,9 @@ fn apply_reload(
     policy_tx: &watch::Sender<Arc<Policy>>,
     hooks: &Hooks,
 ) {
-    let _ = policy_tx.send(Arc::new(policy(new)));
+    // The real-time boost is read at start, like the rest of `runtime`.
+    let boost = policy_tx.borrow().realtime_boost;
+    let _ = policy_tx.send(Arc::new(policy(new, boost)));
     if old.config.log.level != new.config.log.level
         && let Err(e) = (hooks.set_log_level)(&new.config.log.level)
     {
@@ -364,7 +376,7 @@ fn apply_reload(
 }
 
 /// The per-session policy of a configuration.
-fn policy(settings: &Validated) -> Policy {
+fn policy(settings: &Validated, realtime_boost: u8) -> Policy {
     let c = &settings.config;
     Policy {
         pinhole_timeout: settings.pinhole_timeout(),
@@ -377,6 +389,7 @@ fn policy(settings: &Validated) -> Policy {
         mask_banner: c.commands.mask_banner,
         mask_syst: c.commands.mask_syst,
         tls: c.tls.auth,
+        realtime_boost,
     }
 }
 

@@ -22,6 +22,7 @@ pub mod ftp;
 pub mod generate;
 pub mod lab;
 pub mod proxy;
+pub mod realtime;
 pub mod session;
 pub mod telemetry;
 pub mod watch;

@@ -366,32 +366,34 @@ fn thread_policies(pid: i32) -> Vec<(String, u32)> {
         .collect()
 }
 
-#[test]
-fn realtime_priority_puts_the_session_and_firewall_threads_on_sched_fifo() {
-    require_lab!("vsftpd");
-    const SCHED_OTHER: u32 = 0;
-    const SCHED_FIFO: u32 = 1;
+const SCHED_OTHER: u32 = 0;
+const SCHED_FIFO: u32 = 1;
+
+/// Starts the daemon with `args`, checks each named thread's policy at rest, runs a PASV and
+/// a PORT transfer, and checks that every thread the daemon started itself runs normally.
+fn realtime_case(args: &[&str], expected: &[(&str, u32)]) {
     let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");
     let server = Vsftpd::start(&lab.server).expect("vsftpd");
     let content: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 251) as u8).collect();
     server.put_file("f.bin", &content).expect("file");
     let mut options = AlgOptions::new(alg_binary());
-    options.extra_args = ["--workers", "2", "--realtime-priority", "5"]
-        .map(String::from)
-        .to_vec();
+    options.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
     let alg = AlgDaemon::start(&lab.gateway, &options).expect("ftp-alg");
     let pid = daemon_pid(&lab.gateway);
-    let policies = thread_policies(pid);
-    for name in ["ftp-alg", "ftp-alg-s1", "ftp-alg-nft"] {
-        let policy = policies.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
-        assert_eq!(
-            policy,
-            Some(SCHED_FIFO),
-            "{name} should be SCHED_FIFO: {policies:?}"
-        );
-    }
+    let check = |when: &str| {
+        let policies = thread_policies(pid);
+        for (name, want) in expected {
+            let policy = policies.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
+            assert_eq!(
+                policy,
+                Some(*want),
+                "{when}: {name} should have policy {want}: {policies:?}"
+            );
+        }
+    };
+    check("at start");
     // Transfers of both modes work, and whatever the daemon starts runs normally.
-    let expected = content.clone();
+    let expected_data = content.clone();
     lab.client
         .run_in(move || -> Result<(), String> {
             let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
@@ -399,7 +401,7 @@ fn realtime_priority_puts_the_session_and_firewall_threads_on_sched_fifo() {
                 .map_err(|e| e.to_string())?;
             for mode in [DataMode::Pasv, DataMode::Port] {
                 let data = ftp.retr(mode, "f.bin").map_err(|e| e.to_string())?;
-                if data != expected {
+                if data != expected_data {
                     return Err(format!("{mode:?}: data differs"));
                 }
             }
@@ -407,6 +409,7 @@ fn realtime_priority_puts_the_session_and_firewall_threads_on_sched_fifo() {
         })
         .expect("client thread")
         .unwrap_or_else(|e| panic!("{e}\n{}", alg.output()));
+    check("after transfers");
     for (name, policy) in thread_policies(pid) {
         if !name.starts_with("ftp-alg") {
             assert_eq!(policy, SCHED_OTHER, "{name} inherited real-time scheduling");
@@ -417,7 +420,43 @@ fn realtime_priority_puts_the_session_and_firewall_threads_on_sched_fifo() {
 }
 
 #[test]
-fn realtime_priority_with_busy_polling_is_refused_at_start() {
+fn realtime_priority_with_thread_scope_puts_the_session_and_firewall_threads_on_sched_fifo() {
+    require_lab!("vsftpd");
+    realtime_case(
+        &[
+            "--workers",
+            "2",
+            "--realtime-priority",
+            "5",
+            "--realtime-scope",
+            "threads",
+        ],
+        &[
+            ("ftp-alg", SCHED_FIFO),
+            ("ftp-alg-s1", SCHED_FIFO),
+            ("ftp-alg-nft", SCHED_FIFO),
+        ],
+    );
+}
+
+/// The default scope: only the firewall thread is real-time all the time; a session thread
+/// is raised only while it installs a pinhole and releases the line that waited for it
+/// (`src/session/tests.rs` checks that span), so at rest and after transfers it is normal.
+#[test]
+fn realtime_priority_with_pinhole_scope_leaves_session_threads_normal_between_installs() {
+    require_lab!("vsftpd");
+    realtime_case(
+        &["--workers", "2", "--realtime-priority", "5"],
+        &[
+            ("ftp-alg", SCHED_OTHER),
+            ("ftp-alg-s1", SCHED_OTHER),
+            ("ftp-alg-nft", SCHED_FIFO),
+        ],
+    );
+}
+
+#[test]
+fn realtime_thread_scope_with_busy_polling_is_refused_at_start() {
     let out = std::process::Command::new(alg_binary())
         .args([
             "check",
@@ -427,6 +466,8 @@ fn realtime_priority_with_busy_polling_is_refused_at_start() {
             "192.0.2.1",
             "--realtime-priority",
             "10",
+            "--realtime-scope",
+            "threads",
             "--busy-poll-us",
             "100",
         ])

@@ -8,7 +8,7 @@ mod busy_poll;
 mod interfaces;
 mod limits;
 pub mod metrics;
-pub mod realtime;
+
 mod shards;
 pub mod status;
 

@@ -38,7 +38,7 @@ pub struct Spawner {
 impl Shards {
     /// `count` session threads in all: the current runtime and `count - 1` new ones (at
     /// least the current runtime), each busy-polling for `busy_poll` after traffic if set,
-    /// the new ones at real-time priority `realtime` if not 0 (see [`super::realtime`]; the
+    /// the new ones at real-time priority `realtime` if not 0 (see [`crate::realtime`]; the
     /// caller sets its own thread). Must be called inside a runtime.
     pub fn start(count: usize, busy_poll: Option<Duration>, realtime: u8) -> std::io::Result<Self> {
         let mut handles = vec![Handle::current()];
@@ -53,7 +53,7 @@ impl Shards {
             let thread = std::thread::Builder::new()
                 .name(format!("ftp-alg-s{index}"))
                 .spawn(move || {
-                    let setup = super::realtime::apply(realtime);
+                    let setup = crate::realtime::apply(realtime);
                     let ok = setup.is_ok();
                     let _ = ready_tx.send(setup);
                     if ok {

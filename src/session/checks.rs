@@ -39,6 +39,7 @@ pub fn check_session(data: &[u8]) -> usize {
         mask_banner: data.first().is_some_and(|b| b & 1 == 1),
         mask_syst: true,
         tls: TlsPolicy::Passthrough,
+        realtime_boost: 0,
     };
     let firewall = Arc::new(FakeFirewall::default());
     let fake = firewall.clone();

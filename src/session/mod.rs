@@ -26,6 +26,7 @@ use crate::ftp::{
     self, Command, EpsvArg, FrameError, Line, LineFramer, Reply, ReplyAssembler, ReplyEvent,
     Terminator,
 };
+use crate::realtime::Boost;
 use crate::telemetry::SessionEntry;
 
 pub use ports::PortAllocator;
@@ -55,6 +56,10 @@ pub struct Policy {
     pub mask_syst: bool,
     /// What to do with AUTH TLS/SSL.
     pub tls: TlsPolicy,
+    /// `SCHED_FIFO` priority the session's thread takes from a pinhole request until the
+    /// PORT/227 that waited for it is released (`runtime.realtime_scope = "pinholes"`); 0 =
+    /// off.
+    pub realtime_boost: u8,
 }
 
 impl Policy {
@@ -136,6 +141,8 @@ pub struct Session<F> {
     last_line: tokio::time::Instant,
     /// Whether the client has sent a complete line yet.
     client_spoke: bool,
+    /// Real-time while a pinhole is installed and its line released (see [`Policy`]).
+    boost: Option<Boost>,
 }
 
 /// A pinhole this session opened, and the port lease it holds.
@@ -175,6 +182,7 @@ impl<F: Firewall> Session<F> {
             transfer_running: false,
             masking: None,
             pinholes: Vec::new(),
+            boost: None,
         }
     }
 
@@ -325,6 +333,8 @@ impl<F: Firewall> Session<F> {
                     return Stop::Ended(Ending::IdleTimeout);
                 }
             };
+            // Whatever the lines handled, no boost outlives them.
+            self.boost = None;
             if let Err(e) = result {
                 debug!(error = %e, "control connection write failed");
                 return Stop::Ended(if client_open {
@@ -390,6 +400,8 @@ impl<F: Firewall> Session<F> {
                     client_w.write_all(&reply).await?;
                 }
             }
+            // The PORT/EPRT that waited for its pinhole is out.
+            self.boost = None;
         }
         Ok(())
     }
@@ -571,6 +583,8 @@ impl<F: Firewall> Session<F> {
                     let expected = self.track_reply(reply.code());
                     let bytes = self.on_passive_reply(&reply, expected).await;
                     client_w.write_all(&bytes).await?;
+                    // The 227/229 that waited for its pinhole is out.
+                    self.boost = None;
                 }
             }
             if !self.transfer_running {
@@ -763,6 +777,14 @@ impl<F: Firewall> Session<F> {
     /// Opens the plan's pinhole; on failure its lease is returned.
     async fn open(&mut self, plan: DataPlan) -> Result<(), Refusal> {
         let started = Instant::now();
+        // Real-time from here until the line that waits for this pinhole is released (the
+        // boost's own system calls count in the install latency).
+        if self.policy.realtime_boost > 0 && self.boost.is_none() {
+            match Boost::start(self.policy.realtime_boost) {
+                Ok(boost) => self.boost = Some(boost),
+                Err(e) => debug!(error = %e, "pinhole install without a real-time boost"),
+            }
+        }
         match self
             .firewall
             .open(plan.pinhole, self.policy.pinhole_timeout)

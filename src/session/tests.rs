@@ -35,6 +35,7 @@ fn policy() -> Policy {
         mask_banner: false,
         mask_syst: false,
         tls: TlsPolicy::Refuse,
+        realtime_boost: 0,
     }
 }
 
@@ -194,6 +195,50 @@ async fn reply_is_released_only_after_the_kernel_acknowledged_the_pinhole() {
         "227 ok (203,0,113,2,117,48)\r\n"
     );
     assert_eq!(h.firewall.live().len(), 1);
+}
+
+/// The calling thread's scheduling policy.
+fn thread_policy() -> libc::c_int {
+    // SAFETY: pid 0 is the calling thread.
+    unsafe { libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK }
+}
+
+#[tokio::test]
+async fn a_real_time_boost_spans_the_install_and_the_release_of_the_waiting_line() {
+    if crate::realtime::check(5).is_err() {
+        return; // unprivileged run: the daemon refuses to start instead (tests/operations.rs)
+    }
+    let normal = thread_policy();
+    assert_eq!(normal, libc::SCHED_OTHER);
+    let firewall = FakeFirewall::default();
+    firewall.set_open_delay(Duration::from_millis(200));
+    let mut h = start_with(
+        Policy {
+            realtime_boost: 5,
+            ..policy()
+        },
+        firewall,
+    );
+    h.greet().await;
+    assert_eq!(thread_policy(), normal, "relaying is not boosted");
+    // Passive: from the 227's pinhole request until the 227 is out.
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 ok (203,0,113,2,117,48)\r\n").await;
+    assert_silent(&mut h.client).await;
+    assert_eq!(thread_policy(), libc::SCHED_FIFO, "installing the pinhole");
+    assert_eq!(
+        read_line(&mut h.client).await,
+        "227 ok (203,0,113,2,117,48)\r\n"
+    );
+    assert_eq!(thread_policy(), normal, "the 227 is out");
+    // Active: from the PORT's pinhole request until the rewritten PORT is out.
+    h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
+    assert_silent(&mut h.server).await;
+    assert_eq!(thread_policy(), libc::SCHED_FIFO, "installing the pinhole");
+    let port = read_line(&mut h.server).await;
+    assert!(port.starts_with("PORT 203,0,113,1,"), "{port}");
+    assert_eq!(thread_policy(), normal, "the PORT is out");
 }
 
 #[tokio::test]

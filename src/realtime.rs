@@ -1,0 +1,186 @@
+//! Opt-in real-time scheduling of the pinhole path (`runtime.realtime_priority`).
+//!
+//! On a gateway whose CPUs are busy, the normal scheduler preempts a session thread wherever
+//! it is, also in the middle of a pinhole install (a netlink transaction of a few µs), and
+//! the install then takes as long as the preemption: with 32 busy sessions on this 2-CPU
+//! lab box most of the install p99 tail was preemption (see BENCHMARKS.md). `SCHED_FIFO`
+//! threads are not preempted by normal ones. The same trade as keepalived's
+//! `vrrp_rt_priority` or chrony's `-P`: the daemon's bursts come first, the rest of the box
+//! waits a few µs longer.
+//!
+//! Only the threads that ask for it run real-time: each sets its own policy
+//! (`sched_setscheduler` on the calling thread) with `SCHED_RESET_ON_FORK`, so that threads
+//! and processes it starts (tokio's blocking pool, `nft`) run normally.
+//!
+//! Two scopes (`runtime.realtime_scope`): `threads` keeps the session threads real-time all
+//! the time ([`apply`]), which also puts every relayed message ahead of the box's other
+//! processes; `pinholes` (the default) raises a session thread only for the span of a
+//! [`Boost`], from its pinhole request to the release of the PORT/227 that waited for it.
+//! The firewall thread, which does nothing but pinhole work, is real-time in both.
+
+/// Why the policy could not be set, with what to do about it.
+fn explain(priority: u8, error: &std::io::Error) -> std::io::Error {
+    let hint = match error.raw_os_error() {
+        Some(libc::EPERM) => {
+            "needs CAP_SYS_NICE and, under the shipped systemd unit, a drop-in with \
+             RestrictRealtime=no and SystemCallFilter=sched_setscheduler (see the comment in \
+             ftp-alg.service); in a cgroup with the cpu controller, a real-time budget \
+             (cpu.rt_runtime_us); or set runtime.realtime_priority = 0"
+        }
+        _ => "set runtime.realtime_priority = 0 to run without it",
+    };
+    std::io::Error::new(
+        error.kind(),
+        format!("cannot switch to SCHED_FIFO priority {priority}: {error}; {hint}"),
+    )
+}
+
+/// Makes the calling thread real-time at `priority` (1-99); `0` does nothing.
+pub fn apply(priority: u8) -> std::io::Result<()> {
+    if priority == 0 {
+        return Ok(());
+    }
+    set(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, priority).map_err(|e| explain(priority, &e))
+}
+
+/// Checks that the calling thread may use `priority` (1-99) for [`Boost`]s, leaving its
+/// policy as it was; `0` does nothing. The daemon asks before it installs anything.
+pub fn check(priority: u8) -> std::io::Result<()> {
+    if priority == 0 {
+        return Ok(());
+    }
+    Boost::start(priority)
+        .map(drop)
+        .map_err(|e| explain(priority, &e))
+}
+
+/// The calling thread at `SCHED_FIFO` `priority` until this is dropped, then back to the
+/// normal policy it had (its nice value kept): the span of one pinhole install and the
+/// release of the reply that waited for it. Three system calls (read the policy, raise,
+/// restore), about a µs each.
+#[derive(Debug)]
+pub struct Boost {
+    previous: libc::c_int,
+}
+
+impl Boost {
+    /// Raises the calling thread. A thread that is real-time already (`realtime_scope =
+    /// "threads"`, or started so) is left alone: the error says so.
+    pub fn start(priority: u8) -> std::io::Result<Self> {
+        // SAFETY: pid 0 is the calling thread.
+        let previous = unsafe { libc::sched_getscheduler(0) };
+        if previous < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let previous = previous & !libc::SCHED_RESET_ON_FORK;
+        if previous == libc::SCHED_FIFO || previous == libc::SCHED_RR {
+            return Err(std::io::Error::other("the thread is real-time already"));
+        }
+        set(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, priority)?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for Boost {
+    fn drop(&mut self) {
+        // Back to the normal class; fails only if the thread is gone, which it cannot be.
+        let _ = set(self.previous, 0);
+    }
+}
+
+/// `sched_setscheduler` on the calling thread.
+fn set(policy: libc::c_int, priority: u8) -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: libc::c_int::from(priority),
+    };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &raw const param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The calling thread's scheduling policy (without the reset-on-fork flag).
+#[cfg(test)]
+fn policy() -> libc::c_int {
+    // SAFETY: pid 0 is the calling thread.
+    unsafe { libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_boost_lasts_until_dropped_and_restores_the_normal_policy() {
+        std::thread::spawn(|| {
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            match check(5) {
+                Ok(()) => {}
+                Err(e) => {
+                    let text = e.to_string();
+                    assert!(text.contains("CAP_SYS_NICE"), "{text}");
+                    return;
+                }
+            }
+            assert_eq!(
+                policy(),
+                libc::SCHED_OTHER,
+                "check leaves the thread as it was"
+            );
+            let boost = Boost::start(5).expect("privileged, as check said");
+            assert_eq!(policy(), libc::SCHED_FIFO);
+            let child = std::thread::spawn(policy).join().expect("child thread");
+            assert_eq!(child, libc::SCHED_OTHER, "reset on fork");
+            drop(boost);
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            // A real-time thread is not boosted (and so not demoted at the end).
+            apply(5).expect("privileged");
+            assert!(Boost::start(7).is_err());
+            assert_eq!(policy(), libc::SCHED_FIFO);
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn zero_leaves_the_thread_alone() {
+        std::thread::spawn(|| {
+            let before = policy();
+            apply(0).expect("no-op");
+            assert_eq!(policy(), before);
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn a_priority_makes_only_this_thread_real_time_and_not_its_children() {
+        std::thread::spawn(|| {
+            match apply(5) {
+                Ok(()) => {}
+                // Unprivileged test run: the error must say what is missing.
+                Err(e) => {
+                    let text = e.to_string();
+                    assert!(text.contains("CAP_SYS_NICE"), "{text}");
+                    return;
+                }
+            }
+            assert_eq!(policy(), libc::SCHED_FIFO);
+            let child = std::thread::spawn(policy).join().expect("child thread");
+            assert_eq!(child, libc::SCHED_OTHER, "reset on fork");
+            let out = std::process::Command::new("chrt")
+                .args(["-p", &std::process::id().to_string()])
+                .output();
+            // The process's main thread was never touched.
+            if let Ok(out) = out {
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(text.contains("SCHED_OTHER"), "{text}");
+            }
+        })
+        .join()
+        .expect("thread");
+    }
+}
