@@ -778,7 +778,9 @@ impl<F: Firewall> Session<F> {
     async fn open(&mut self, plan: DataPlan) -> Result<(), Refusal> {
         let started = Instant::now();
         // Real-time from here until the line that waits for this pinhole is released (the
-        // boost's own system calls count in the install latency).
+        // boost's own system calls count in the install latency). The boost is the thread's:
+        // in the rare case that the install has to queue for the firewall thread (every
+        // netlink socket busy), the thread's other sessions run raised until it is answered.
         if self.policy.realtime_boost > 0 && self.boost.is_none() {
             match Boost::start(self.policy.realtime_boost) {
                 Ok(boost) => self.boost = Some(boost),
