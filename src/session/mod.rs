@@ -784,7 +784,21 @@ impl<F: Firewall> Session<F> {
         if self.policy.realtime_boost > 0 && self.boost.is_none() {
             match Boost::start(self.policy.realtime_boost) {
                 Ok(boost) => self.boost = Some(boost),
-                Err(e) => debug!(error = %e, "pinhole install without a real-time boost"),
+                Err(e) => {
+                    // Checked at start, so this means the privilege went away (a cgroup
+                    // without a real-time budget, a changed policy): say it once, loudly.
+                    static WARNED: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        debug!(error = %e, "pinhole install without a real-time boost");
+                    } else {
+                        warn!(
+                            error = %e,
+                            "runtime.realtime_priority: cannot raise this session's thread for its \
+                             pinhole install; installs run at normal priority (logged once)"
+                        );
+                    }
+                }
             }
         }
         match self
