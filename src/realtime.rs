@@ -21,13 +21,14 @@
 /// Why the policy could not be set, with what to do about it.
 fn explain(priority: u8, error: &std::io::Error) -> std::io::Error {
     let hint = match error.raw_os_error() {
-        Some(libc::EPERM) => {
-            "needs CAP_SYS_NICE and, under the shipped systemd unit, a drop-in with \
+        Some(libc::EPERM) => format!(
+            "needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at least {priority} (systemd: \
+             LimitRTPRIO={priority}) and, under the shipped systemd unit, a drop-in with \
              RestrictRealtime=no and SystemCallFilter=sched_setscheduler (see the comment in \
              ftp-alg.service); in a cgroup with the cpu controller, a real-time budget \
              (cpu.rt_runtime_us); or set runtime.realtime_priority = 0"
-        }
-        _ => "set runtime.realtime_priority = 0 to run without it",
+        ),
+        _ => "set runtime.realtime_priority = 0 to run without it".to_owned(),
     };
     std::io::Error::new(
         error.kind(),
@@ -83,8 +84,10 @@ impl Boost {
 
 impl Drop for Boost {
     fn drop(&mut self) {
-        // Back to the normal class; fails only if the thread is gone, which it cannot be.
-        let _ = set(self.previous, 0);
+        // Back to the normal class. Keeping the reset-on-fork flag: without CAP_SYS_NICE (real
+        // time by RLIMIT_RTPRIO, e.g. systemd's LimitRTPRIO=) the kernel refuses to clear it,
+        // and the whole call with it, which would leave the thread real-time.
+        let _ = set(self.previous | libc::SCHED_RESET_ON_FORK, 0);
     }
 }
 
@@ -113,6 +116,42 @@ fn policy() -> libc::c_int {
 mod tests {
     use super::*;
 
+    /// Drops CAP_SYS_NICE from the calling thread's effective set (capabilities are per
+    /// thread; the process's other threads keep theirs).
+    fn drop_sys_nice() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const VERSION_3: u32 = 0x2008_0522;
+        const CAP_SYS_NICE: u32 = 23;
+        let mut header = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let mut data = [Data::default(); 2];
+        // SAFETY: capget/capset with a v3 header and two data words, as the ABI asks.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()),
+                0
+            );
+            data[0].effective &= !(1 << CAP_SYS_NICE);
+            assert_eq!(
+                libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()),
+                0
+            );
+        }
+    }
+
     #[test]
     fn a_boost_lasts_until_dropped_and_restores_the_normal_policy() {
         std::thread::spawn(|| {
@@ -137,9 +176,22 @@ mod tests {
             drop(boost);
             assert_eq!(policy(), libc::SCHED_OTHER);
             // A real-time thread is not boosted (and so not demoted at the end).
-            apply(5).expect("privileged");
-            assert!(Boost::start(7).is_err());
-            assert_eq!(policy(), libc::SCHED_FIFO);
+            std::thread::spawn(|| {
+                apply(5).expect("privileged");
+                assert!(Boost::start(7).is_err());
+                assert_eq!(policy(), libc::SCHED_FIFO);
+            })
+            .join()
+            .expect("real-time thread");
+            // The same without CAP_SYS_NICE (as under LimitRTPRIO=): still back to normal.
+            let boost = Boost::start(5).expect("privileged");
+            drop_sys_nice();
+            drop(boost);
+            assert_eq!(
+                policy(),
+                libc::SCHED_OTHER,
+                "restored without the capability"
+            );
         })
         .join()
         .expect("thread");
