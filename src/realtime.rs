@@ -44,14 +44,16 @@ pub fn apply(priority: u8) -> std::io::Result<()> {
     set(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, priority).map_err(|e| explain(priority, &e))
 }
 
-/// Checks that the calling thread may use `priority` (1-99) for [`Boost`]s, leaving its
-/// policy as it was; `0` does nothing. The daemon asks before it installs anything.
+/// Checks that the process may use `priority` (1-99) for [`Boost`]s; `0` does nothing. The
+/// daemon asks before it installs anything. The trial runs on a thread of its own, so that
+/// no thread of the daemon is left with anything of it.
 pub fn check(priority: u8) -> std::io::Result<()> {
     if priority == 0 {
         return Ok(());
     }
-    Boost::start(priority)
-        .map(drop)
+    std::thread::spawn(move || Boost::start(priority).map(drop))
+        .join()
+        .map_err(|_| std::io::Error::other("the real-time trial thread panicked"))?
         .map_err(|e| explain(priority, &e))
 }
 
@@ -82,11 +84,22 @@ impl Boost {
     }
 }
 
+thread_local! {
+    /// Set once the kernel refused to clear this thread's reset-on-fork flag.
+    static KEEPS_RESET_ON_FORK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Drop for Boost {
     fn drop(&mut self) {
-        // Back to the normal class. Keeping the reset-on-fork flag: without CAP_SYS_NICE (real
-        // time by RLIMIT_RTPRIO, e.g. systemd's LimitRTPRIO=) the kernel refuses to clear it,
-        // and the whole call with it, which would leave the thread real-time.
+        // Back to the normal class, and without the reset-on-fork flag so that threads this
+        // one starts later inherit its nice value again. Only CAP_SYS_NICE may clear that
+        // flag: real time by RLIMIT_RTPRIO (systemd's LimitRTPRIO=) gets EPERM for the whole
+        // call, so the thread then returns to normal with the flag kept (from then on
+        // directly), rather than stay real-time.
+        if !KEEPS_RESET_ON_FORK.get() && set(self.previous, 0).is_ok() {
+            return;
+        }
+        KEEPS_RESET_ON_FORK.set(true);
         let _ = set(self.previous | libc::SCHED_RESET_ON_FORK, 0);
     }
 }
@@ -175,6 +188,13 @@ mod tests {
             assert_eq!(child, libc::SCHED_OTHER, "reset on fork");
             drop(boost);
             assert_eq!(policy(), libc::SCHED_OTHER);
+            // SAFETY: pid 0 is the calling thread.
+            let raw = unsafe { libc::sched_getscheduler(0) };
+            assert_eq!(
+                raw & libc::SCHED_RESET_ON_FORK,
+                0,
+                "flag cleared when privileged"
+            );
             // A real-time thread is not boosted (and so not demoted at the end).
             std::thread::spawn(|| {
                 apply(5).expect("privileged");
