@@ -25,4 +25,6 @@ pub mod proxy;
 pub mod realtime;
 pub mod session;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod watch;

@@ -129,53 +129,26 @@ fn policy() -> libc::c_int {
 mod tests {
     use super::*;
 
-    /// Drops CAP_SYS_NICE from the calling thread's effective set (capabilities are per
-    /// thread; the process's other threads keep theirs).
+    /// Drops CAP_SYS_NICE (23) from the calling thread's effective set.
     fn drop_sys_nice() {
-        #[repr(C)]
-        struct Header {
-            version: u32,
-            pid: i32,
-        }
-        #[repr(C)]
-        #[derive(Clone, Copy, Default)]
-        struct Data {
-            effective: u32,
-            permitted: u32,
-            inheritable: u32,
-        }
-        const VERSION_3: u32 = 0x2008_0522;
-        const CAP_SYS_NICE: u32 = 23;
-        let mut header = Header {
-            version: VERSION_3,
-            pid: 0,
-        };
-        let mut data = [Data::default(); 2];
-        // SAFETY: capget/capset with a v3 header and two data words, as the ABI asks.
-        unsafe {
-            assert_eq!(
-                libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()),
-                0
-            );
-            data[0].effective &= !(1 << CAP_SYS_NICE);
-            assert_eq!(
-                libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()),
-                0
-            );
-        }
+        crate::testing::drop_capability(23).expect("capset on this thread");
+    }
+
+    /// `Ok` when `result` says the process may use real time; on an unprivileged run, checks
+    /// that the error says what is missing and returns `Err` (the test then has nothing to do).
+    fn privileged(result: std::io::Result<()>) -> Result<(), ()> {
+        result.map_err(|e| {
+            let text = e.to_string();
+            assert!(text.contains("CAP_SYS_NICE"), "{text}");
+        })
     }
 
     #[test]
     fn a_boost_lasts_until_dropped_and_restores_the_normal_policy() {
         std::thread::spawn(|| {
             assert_eq!(policy(), libc::SCHED_OTHER);
-            match check(5) {
-                Ok(()) => {}
-                Err(e) => {
-                    let text = e.to_string();
-                    assert!(text.contains("CAP_SYS_NICE"), "{text}");
-                    return;
-                }
+            if privileged(check(5)).is_err() {
+                return;
             }
             assert_eq!(
                 policy(),
@@ -231,14 +204,8 @@ mod tests {
     #[test]
     fn a_priority_makes_only_this_thread_real_time_and_not_its_children() {
         std::thread::spawn(|| {
-            match apply(5) {
-                Ok(()) => {}
-                // Unprivileged test run: the error must say what is missing.
-                Err(e) => {
-                    let text = e.to_string();
-                    assert!(text.contains("CAP_SYS_NICE"), "{text}");
-                    return;
-                }
+            if privileged(apply(5)).is_err() {
+                return;
             }
             assert_eq!(policy(), libc::SCHED_FIFO);
             let child = std::thread::spawn(policy).join().expect("child thread");

@@ -1024,38 +1024,9 @@ fn close_falls_back_to_delete_on_a_kernel_without_destroy() {
     }
 }
 
-/// Drops CAP_NET_ADMIN from this thread's effective set (capabilities are per thread).
+/// Drops CAP_NET_ADMIN (12) from this thread's effective set.
 fn drop_net_admin() -> std::io::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    const CAP_NET_ADMIN: u32 = 12;
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget/capset with a v3 header and the two data structs v3 expects.
-    unsafe {
-        if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        data[0].effective &= !(1 << CAP_NET_ADMIN);
-        if libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    crate::testing::drop_capability(12)
 }
 
 #[test]
