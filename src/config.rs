@@ -162,7 +162,8 @@ pub struct RuntimeConfig {
     /// Real-time priority (`SCHED_FIFO`, 1-99) for the pinhole path (see `realtime_scope`);
     /// `0` (the default) leaves every thread to the normal scheduler. On a gateway whose CPUs
     /// are busy, it keeps other processes from preempting a session in the middle of a
-    /// pinhole install (the install p99 tail). Needs `CAP_SYS_NICE`. Read at start.
+    /// pinhole install (the install p99 tail). Needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` of
+    /// at least the priority (systemd: `LimitRTPRIO=`). Read at start.
     pub realtime_priority: u8,
     /// What runs real-time when `realtime_priority` is set: `pinholes` (the default: a
     /// session thread from its pinhole request to the release of the reply that waited for
