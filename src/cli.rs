@@ -208,7 +208,8 @@ pub struct Overrides {
     /// Conntrack mark on admitted data connections [config: nftables.ct_mark].
     #[arg(long, value_name = "MARK", value_parser = parse_mark)]
     pub ct_mark: Option<u32>,
-    /// Pinhole sets' garbage-collection interval in ms [config: nftables.gc_interval_ms].
+    /// Garbage-collection interval of the `_hot` pinhole sets (keys reused within 3 s), in ms
+    /// [config: nftables.gc_interval_ms].
     #[arg(long, value_name = "MS")]
     pub gc_interval_ms: Option<u32>,
     /// Status socket path [config: status.socket].

@@ -286,3 +286,68 @@ fn back_to_back_active_transfers_close_cleanly_without_retransmission_stalls() {
     assert_pinholes_drained(&lab, &alg);
     assert_clean_shutdown(&lab, alg);
 }
+
+/// A server with a small passive range hands the same few ports to one client over and over.
+/// Each transfer's pinhole is consumed by its SYN, which leaves a dead copy of the key in the
+/// kernel's set until that set's garbage collector runs; piled up on a hash chain, the copies
+/// make the kernel refuse adds (EBUSY, a ~10 ms aborted transaction). The daemon puts a key
+/// that was in a main pinhole set less than 3 s ago into the set's `_hot` twin, collected
+/// every 20 ms (the main sets every second). Here: every one of 600 back-to-back PASV
+/// transfers over five server ports is admitted exactly once, and a pinhole for a port used
+/// a moment ago sits in the twin, not in the main set.
+#[test]
+fn passive_ports_reused_within_seconds_go_to_the_hot_twin_and_every_transfer_is_admitted() {
+    require_lab!("vsftpd");
+    const TRANSFERS: usize = 600;
+    let lab = strict_lab();
+    let server = Vsftpd::start_with(
+        &lab.server,
+        &ftp_alg::lab::VsftpdOptions {
+            pasv_ports: Some((30000, 30004)),
+            ..Default::default()
+        },
+    )
+    .expect("vsftpd");
+    let payload: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
+    server.put_file("one-k.bin", &payload).expect("file");
+    let alg = start_alg(&lab, &[]);
+    let expected = payload.clone();
+    let (mut ftp, pending) = lab
+        .client
+        .run_in(move || -> Result<(RawFtp, SocketAddrV4), String> {
+            let mut ftp = RawFtp::connect(server_addr(21)).map_err(|e| e.to_string())?;
+            ftp.login(FTP_USER, FTP_PASSWORD)
+                .map_err(|e| e.to_string())?;
+            for i in 0..TRANSFERS {
+                let got = ftp
+                    .retr(DataMode::Pasv, "one-k.bin")
+                    .map_err(|e| format!("transfer {i}: {e}\n{}", ftp.transcript()))?;
+                if got != expected {
+                    return Err(format!("transfer {i}: content differs"));
+                }
+            }
+            // One more PASV, left unused: its pinhole shows where a reused key goes.
+            let reply = ftp.command("PASV").map_err(|e| e.to_string())?;
+            let pending = parse_227(&reply.text).ok_or(format!("no 227: {}", reply.text))?;
+            Ok((ftp, pending))
+        })
+        .expect("client thread")
+        .unwrap_or_else(|e| panic!("{e}\n{}", alg.output()));
+    let list = |set: &str| nft::list_json(&lab.gateway, "set", nft::ALG_TABLE, set).expect("list");
+    let element = format!("\"{SERVER_IP}\", {}]", pending.port());
+    let (main, hot) = (list("passive_pin"), list("passive_pin_hot"));
+    assert!(
+        hot.contains(&element) && !main.contains(&element),
+        "the pending pinhole of a port used a moment ago is not in the twin:\n{main}\n{hot}"
+    );
+    assert_eq!(
+        counter(&lab, false, nft::ALG_TABLE, "passive_admitted"),
+        TRANSFERS as u64,
+        "every transfer's SYN consumed its own pinhole"
+    );
+    let _ = ftp.command("QUIT");
+    drop(ftp);
+    drop(server);
+    assert_pinholes_drained(&lab, &alg);
+    assert_clean_shutdown(&lab, alg);
+}

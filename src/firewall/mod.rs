@@ -52,6 +52,9 @@ pub enum Direction {
 ///   after DNAT, consumed by the first connection);
 /// - `snat`: `from . to : snat` in map `snat_to(6)`.
 ///
+/// A set a rule consumes (`dnat_once`, `active_pin`, `passive_pin`) has a `_hot` twin that
+/// takes a key the backend put in the main set less than 3 s ago (see `netlink/owners.rs`).
+///
 /// All addresses must be of one family (IPv4-mapped IPv6 addresses count as IPv4: they are
 /// stored in the IPv4 sets, which is where such packets are seen).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -51,6 +51,8 @@ use tracing::{debug, info, warn};
 use super::{Direction, Firewall, FirewallError, Pinhole};
 
 mod owners;
+#[cfg(test)]
+pub(crate) use owners::{COLD_GC_INTERVAL, hot_twin};
 use owners::{Hold, Owners, Removal};
 
 /// Most requests (pinholes) sent in one nf_tables transaction. An active-mode pinhole is
@@ -386,11 +388,11 @@ impl NftFirewall {
         &self,
         kind: Kind,
         pinhole: Pinhole,
-        elements: Vec<Element>,
+        mut elements: Vec<Element>,
     ) -> Result<(), FirewallError> {
         match kind {
             Kind::Add { .. } => {
-                let hold = Hold::take(&self.inner.owners, &elements).await;
+                let hold = Hold::take(&self.inner.owners, &mut elements).await;
                 let result = self.run_request(kind, pinhole, elements, None).await;
                 if result.is_ok() {
                     hold.keep();

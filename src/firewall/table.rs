@@ -196,4 +196,29 @@ mod tests {
         assert!(text.contains("ct mark set 0x2121"));
         assert_eq!(text.matches("gc-interval 1500ms").count(), 6, "{text}");
     }
+
+    #[test]
+    fn every_consumed_set_has_a_hot_twin_and_the_main_sets_collect_as_the_owners_assume() {
+        use crate::firewall::netlink::{COLD_GC_INTERVAL, hot_twin};
+        let text = table().render();
+        let main = format!("gc-interval {}s", COLD_GC_INTERVAL.as_secs());
+        assert_eq!(text.matches(main.as_str()).count(), 6, "{text}");
+        for set in [
+            "passive_pin",
+            "passive_pin6",
+            "active_pin",
+            "active_pin6",
+            "dnat_once",
+            "dnat_once6",
+        ] {
+            let twin = hot_twin(set).expect("a consumed set has a twin");
+            assert!(text.contains(&format!("set {twin} {{")), "{twin} missing");
+            // The twin's rule consumes it the same way as the main set's.
+            assert!(
+                text.contains(&format!("@{twin} delete @{twin} {{")),
+                "no rule consumes {twin}"
+            );
+            assert!(text.contains(&format!("@{set} delete @{set} {{")));
+        }
+    }
 }

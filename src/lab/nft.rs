@@ -7,16 +7,23 @@ use super::netns::Netns;
 pub const ALG_TABLE: &str = "ftp_alg";
 
 /// The pinhole sets and maps of the ALG's table that must be empty once sessions ended:
-/// `(kind, name)` with kind `"set"` or `"map"`.
-pub const ALG_PINHOLE_OBJECTS: [(&str, &str); 10] = [
+/// `(kind, name)` with kind `"set"` or `"map"` (the `_hot` sets take the keys reused within
+/// seconds; see `rules/ftp-alg.nft`).
+pub const ALG_PINHOLE_OBJECTS: [(&str, &str); 16] = [
     ("set", "passive_pin"),
+    ("set", "passive_pin_hot"),
     ("set", "active_pin"),
+    ("set", "active_pin_hot"),
     ("set", "dnat_once"),
+    ("set", "dnat_once_hot"),
     ("map", "dnat_to"),
     ("map", "snat_to"),
     ("set", "passive_pin6"),
+    ("set", "passive_pin6_hot"),
     ("set", "active_pin6"),
+    ("set", "active_pin6_hot"),
     ("set", "dnat_once6"),
+    ("set", "dnat_once6_hot"),
     ("map", "dnat_to6"),
     ("map", "snat_to6"),
 ];

@@ -13,9 +13,19 @@
 //! removed, and an add of it waits until the kernel has answered that removal ([`Removal`]
 //! says so when its request is dropped, whatever became of it). The map's lock is never held
 //! across a system call.
+//!
+//! Placement: each set a rule consumes has a twin for keys that come back within seconds (see
+//! [`hot_twin`]). A rule's `delete @set` only marks an element dead; it stays on its hash chain
+//! until the set's garbage collector runs. A key that is added again before that lengthens
+//! the chain by one dead copy each time, and long chains make the kernel refuse adds (EBUSY).
+//! The main sets collect every [`COLD_GC_INTERVAL`], which keeps the collector's walk cheap with
+//! many live pinholes; a key that was in a main set less than [`HOT_WINDOW`] ago goes to the
+//! twin, which collects every `nftables.gc_interval_ms` and stays small. So a main set holds at
+//! most one or two dead copies of a key, and the twin only the keys reused right now.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -23,10 +33,35 @@ use super::Element;
 
 type Id = (&'static str, Vec<u8>);
 
+/// The main pinhole sets' garbage-collection interval (the kernel's default for sets), as the
+/// rules file declares it: `gc-interval 1s`.
+pub(crate) const COLD_GC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long after a key was last in a main set its next add goes to the twin instead: three
+/// collection intervals, so the dead copy a consumed element leaves has surely been collected
+/// (the collector's timer is deferrable and may run late on a busy CPU).
+pub(super) const HOT_WINDOW: Duration = Duration::from_secs(3 * COLD_GC_INTERVAL.as_secs());
+
+/// The twin of a set that a rule consumes, for keys reused within [`HOT_WINDOW`]; `None` for
+/// the maps and sets the daemon alone removes from (their removals unlink at once).
+pub(crate) fn hot_twin(set: &str) -> Option<&'static str> {
+    Some(match set {
+        "passive_pin" => "passive_pin_hot",
+        "passive_pin6" => "passive_pin6_hot",
+        "active_pin" => "active_pin_hot",
+        "active_pin6" => "active_pin6_hot",
+        "dnat_once" => "dnat_once_hot",
+        "dnat_once6" => "dnat_once6_hot",
+        _ => return None,
+    })
+}
+
 #[derive(Debug, Default)]
 struct Holders {
     /// Open pinholes that hold the element.
     count: u32,
+    /// Whether the element is (or, for a removal in flight, was) in its set's hot twin.
+    hot: bool,
     /// Removals of the element sent (or about to be) and not yet answered.
     removing: u32,
     /// Adds waiting for those removals.
@@ -34,35 +69,103 @@ struct Holders {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct Owners {
-    map: Mutex<HashMap<Id, Holders>>,
+struct State {
+    holders: HashMap<Id, Holders>,
+    /// When each key of a set with a twin was last in the main set (added, or released while
+    /// there), for [`HOT_WINDOW`]; entries older than that are pruned.
+    in_main: HashMap<Id, Instant>,
+    /// `in_main`'s entries in the order they were stamped, for pruning.
+    stamps: VecDeque<(Instant, Id)>,
 }
 
+impl State {
+    /// Stamps `id` as in its main set now, and forgets stamps older than [`HOT_WINDOW`].
+    fn stamp_main(&mut self, id: &Id, now: Instant) {
+        while let Some((at, _)) = self.stamps.front() {
+            if now.duration_since(*at) < HOT_WINDOW {
+                break;
+            }
+            if let Some((at, old)) = self.stamps.pop_front()
+                && self.in_main.get(&old) == Some(&at)
+            {
+                self.in_main.remove(&old);
+            }
+        }
+        self.in_main.insert(id.clone(), now);
+        self.stamps.push_back((now, id.clone()));
+    }
+
+    /// Whether `id` was in its main set less than [`HOT_WINDOW`] ago.
+    fn recently_in_main(&self, id: &Id, now: Instant) -> bool {
+        self.in_main
+            .get(id)
+            .is_some_and(|at| now.duration_since(*at) < HOT_WINDOW)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Owners {
+    state: Mutex<State>,
+}
+
+/// An element's identity before placement: its main set and key.
 fn id(element: &Element) -> Id {
     (element.set, element.key.clone())
 }
 
+/// An element's identity after placement (its set may be a twin): its main set and key.
+fn main_id(element: &Element) -> Id {
+    let main = match element.set {
+        "passive_pin_hot" => "passive_pin",
+        "passive_pin6_hot" => "passive_pin6",
+        "active_pin_hot" => "active_pin",
+        "active_pin6_hot" => "active_pin6",
+        "dnat_once_hot" => "dnat_once",
+        "dnat_once6_hot" => "dnat_once6",
+        set => set,
+    };
+    (main, element.key.clone())
+}
+
 impl Owners {
-    fn map(&self) -> MutexGuard<'_, HashMap<Id, Holders>> {
+    fn state(&self) -> MutexGuard<'_, State> {
         // Nothing in here panics while the lock is held; a poisoned map is still consistent.
-        self.map
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Counts one more holder of each element. The add may be sent once every returned
-    /// receiver has fired (or been dropped): each stands for a removal of one of the elements
-    /// still in flight.
-    pub(super) fn hold(&self, elements: &[Element]) -> Vec<oneshot::Receiver<()>> {
-        let mut map = self.map();
+    /// Counts one more holder of each element and places it: an element that is already
+    /// held stays where it is; a new one goes to its set's hot twin if its key was in the
+    /// main set less than [`HOT_WINDOW`] ago (`element.set` names the set to add to). The add
+    /// may be sent once every returned receiver has fired (or been dropped): each stands for
+    /// a removal of one of the elements still in flight.
+    pub(super) fn hold(&self, elements: &mut [Element]) -> Vec<oneshot::Receiver<()>> {
+        self.hold_at(elements, Instant::now())
+    }
+
+    fn hold_at(&self, elements: &mut [Element], now: Instant) -> Vec<oneshot::Receiver<()>> {
+        let mut state = self.state();
         let mut waits = Vec::new();
         for element in elements {
-            let holders = map.entry(id(element)).or_default();
+            let id = id(element);
+            let twin = hot_twin(element.set);
+            let reused = twin.is_some() && state.recently_in_main(&id, now);
+            let holders = state.holders.entry(id.clone()).or_default();
+            if holders.count == 0 {
+                holders.hot = reused;
+            }
             holders.count += 1;
+            let hot = holders.hot;
             if holders.removing > 0 {
                 let (tx, rx) = oneshot::channel();
                 holders.waiters.push(tx);
                 waits.push(rx);
+            }
+            match twin {
+                Some(twin) if hot => element.set = twin,
+                Some(_) => state.stamp_main(&id, now),
+                None => {}
             }
         }
         waits
@@ -70,13 +173,13 @@ impl Owners {
 
     /// Undoes a [`Owners::hold`] whose add failed or was given up.
     pub(super) fn unhold(&self, elements: &[Element]) {
-        let mut map = self.map();
+        let mut state = self.state();
         for element in elements {
-            let id = id(element);
-            if let Some(holders) = map.get_mut(&id) {
+            let id = main_id(element);
+            if let Some(holders) = state.holders.get_mut(&id) {
                 holders.count = holders.count.saturating_sub(1);
                 if holders.count == 0 && holders.removing == 0 {
-                    map.remove(&id);
+                    state.holders.remove(&id);
                 }
             }
         }
@@ -86,22 +189,31 @@ impl Owners {
     /// a close must remove from the kernel, marked as being removed until the returned
     /// [`Removal`] is dropped. Elements never counted (e.g. left by a previous daemon) are
     /// returned too.
+    /// The returned elements name the set (main or twin) the element is in.
     pub(super) fn release(self: &Arc<Self>, elements: Vec<Element>) -> Removal {
-        let mut map = self.map();
-        let gone = elements
-            .into_iter()
-            .filter(|element| {
-                let holders = map.entry(id(element)).or_default();
-                if holders.count > 1 {
-                    holders.count -= 1;
-                    false
-                } else {
-                    holders.count = 0;
-                    holders.removing += 1;
-                    true
-                }
-            })
-            .collect();
+        self.release_at(elements, Instant::now())
+    }
+
+    fn release_at(self: &Arc<Self>, elements: Vec<Element>, now: Instant) -> Removal {
+        let mut state = self.state();
+        let mut gone = Vec::with_capacity(elements.len());
+        for mut element in elements {
+            let id = id(&element);
+            let holders = state.holders.entry(id.clone()).or_default();
+            if holders.count > 1 {
+                holders.count -= 1;
+                continue;
+            }
+            holders.count = 0;
+            holders.removing += 1;
+            match hot_twin(element.set) {
+                Some(twin) if holders.hot => element.set = twin,
+                // A consumed element's dead copy stays until the main set's next collection.
+                Some(_) => state.stamp_main(&id, now),
+                None => {}
+            }
+            gone.push(element);
+        }
         Removal {
             owners: self.clone(),
             elements: gone,
@@ -110,10 +222,10 @@ impl Owners {
 
     /// The kernel has answered the removal of `elements`: adds waiting for it may go.
     fn removed(&self, elements: &[Element]) {
-        let mut map = self.map();
+        let mut state = self.state();
         for element in elements {
-            let id = id(element);
-            let Some(holders) = map.get_mut(&id) else {
+            let id = main_id(element);
+            let Some(holders) = state.holders.get_mut(&id) else {
                 continue;
             };
             holders.removing = holders.removing.saturating_sub(1);
@@ -124,7 +236,7 @@ impl Owners {
                 let _ = waiter.send(());
             }
             if holders.count == 0 {
-                map.remove(&id);
+                state.holders.remove(&id);
             }
         }
     }
@@ -132,7 +244,7 @@ impl Owners {
     /// Elements tracked (held or being removed), for tests.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.map().len()
+        self.state().holders.len()
     }
 }
 
@@ -168,8 +280,9 @@ pub(super) struct Hold {
 }
 
 impl Hold {
-    /// Takes the hold and waits for removals of the same elements still in flight.
-    pub(super) async fn take(owners: &Arc<Owners>, elements: &[Element]) -> Self {
+    /// Takes the hold, placing the elements (see [`Owners::hold`]), and waits for removals of
+    /// the same elements still in flight.
+    pub(super) async fn take(owners: &Arc<Owners>, elements: &mut [Element]) -> Self {
         let waits = owners.hold(elements);
         let hold = Self {
             owners: owners.clone(),
@@ -216,9 +329,9 @@ mod tests {
     #[test]
     fn a_shared_element_is_removed_only_by_its_last_holder() {
         let owners = Arc::new(Owners::default());
-        let e = [element("passive_pin", 1)];
-        assert!(owners.hold(&e).is_empty());
-        assert!(owners.hold(&e).is_empty());
+        let mut e = [element("passive_pin", 1)];
+        assert!(owners.hold(&mut e).is_empty());
+        assert!(owners.hold(&mut e).is_empty());
         let first = owners.release(e.to_vec());
         assert!(
             first.elements().is_empty(),
@@ -234,17 +347,17 @@ mod tests {
     #[test]
     fn an_add_waits_for_a_removal_of_the_same_element_in_flight() {
         let owners = Arc::new(Owners::default());
-        let e = [element("passive_pin", 1)];
-        let other = [element("passive_pin", 2)];
-        owners.hold(&e);
+        let mut e = [element("dnat_to", 1)];
+        let mut other = [element("dnat_to", 2)];
+        owners.hold(&mut e);
         let removal = owners.release(e.to_vec());
         assert_eq!(removal.elements(), &e);
         // A new holder of the same element must not add it before the removal is answered...
-        let mut waits = owners.hold(&e);
+        let mut waits = owners.hold(&mut e);
         assert_eq!(waits.len(), 1);
         assert!(!ready(&mut waits[0]));
         // ...while other elements go at once.
-        assert!(owners.hold(&other).is_empty());
+        assert!(owners.hold(&mut other).is_empty());
         drop(removal);
         assert!(ready(&mut waits[0]), "the removal was answered");
         // The new holder keeps the element: closing it removes it again.
@@ -254,12 +367,12 @@ mod tests {
     #[test]
     fn two_removals_in_flight_both_finish_before_an_add() {
         let owners = Arc::new(Owners::default());
-        let e = [element("active_pin", 7)];
+        let mut e = [element("active_pin", 7)];
         // Never held (e.g. a close repeated, or left by a previous daemon): removed anyway.
         let first = owners.release(e.to_vec());
         let second = owners.release(e.to_vec());
         assert_eq!(second.elements(), &e);
-        let mut waits = owners.hold(&e);
+        let mut waits = owners.hold(&mut e);
         drop(first);
         assert!(!ready(&mut waits[0]), "one removal is still in flight");
         drop(second);
@@ -270,12 +383,16 @@ mod tests {
     async fn a_hold_given_up_or_failed_is_undone() {
         let owners = Arc::new(Owners::default());
         let e = vec![element("passive_pin", 3), element("passive_pin", 4)];
-        let hold = Hold::take(&owners, &e).await;
+        let hold = Hold::take(&owners, &mut e.clone()).await;
         drop(hold);
         assert_eq!(owners.len(), 0, "a dropped hold leaves no holder");
-        Hold::take(&owners, &e).await.keep();
+        // Placed in the hot twin now (the first try stamped the keys), and still counted as
+        // the same elements: the release finds them and names the twin.
+        let mut placed = e.clone();
+        Hold::take(&owners, &mut placed).await.keep();
+        assert!(placed.iter().all(|p| p.set == "passive_pin_hot"));
         assert_eq!(owners.len(), 2);
-        assert_eq!(owners.release(e.clone()).elements(), &e[..]);
+        assert_eq!(owners.release(e.clone()).elements(), &placed[..]);
         assert_eq!(owners.len(), 0);
     }
 
@@ -287,7 +404,7 @@ mod tests {
         let waiting = tokio::spawn({
             let owners = owners.clone();
             let e = e.clone();
-            async move { Hold::take(&owners, &e).await.keep() }
+            async move { Hold::take(&owners, &mut e.clone()).await.keep() }
         });
         tokio::task::yield_now().await;
         assert!(
@@ -296,6 +413,98 @@ mod tests {
         );
         drop(removal);
         waiting.await.expect("hold taken");
-        assert_eq!(owners.release(e.clone()).elements(), &e[..]);
+        // Released from the main set a moment ago: the new holder's element is in the twin.
+        let twin = [element("passive_pin_hot", 5)];
+        assert_eq!(owners.release(e.clone()).elements(), &twin[..]);
+    }
+
+    #[test]
+    fn a_key_back_within_the_window_goes_to_the_twin_and_later_to_the_main_set_again() {
+        let owners = Arc::new(Owners::default());
+        let t0 = Instant::now();
+        let fresh = || vec![element("passive_pin", 9), element("dnat_once6", 9)];
+        // First add: the main sets.
+        let mut first = fresh();
+        owners.hold_at(&mut first, t0);
+        assert_eq!(first, fresh());
+        // Consumed and closed; its key comes back 50 ms later: the twins.
+        let removal = owners.release_at(fresh(), t0 + Duration::from_millis(40));
+        assert_eq!(
+            removal.elements(),
+            &fresh()[..],
+            "removed from the main sets"
+        );
+        drop(removal);
+        let mut again = fresh();
+        owners.hold_at(&mut again, t0 + Duration::from_millis(50));
+        assert_eq!(
+            again.iter().map(|e| e.set).collect::<Vec<_>>(),
+            ["passive_pin_hot", "dnat_once6_hot"]
+        );
+        // Its close removes it from the twins.
+        let removal = owners.release_at(fresh(), t0 + Duration::from_millis(60));
+        assert_eq!(removal.elements(), &again[..]);
+        drop(removal);
+        // Hot again while the main sets may still hold its dead copy...
+        let late = t0 + Duration::from_millis(40) + HOT_WINDOW - Duration::from_millis(1);
+        let mut hot = fresh();
+        owners.hold_at(&mut hot, late);
+        assert_eq!(hot, again);
+        drop(owners.release_at(fresh(), late));
+        // ...and back in the main sets once the window since it was last there has passed.
+        let mut cold = fresh();
+        owners.hold_at(&mut cold, t0 + Duration::from_millis(40) + HOT_WINDOW);
+        assert_eq!(cold, fresh());
+        drop(owners.release_at(fresh(), t0 + HOT_WINDOW * 2));
+        assert_eq!(owners.len(), 0);
+    }
+
+    #[test]
+    fn a_held_element_stays_where_it_is_for_its_next_holder() {
+        let owners = Arc::new(Owners::default());
+        let t0 = Instant::now();
+        let e = || vec![element("active_pin", 3)];
+        owners.hold_at(&mut e(), t0);
+        drop(owners.release_at(e(), t0));
+        // In the twin now; a second session asks for the same element while it is held.
+        let mut first = e();
+        owners.hold_at(&mut first, t0 + Duration::from_millis(1));
+        let mut second = e();
+        owners.hold_at(&mut second, t0 + HOT_WINDOW * 2);
+        assert_eq!(first[0].set, "active_pin_hot");
+        assert_eq!(second, first, "shared: the same kernel element");
+        assert!(owners.release(e()).elements().is_empty(), "still held");
+        assert_eq!(owners.release(e()).elements(), &first[..]);
+    }
+
+    #[test]
+    fn maps_and_sets_no_rule_consumes_are_never_moved() {
+        let owners = Arc::new(Owners::default());
+        let e = || vec![element("dnat_to", 1), element("snat_to6", 1)];
+        for _ in 0..3 {
+            let mut placed = e();
+            owners.hold(&mut placed);
+            assert_eq!(placed, e());
+            assert_eq!(owners.release(e()).elements(), &e()[..]);
+        }
+        assert!(hot_twin("dnat_to").is_none());
+    }
+
+    #[test]
+    fn old_stamps_are_forgotten() {
+        let owners = Arc::new(Owners::default());
+        let t0 = Instant::now();
+        for key in 0..100u8 {
+            let mut e = vec![element("passive_pin", key)];
+            owners.hold_at(&mut e, t0);
+            drop(owners.release_at(e, t0));
+        }
+        assert_eq!(owners.state().in_main.len(), 100);
+        // One stamp past the window prunes the hundred before it.
+        let mut e = vec![element("passive_pin", 200)];
+        owners.hold_at(&mut e, t0 + HOT_WINDOW);
+        let state = owners.state();
+        assert_eq!(state.in_main.len(), 1);
+        assert_eq!(state.stamps.len(), 1);
     }
 }

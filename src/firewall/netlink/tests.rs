@@ -330,8 +330,16 @@ impl Netns {
             .expect("list set")
     }
 
-    /// Elements of a set, counted from `nft list` (each live element shows "expires").
+    /// Elements of a set and of its hot twin, if it has one (a key the backend put in the set
+    /// a moment ago goes to the twin), counted from `nft list` (each live element shows
+    /// "expires").
     fn count(&self, table: &str, set: &str) -> usize {
+        let twin = super::hot_twin(set).map_or(0, |twin| self.count_in(table, twin));
+        self.count_in(table, set) + twin
+    }
+
+    /// Elements of exactly this set.
+    fn count_in(&self, table: &str, set: &str) -> usize {
         self.list(table, set).matches(" expires ").count()
     }
 
@@ -357,7 +365,7 @@ fn table_text(table: &str, size: u32) -> String {
         listen_port: 2121,
         ct_mark: 0x2121,
         route_mark: 0x2122,
-        gc_interval_ms: 100,
+        gc_interval_ms: 20,
     }
     .render()
     .replace("size 1048576", &format!("size {size}"))
