@@ -55,7 +55,7 @@ use ftp_alg::lab::preflight::{self, Gate};
 use ftp_alg::lab::relay::{RELAY_BINARY, RelayProxy};
 use ftp_alg::lab::{
     AlgDaemon, AlgOptions, CLIENT_IP, ClientNatLab, ClientNatOptions, FTP_PASSWORD, FTP_USER,
-    GATEWAY_WAN_IP, Netns, SERVER_IP, Vsftpd, raw_client,
+    GATEWAY_WAN_IP, Netns, SERVER_IP, Vsftpd, VsftpdOptions, raw_client,
 };
 
 const BULK_NAME: &str = "bench-bulk.bin";
@@ -253,6 +253,9 @@ fn run(settings: &Settings, rows: &mut Vec<Row>) -> BoxResult<()> {
         let file = std::fs::File::create(server.root().join(BULK_NAME))?;
         file.set_len(bulk_len)?;
     }
+    // The ALG's own bed also carries the two baselines, on other control ports, so that a
+    // paired round compares routes through the very same namespaces, veths and file.
+    let (bed_helper_server, bed_open_server) = same_bed_baselines(&alg_lab, &alg_server)?;
     let tiny = TinyServer::start(&alg_lab.server, SocketAddrV4::new(SERVER_IP, TINY_PORT))?;
     let plain = PlainSender::start(&open_lab.server, bulk_len)?;
     // The scale-of-state runs also send plain TCP through the ALG's gateway: a connection in
@@ -274,7 +277,7 @@ fn run(settings: &Settings, rows: &mut Vec<Row>) -> BoxResult<()> {
         &PLAIN_PORT.to_string(),
         "accept",
     ])?;
-    install_port_forward(&open_lab)?;
+    install_port_forward(&open_lab, FORWARD_PORTS)?;
     let relay = relay_bed(bulk_len)?;
 
     let mut alg = AlgDaemon::start(&alg_lab.gateway, &alg_options(vec![21, TINY_PORT]))?;
@@ -284,13 +287,31 @@ fn run(settings: &Settings, rows: &mut Vec<Row>) -> BoxResult<()> {
     let route = |label: &'static str, lab, server: &Vsftpd, port_plan| BulkRoute {
         label,
         lab,
+        control_port: server.addr().port(),
         port_plan,
         stor: settings.stor_sink.target(server.root(), label),
     };
     let bed = BulkBed {
         alg: route("alg", &alg_lab, &alg_server, PortPlan::Rewritten),
-        open: route("open", &open_lab, &open_server, PortPlan::Forwarded),
+        open: route(
+            "open",
+            &open_lab,
+            &open_server,
+            PortPlan::Forwarded(FORWARD_PORTS),
+        ),
         helper: route("helper", &helper_lab, &helper_server, PortPlan::Rewritten),
+        bed_open: route(
+            "bed-open",
+            &alg_lab,
+            &bed_open_server,
+            PortPlan::Forwarded(BED_FORWARD_PORTS),
+        ),
+        bed_helper: route(
+            "bed-helper",
+            &alg_lab,
+            &bed_helper_server,
+            PortPlan::Rewritten,
+        ),
         relay: relay.as_ref().map(|r| RelayRoute {
             route: route("relay", &r.lab, &r.server, PortPlan::Rewritten),
             pid: r.pid,
@@ -323,6 +344,51 @@ struct RelayBed {
     lab: ClientNatLab,
     /// The `ftp-proxy` daemon (its session children fork from it).
     pid: i32,
+}
+
+/// The baselines on the ALG's own bed: a second vsftpd (control port [`BED_HELPER_PORT`])
+/// whose control connections get the kernel helper, and a third ([`BED_OPEN_PORT`]) reached by
+/// plain forwarding (its passive ports accepted by a forward rule; for PORT a static port
+/// forward over [`BED_FORWARD_PORTS`]). Both serve the ALG route's bulk file (hard links: one
+/// inode, one page cache). The daemon intercepts only :21 and the tiny server's port.
+fn same_bed_baselines(lab: &ClientNatLab, alg_server: &Vsftpd) -> BoxResult<(Vsftpd, Vsftpd)> {
+    let start = |port, pasv_ports| {
+        Vsftpd::start_with(
+            &lab.server,
+            &VsftpdOptions {
+                listen: SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)),
+                pasv_ports: Some(pasv_ports),
+                ..VsftpdOptions::default()
+            },
+        )
+    };
+    let helper = start(BED_HELPER_PORT, BED_HELPER_PASV)?;
+    let open = start(BED_OPEN_PORT, BED_OPEN_PASV)?;
+    for server in [&helper, &open] {
+        std::fs::hard_link(
+            alg_server.root().join(BULK_NAME),
+            server.root().join(BULK_NAME),
+        )?;
+    }
+    let (lo, hi) = BED_OPEN_PASV;
+    let script = format!(
+        "table inet bench_helper {{\n\
+         \tct helper ftp {{\n\
+         \t\ttype \"ftp\" protocol tcp\n\
+         \t\tl3proto ip\n\
+         \t}}\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority filter; policy accept;\n\
+         \t\tiifname \"lan0\" tcp dport {BED_HELPER_PORT} ct helper set \"ftp\"\n\
+         \t}}\n\
+         }}\n\
+         add rule inet lab_fw forward iifname \"lan0\" oifname \"wan0\" tcp dport \
+         {{ {BED_HELPER_PORT}, {BED_OPEN_PORT}, {lo}-{hi} }} accept\n"
+    );
+    lab.gateway
+        .exec_stdin_ok(&["nft", "-f", "-"], script.as_bytes())?;
+    install_port_forward(lab, BED_FORWARD_PORTS)?;
+    Ok((helper, open))
 }
 
 /// A fourth client-NAT lab (no ALG, no helper) with a userspace relay proxy in the gateway:
@@ -393,9 +459,9 @@ impl Transfer {
 enum PortPlan {
     /// Announce the client's own address: the ALG or the kernel helper rewrites it.
     Rewritten,
-    /// Announce the gateway's WAN address and a port of the open lab's static port forward
-    /// (no ALG, no helper: plain DNAT + forwarding).
-    Forwarded,
+    /// Announce the gateway's WAN address and a port of a static port forward over these
+    /// client ports (no ALG, no helper: plain DNAT + forwarding).
+    Forwarded((u16, u16)),
 }
 
 /// Where vsftpd writes a STOR (`FTP_ALG_SCALE_STOR_SINK`).
@@ -465,6 +531,7 @@ impl StorSink {
 struct BulkRoute<'a> {
     label: &'static str,
     lab: &'a ClientNatLab,
+    control_port: u16,
     port_plan: PortPlan,
     stor: (String, Option<PathBuf>),
 }
@@ -473,6 +540,7 @@ impl BulkRoute<'_> {
     fn run(&self, transfer: Transfer, len: u64) -> BoxResult<f64> {
         let result = ftp_bulk(
             &self.lab.client,
+            self.control_port,
             transfer,
             self.port_plan,
             len,
@@ -494,6 +562,9 @@ struct BulkSeries {
     alg: Vec<f64>,
     open: Vec<f64>,
     helper: Vec<f64>,
+    /// The same baselines on the ALG's own bed.
+    bed_open: Vec<f64>,
+    bed_helper: Vec<f64>,
     plain: Vec<f64>,
     cpu_ms: Vec<f64>,
     /// Through the relay proxy (RETR PASV only).
@@ -530,6 +601,10 @@ struct BulkBed<'a> {
     alg: BulkRoute<'a>,
     open: BulkRoute<'a>,
     helper: BulkRoute<'a>,
+    /// Plain forwarding and the kernel helper on the ALG's own lab (see
+    /// [`same_bed_baselines`]).
+    bed_open: BulkRoute<'a>,
+    bed_helper: BulkRoute<'a>,
     /// `None` when the relay proxy is skipped.
     relay: Option<RelayRoute<'a>>,
     pid: i32,
@@ -545,7 +620,7 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
             // The FTP routes in a rotating order, so none is always first after the plain TCP
             // run (or always right after another transfer's tail of writeback). The relay
             // proxy is the fourth, in RETR PASV only.
-            let mut order = vec![0usize, 1, 2];
+            let mut order = vec![0usize, 1, 2, 4, 5];
             if *transfer == Transfer::RetrPasv && bed.relay.is_some() {
                 order.push(3);
             }
@@ -563,6 +638,8 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
                     }
                     1 => s.open.push(bed.open.run(*transfer, len)?),
                     2 => s.helper.push(bed.helper.run(*transfer, len)?),
+                    4 => s.bed_open.push(bed.bed_open.run(*transfer, len)?),
+                    5 => s.bed_helper.push(bed.bed_helper.run(*transfer, len)?),
                     _ => {
                         if let Some(relay) = &bed.relay {
                             let (rate, cpu) = relay.run(*transfer, len, hz)?;
@@ -579,12 +656,14 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
             }
             say(&format!(
                 "  {}: ftp-alg {:.0} MB/s (daemon {:.0} ms), open forwarding {:.0}, helper \
-                 {:.0}{}{}",
+                 {:.0}, on the ALG's bed: forwarding {:.0}, helper {:.0}{}{}",
                 transfer.label(),
                 last(&s.alg) / 1e6,
                 s.cpu_ms.last().copied().unwrap_or(0.0),
                 last(&s.open) / 1e6,
                 last(&s.helper) / 1e6,
+                last(&s.bed_open) / 1e6,
+                last(&s.bed_helper) / 1e6,
                 if s.plain.is_empty() {
                     String::new()
                 } else {
@@ -725,10 +804,47 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
             alg: Some(median(&s.alg) / 1e6),
             baseline: Some(median(&s.helper) / 1e6),
             baseline_name: "kernel FTP helper",
-            alg_text,
+            alg_text: alg_text.clone(),
             baseline_text: format!("{:.0} ({})", median(&s.helper) / 1e6, list(&s.helper)),
-            limit,
+            limit: limit.clone(),
         });
+        let (bed_open_key, bed_helper_key) = match transfer {
+            Transfer::RetrPasv => ("bulk_vs_open_same_bed", "bulk_vs_helper_same_bed"),
+            Transfer::RetrPort => ("bulk_port_vs_open_same_bed", "bulk_port_vs_helper_same_bed"),
+            Transfer::Stor => ("bulk_stor_vs_open_same_bed", "bulk_stor_vs_helper_same_bed"),
+        };
+        for (key, series, name) in [
+            (
+                bed_open_key,
+                &s.bed_open,
+                "plain kernel forwarding on the ALG's own bed: a second vsftpd on the same \
+                 server namespace (control port 2300, its passive ports accepted by a forward \
+                 rule; PORT through a static port forward), the same file (a hard link), the \
+                 same veths and gateway",
+            ),
+            (
+                bed_helper_key,
+                &s.bed_helper,
+                "kernel FTP helper on the ALG's own bed: a third vsftpd on the same server \
+                 namespace (control port 2100, `ct helper` \"ftp\" attached to it in the \
+                 ALG's gateway), the same file (a hard link), the same veths and gateway",
+            ),
+        ] {
+            rows.push(Row {
+                key,
+                paired: Some(median(&paired_ratios(&s.alg, series))),
+                metric: metric.clone(),
+                alg: Some(median(&s.alg) / 1e6),
+                baseline: Some(median(series) / 1e6),
+                baseline_name: name,
+                alg_text: alg_text.clone(),
+                baseline_text: format!("{:.0} ({})", median(series) / 1e6, list(series)),
+                limit: format!(
+                    "{limit}; same bed: the routes differ only in the control port and what \
+                     admits the data connection"
+                ),
+            });
+        }
         rows.push(Row {
             key: cpu_key,
             paired: None,
@@ -909,12 +1025,20 @@ fn last(v: &[f64]) -> f64 {
 
 /// Client ports of the open lab's static port forward (PORT baseline without ALG or helper).
 const FORWARD_PORTS: (u16, u16) = (45000, 45999);
+/// The same on the ALG's own bed (outside the daemon's active port pool, 40000-49999).
+const BED_FORWARD_PORTS: (u16, u16) = (36000, 36999);
+/// Control port of the second vsftpd on the ALG's bed, served by the kernel helper.
+const BED_HELPER_PORT: u16 = 2100;
+/// Control port of the third vsftpd on the ALG's bed, plain forwarding (no ALG, no helper).
+const BED_OPEN_PORT: u16 = 2300;
+/// Passive ports of those two (the open one's are accepted by a forward rule).
+const BED_HELPER_PASV: (u16, u16) = (32000, 32999);
+const BED_OPEN_PASV: (u16, u16) = (33000, 33999);
 
 /// The open lab's static port forward for the active-mode baseline: the server's connections
 /// from port 20 to the gateway's WAN address and a port in [`FORWARD_PORTS`] are DNATed to
 /// the client, same port, and the admin's forward chain accepts them.
-fn install_port_forward(open_lab: &ClientNatLab) -> BoxResult<()> {
-    let (lo, hi) = FORWARD_PORTS;
+fn install_port_forward(open_lab: &ClientNatLab, (lo, hi): (u16, u16)) -> BoxResult<()> {
     let script = format!(
         "table ip bench_forward {{\n\
          \tchain prerouting {{\n\
@@ -932,12 +1056,11 @@ fn install_port_forward(open_lab: &ClientNatLab) -> BoxResult<()> {
     Ok(())
 }
 
-/// The next port of [`FORWARD_PORTS`]: a fresh one per transfer, so the server never meets
-/// its own TIME_WAIT of the same (port 20 → gateway:port) tuple.
-fn next_forward_port() -> u16 {
+/// The next port of a static port forward's range: a fresh one per transfer, so the server
+/// never meets its own TIME_WAIT of the same (port 20 → gateway:port) tuple.
+fn next_forward_port((lo, hi): (u16, u16)) -> u16 {
     use std::sync::atomic::AtomicU16;
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let (lo, hi) = FORWARD_PORTS;
     lo + NEXT.fetch_add(1, Ordering::Relaxed) % (hi - lo + 1)
 }
 
@@ -946,6 +1069,7 @@ fn next_forward_port() -> u16 {
 /// connect → 226.
 fn ftp_bulk(
     client: &Netns,
+    control_port: u16,
     transfer: Transfer,
     plan: PortPlan,
     len: u64,
@@ -955,7 +1079,7 @@ fn ftp_bulk(
     let stor_target = stor_target.to_owned();
     let _thread = client.spawn_thread(move || {
         let go = || -> io::Result<f64> {
-            let mut ctl = Control::connect(SocketAddrV4::new(SERVER_IP, 21))?;
+            let mut ctl = Control::connect(SocketAddrV4::new(SERVER_IP, control_port))?;
             ctl.login(true)?;
             let (elapsed, got) = match transfer {
                 Transfer::RetrPasv | Transfer::Stor => {
@@ -990,7 +1114,7 @@ fn ftp_bulk(
                 Transfer::RetrPort => {
                     let (bind_port, announce) = match plan {
                         PortPlan::Rewritten => (0, CLIENT_IP),
-                        PortPlan::Forwarded => (next_forward_port(), GATEWAY_WAN_IP),
+                        PortPlan::Forwarded(range) => (next_forward_port(range), GATEWAY_WAN_IP),
                     };
                     let listener = TcpListener::bind(SocketAddrV4::new(CLIENT_IP, bind_port))?;
                     let port = listener.local_addr()?.port();
@@ -1551,12 +1675,11 @@ fn state_scale(
             median(&empty.kworker_ms_per_s),
             ms(&empty.kworker_ms_per_s)
         ),
-        limit:
-            "run time (schedstat) of every kworker thread on the host (the sets' garbage \
+        limit: "run time (schedstat) of every kworker thread on the host (the sets' garbage \
                 collection runs there: every 1 s for the main pinhole sets, which hold the \
                 filler, and every nftables.gc_interval_ms for their small `_hot` twins) over a \
                 window with no traffic; host-wide, so other jobs' kernel work adds noise"
-                .into(),
+            .into(),
     });
     let limit_lat = format!(
         "NftFirewall on a second netlink socket into the daemon's table, each call awaiting the \
