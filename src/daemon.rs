@@ -178,6 +178,10 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
                 return Err(e.into());
             }
         };
+    telemetry.set_firewall_stats(crate::telemetry::FirewallStatsSource::new({
+        let firewall = firewall.clone();
+        move || firewall.inner().stats()
+    }));
     let busy_poll = (c.runtime.busy_poll_us > 0)
         .then(|| std::time::Duration::from_micros(c.runtime.busy_poll_us));
     let shards = match Shards::start(

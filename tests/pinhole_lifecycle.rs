@@ -345,6 +345,16 @@ fn passive_ports_reused_within_seconds_go_to_the_hot_twin_and_every_transfer_is_
         TRANSFERS as u64,
         "every transfer's SYN consumed its own pinhole"
     );
+    // The daemon counts its placements in the twins (status socket and /metrics): all but the
+    // first use of each of the five ports, and the pending one.
+    let status = alg.status().expect("status socket");
+    let hot = status["firewall"]["hot_placements"]
+        .as_u64()
+        .expect("counter");
+    assert!(
+        (TRANSFERS as u64 - 5..=TRANSFERS as u64 + 1).contains(&hot),
+        "{hot} hot placements in {TRANSFERS} transfers over 5 ports:\n{status}"
+    );
     let _ = ftp.command("QUIT");
     drop(ftp);
     drop(server);

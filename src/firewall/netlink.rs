@@ -198,6 +198,11 @@ pub struct FirewallStats {
     pub kernel_time: Duration,
     /// Stale data connections of released gateway ports removed from conntrack.
     pub flows_forgotten: u64,
+    /// Adds the kernel refused with EBUSY and that were retried (each cost an aborted
+    /// transaction: many mean hash chains too long for the sets' collection interval).
+    pub busy_retries: u64,
+    /// Pinholes placed in the `_hot` twin sets (a key reused within seconds).
+    pub hot_placements: u64,
 }
 
 #[derive(Debug, Default)]
@@ -207,6 +212,8 @@ struct Counters {
     replays: AtomicU64,
     kernel_nanos: AtomicU64,
     flows_forgotten: AtomicU64,
+    busy_retries: AtomicU64,
+    hot_placements: AtomicU64,
 }
 
 impl Counters {
@@ -278,6 +285,8 @@ impl NftFirewall {
             replays: c.replays.load(Ordering::Relaxed),
             kernel_time: Duration::from_nanos(c.kernel_nanos.load(Ordering::Relaxed)),
             flows_forgotten: c.flows_forgotten.load(Ordering::Relaxed),
+            busy_retries: c.busy_retries.load(Ordering::Relaxed),
+            hot_placements: c.hot_placements.load(Ordering::Relaxed),
         }
     }
 
@@ -393,9 +402,13 @@ impl NftFirewall {
         match kind {
             Kind::Add { .. } => {
                 let hold = Hold::take(&self.inner.owners, &mut elements).await;
+                let hot = elements.iter().any(|e| e.set.ends_with("_hot"));
                 let result = self.run_request(kind, pinhole, elements, None).await;
                 if result.is_ok() {
                     hold.keep();
+                    if hot {
+                        Counters::add(&self.inner.counters.hot_placements, 1);
+                    }
                 }
                 result
             }
@@ -1175,6 +1188,7 @@ impl Backend {
         while matches!(request.kind, Kind::Add { .. }) && busy(&outcome) && retries < BUSY_RETRIES {
             retries += 1;
             Counters::add(&self.counters.replays, 1);
+            Counters::add(&self.counters.busy_retries, 1);
             debug!(
                 pinhole = %request.pinhole,
                 retries,

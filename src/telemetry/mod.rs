@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::firewall::{Direction, Pinhole};
+use crate::firewall::{Direction, FirewallStats, Pinhole};
 
 pub use crate::firewall::table::Admitted;
 pub use prometheus::render as render_prometheus;
@@ -75,6 +75,24 @@ pub struct Telemetry {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
+    /// The kernel backend's own counters, once the daemon has one.
+    firewall: std::sync::OnceLock<FirewallStatsSource>,
+}
+
+/// Reads the kernel backend's counters (see [`Telemetry::set_firewall_stats`]).
+pub struct FirewallStatsSource(Box<dyn Fn() -> FirewallStats + Send + Sync>);
+
+impl FirewallStatsSource {
+    /// Wraps the function a snapshot calls.
+    pub fn new(read: impl Fn() -> FirewallStats + Send + Sync + 'static) -> Self {
+        Self(Box::new(read))
+    }
+}
+
+impl std::fmt::Debug for FirewallStatsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FirewallStatsSource")
+    }
 }
 
 impl Default for Telemetry {
@@ -92,6 +110,7 @@ impl Default for Telemetry {
             latency_buckets: Default::default(),
             latency_count: AtomicU64::new(0),
             latency_sum_ns: AtomicU64::new(0),
+            firewall: std::sync::OnceLock::new(),
         }
     }
 }
@@ -146,6 +165,11 @@ impl Telemetry {
     /// Counts a session refused before it started.
     pub fn session_refused(&self, why: SessionRefusal) {
         *lock(&self.session_refusals).entry(why).or_default() += 1;
+    }
+
+    /// Where snapshots read the kernel backend's counters from (set once, at start).
+    pub fn set_firewall_stats(&self, source: FirewallStatsSource) {
+        let _ = self.firewall.set(source);
     }
 
     /// Sessions currently registered.
@@ -205,6 +229,10 @@ impl Telemetry {
                 .collect(),
             latency_count: load(&self.latency_count),
             latency_sum_secs: load(&self.latency_sum_ns) as f64 / 1e9,
+            firewall: self
+                .firewall
+                .get()
+                .map(|source| FirewallView::from((source.0)())),
             sessions,
         }
     }
@@ -318,8 +346,43 @@ pub struct Snapshot {
     pub latency_count: u64,
     /// Sum of install latencies in seconds.
     pub latency_sum_secs: f64,
+    /// The kernel backend's counters (absent without one, e.g. in tests).
+    pub firewall: Option<FirewallView>,
     /// The live sessions.
     pub sessions: Vec<SessionView>,
+}
+
+/// The kernel backend's counters in a snapshot.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FirewallView {
+    /// Pinhole opens and closes answered.
+    pub requests: u64,
+    /// nf_tables transactions sent (fewer than `requests`: batching).
+    pub transactions: u64,
+    /// Batches that failed and were replayed one request per transaction, and EBUSY retries.
+    pub replays: u64,
+    /// Adds refused with EBUSY and retried.
+    pub busy_retries: u64,
+    /// Time spent in netlink transactions, seconds.
+    pub kernel_secs: f64,
+    /// Stale flows of released gateway ports removed from conntrack.
+    pub stale_flows_removed: u64,
+    /// Pinholes placed in the `_hot` twin sets (keys reused within seconds).
+    pub hot_placements: u64,
+}
+
+impl From<FirewallStats> for FirewallView {
+    fn from(s: FirewallStats) -> Self {
+        Self {
+            requests: s.requests,
+            transactions: s.transactions,
+            replays: s.replays,
+            busy_retries: s.busy_retries,
+            kernel_secs: s.kernel_time.as_secs_f64(),
+            stale_flows_removed: s.flows_forgotten,
+            hot_placements: s.hot_placements,
+        }
+    }
 }
 
 /// One live session in a snapshot.
@@ -408,6 +471,19 @@ pub fn render_status(snapshot: &serde_json::Value) -> String {
         num(&snapshot["pinholes_closed"]),
         num(&snapshot["firewall_errors"])
     );
+    let fw = &snapshot["firewall"];
+    if fw.is_object() {
+        let _ = writeln!(
+            out,
+            "nftables: {} requests in {} transactions, {} EBUSY retries, {} pinholes in the \
+             _hot sets, {} stale flows removed",
+            num(&fw["requests"]),
+            num(&fw["transactions"]),
+            num(&fw["busy_retries"]),
+            num(&fw["hot_placements"]),
+            num(&fw["stale_flows_removed"])
+        );
+    }
     out
 }
 
@@ -451,5 +527,33 @@ mod tests {
         let snap = telemetry.snapshot(Duration::from_secs(30));
         assert!(snap.sessions.is_empty());
         assert_eq!(snap.sessions_total, 1);
+    }
+
+    #[test]
+    fn the_kernel_backends_counters_appear_once_a_source_is_set() {
+        let telemetry = Telemetry::default();
+        let snap = telemetry.snapshot(Duration::from_secs(30));
+        assert!(snap.firewall.is_none());
+        let text = render_status(&serde_json::to_value(&snap).expect("json"));
+        assert!(!text.contains("nftables:"), "{text}");
+        telemetry.set_firewall_stats(FirewallStatsSource::new(|| FirewallStats {
+            requests: 10,
+            transactions: 7,
+            busy_retries: 2,
+            hot_placements: 3,
+            flows_forgotten: 1,
+            ..FirewallStats::default()
+        }));
+        let snap = telemetry.snapshot(Duration::from_secs(30));
+        let fw = snap.firewall.expect("counters");
+        assert_eq!((fw.requests, fw.transactions, fw.busy_retries), (10, 7, 2));
+        let text = render_status(&serde_json::to_value(&snap).expect("json"));
+        assert!(
+            text.contains(
+                "nftables: 10 requests in 7 transactions, 2 EBUSY retries, 3 pinholes in the \
+                 _hot sets, 1 stale flows removed"
+            ),
+            "{text}"
+        );
     }
 }

@@ -130,6 +130,38 @@ pub fn render(snapshot: &Snapshot, admitted: Option<Admitted>) -> String {
         "Time from pinhole request to the kernel's acknowledgement.",
         &buckets,
     );
+    if let Some(fw) = &snapshot.firewall {
+        metric(
+            "ftp_alg_nft_requests_total",
+            "counter",
+            "Pinhole opens and closes the kernel backend answered.",
+            &plain(fw.requests),
+        );
+        metric(
+            "ftp_alg_nft_transactions_total",
+            "counter",
+            "nf_tables transactions sent (fewer than requests: batching).",
+            &plain(fw.transactions),
+        );
+        metric(
+            "ftp_alg_nft_busy_retries_total",
+            "counter",
+            "Pinhole adds the kernel refused with EBUSY and that were retried.",
+            &plain(fw.busy_retries),
+        );
+        metric(
+            "ftp_alg_nft_seconds_total",
+            "counter",
+            "Time spent in netlink transactions.",
+            &[(String::new(), fw.kernel_secs.to_string())],
+        );
+        metric(
+            "ftp_alg_pinholes_hot_total",
+            "counter",
+            "Pinholes placed in the _hot twin sets (a key reused within seconds).",
+            &plain(fw.hot_placements),
+        );
+    }
     out
 }
 
@@ -164,6 +196,13 @@ mod tests {
             Duration::from_micros(30),
         );
         registration.entry().channel_refused(ChannelRefusal::Bounce);
+        telemetry.set_firewall_stats(FirewallStatsSource::new(|| FirewallStats {
+            requests: 4,
+            transactions: 3,
+            busy_retries: 1,
+            hot_placements: 2,
+            ..FirewallStats::default()
+        }));
         let text = render(
             &telemetry.snapshot(Duration::from_secs(30)),
             Some(Admitted {
@@ -181,6 +220,11 @@ mod tests {
             "ftp_alg_pinhole_install_seconds_bucket{le=\"+Inf\"} 1",
             "ftp_alg_pinhole_install_seconds_count 1",
             "# TYPE ftp_alg_pinhole_install_seconds histogram",
+            "ftp_alg_nft_requests_total 4",
+            "ftp_alg_nft_transactions_total 3",
+            "ftp_alg_nft_busy_retries_total 1",
+            "ftp_alg_pinholes_hot_total 2",
+            "# TYPE ftp_alg_nft_seconds_total counter",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
