@@ -131,36 +131,35 @@ pub fn render(snapshot: &Snapshot, admitted: Option<Admitted>) -> String {
         &buckets,
     );
     if let Some(fw) = &snapshot.firewall {
-        metric(
-            "ftp_alg_nft_requests_total",
-            "counter",
-            "Pinhole opens and closes the kernel backend answered.",
-            &plain(fw.requests),
-        );
-        metric(
-            "ftp_alg_nft_transactions_total",
-            "counter",
-            "nf_tables transactions sent (fewer than requests: batching).",
-            &plain(fw.transactions),
-        );
-        metric(
-            "ftp_alg_nft_busy_retries_total",
-            "counter",
-            "Pinhole adds the kernel refused with EBUSY and that were retried.",
-            &plain(fw.busy_retries),
-        );
-        metric(
-            "ftp_alg_nft_seconds_total",
-            "counter",
-            "Time spent in netlink transactions.",
-            &[(String::new(), fw.kernel_secs.to_string())],
-        );
-        metric(
-            "ftp_alg_pinholes_hot_total",
-            "counter",
-            "Pinholes placed in the _hot twin sets (a key reused within seconds).",
-            &plain(fw.hot_placements),
-        );
+        for (name, help, value) in [
+            (
+                "ftp_alg_nft_requests_total",
+                "Pinhole opens and closes the kernel backend answered.",
+                fw.requests.to_string(),
+            ),
+            (
+                "ftp_alg_nft_transactions_total",
+                "nf_tables transactions sent (fewer than requests: batching).",
+                fw.transactions.to_string(),
+            ),
+            (
+                "ftp_alg_nft_busy_retries_total",
+                "Pinhole adds the kernel refused with EBUSY and that were retried.",
+                fw.busy_retries.to_string(),
+            ),
+            (
+                "ftp_alg_nft_seconds_total",
+                "Time spent in netlink transactions.",
+                fw.kernel_secs.to_string(),
+            ),
+            (
+                "ftp_alg_pinholes_hot_total",
+                "Pinholes placed in the _hot twin sets (a key reused within seconds).",
+                fw.hot_placements.to_string(),
+            ),
+        ] {
+            metric(name, "counter", help, &[(String::new(), value)]);
+        }
     }
     out
 }
