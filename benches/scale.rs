@@ -55,7 +55,7 @@ use ftp_alg::lab::preflight::{self, Gate};
 use ftp_alg::lab::relay::{RELAY_BINARY, RelayProxy};
 use ftp_alg::lab::{
     AlgDaemon, AlgOptions, CLIENT_IP, ClientNatLab, ClientNatOptions, FTP_PASSWORD, FTP_USER,
-    GATEWAY_WAN_IP, Netns, SERVER_IP, Vsftpd, VsftpdOptions, raw_client,
+    GATEWAY_WAN_IP, Netns, SERVER_IP, Vsftpd, VsftpdOptions, kernel_helper_table, raw_client,
 };
 
 const BULK_NAME: &str = "bench-bulk.bin";
@@ -372,18 +372,9 @@ fn same_bed_baselines(lab: &ClientNatLab, alg_server: &Vsftpd) -> BoxResult<(Vsf
     }
     let (lo, hi) = BED_OPEN_PASV;
     let script = format!(
-        "table inet bench_helper {{\n\
-         \tct helper ftp {{\n\
-         \t\ttype \"ftp\" protocol tcp\n\
-         \t\tl3proto ip\n\
-         \t}}\n\
-         \tchain prerouting {{\n\
-         \t\ttype filter hook prerouting priority filter; policy accept;\n\
-         \t\tiifname \"lan0\" tcp dport {BED_HELPER_PORT} ct helper set \"ftp\"\n\
-         \t}}\n\
-         }}\n\
-         add rule inet lab_fw forward iifname \"lan0\" oifname \"wan0\" tcp dport \
-         {{ {BED_HELPER_PORT}, {BED_OPEN_PORT}, {lo}-{hi} }} accept\n"
+        "{}add rule inet lab_fw forward iifname \"lan0\" oifname \"wan0\" tcp dport \
+         {{ {BED_HELPER_PORT}, {BED_OPEN_PORT}, {lo}-{hi} }} accept\n",
+        kernel_helper_table("bench_helper", BED_HELPER_PORT)
     );
     lab.gateway
         .exec_stdin_ok(&["nft", "-f", "-"], script.as_bytes())?;
@@ -1035,10 +1026,10 @@ const BED_OPEN_PORT: u16 = 2300;
 const BED_HELPER_PASV: (u16, u16) = (32000, 32999);
 const BED_OPEN_PASV: (u16, u16) = (33000, 33999);
 
-/// The open lab's static port forward for the active-mode baseline: the server's connections
-/// from port 20 to the gateway's WAN address and a port in [`FORWARD_PORTS`] are DNATed to
-/// the client, same port, and the admin's forward chain accepts them.
-fn install_port_forward(open_lab: &ClientNatLab, (lo, hi): (u16, u16)) -> BoxResult<()> {
+/// A static port forward for an active-mode baseline: the server's connections from port 20
+/// to the gateway's WAN address and a port in `lo..=hi` are DNATed to the client, same port,
+/// and the admin's forward chain accepts them.
+fn install_port_forward(lab: &ClientNatLab, (lo, hi): (u16, u16)) -> BoxResult<()> {
     let script = format!(
         "table ip bench_forward {{\n\
          \tchain prerouting {{\n\
@@ -1050,8 +1041,7 @@ fn install_port_forward(open_lab: &ClientNatLab, (lo, hi): (u16, u16)) -> BoxRes
          add rule inet lab_fw forward iifname \"wan0\" oifname \"lan0\" ip saddr {SERVER_IP} \
          ip daddr {CLIENT_IP} tcp sport 20 tcp dport {lo}-{hi} accept\n"
     );
-    open_lab
-        .gateway
+    lab.gateway
         .exec_stdin_ok(&["nft", "-f", "-"], script.as_bytes())?;
     Ok(())
 }

@@ -402,7 +402,7 @@ impl NftFirewall {
         match kind {
             Kind::Add { .. } => {
                 let hold = Hold::take(&self.inner.owners, &mut elements).await;
-                let hot = elements.iter().any(|e| e.set.ends_with("_hot"));
+                let hot = elements.iter().any(|e| owners::is_hot(e.set));
                 let result = self.run_request(kind, pinhole, elements, None).await;
                 if result.is_ok() {
                     hold.keep();

@@ -58,7 +58,7 @@ pub use routing_state::{ALG_ROUTE_MARK, ALG_ROUTE_TABLE, policy_routing_entries}
 pub use scratch::{PAYLOAD_LEN, ScratchDir, set_mode, write_random_file};
 pub use topology::{
     ALG_CT_MARK, CLIENT_IP, ClientNatLab, ClientNatOptions, GATEWAY_LAN_IP, GATEWAY_WAN_IP, LAN_IF,
-    SERVER_IP, WAN_IF, gateway_ruleset,
+    SERVER_IP, WAN_IF, gateway_ruleset, kernel_helper_table,
 };
 pub use topology::{CLIENT_IP6, GATEWAY_LAN_IP6, GATEWAY_WAN_IP6, SERVER_IP6};
 pub use vsftpd::{

@@ -229,18 +229,24 @@ pub fn gateway_ruleset(options: ClientNatOptions) -> String {
         );
     }
     if options.kernel_helper {
-        rules.push_str(
-            "table inet lab_helper {\n\
-             \tct helper ftp {\n\
-             \t\ttype \"ftp\" protocol tcp\n\
-             \t\tl3proto ip\n\
-             \t}\n\
-             \tchain prerouting {\n\
-             \t\ttype filter hook prerouting priority filter; policy accept;\n\
-             \t\tiifname \"lan0\" tcp dport 21 ct helper set \"ftp\"\n\
-             \t}\n\
-             }\n",
-        );
+        rules.push_str(&kernel_helper_table("lab_helper", 21));
     }
     rules
+}
+
+/// A table `inet <name>` that attaches the kernel's FTP helper (`ct helper` "ftp", with
+/// nf_nat_ftp behind the masquerade) to LAN control connections to `control_port`.
+pub fn kernel_helper_table(name: &str, control_port: u16) -> String {
+    format!(
+        "table inet {name} {{\n\
+         \tct helper ftp {{\n\
+         \t\ttype \"ftp\" protocol tcp\n\
+         \t\tl3proto ip\n\
+         \t}}\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority filter; policy accept;\n\
+         \t\tiifname \"{LAN_IF}\" tcp dport {control_port} ct helper set \"ftp\"\n\
+         \t}}\n\
+         }}\n"
+    )
 }

@@ -42,18 +42,29 @@ pub(crate) const COLD_GC_INTERVAL: Duration = Duration::from_secs(1);
 /// (the collector's timer is deferrable and may run late on a busy CPU).
 pub(super) const HOT_WINDOW: Duration = Duration::from_secs(3 * COLD_GC_INTERVAL.as_secs());
 
-/// The twin of a set that a rule consumes, for keys reused within [`HOT_WINDOW`]; `None` for
-/// the maps and sets the daemon alone removes from (their removals unlink at once).
+/// Each set a rule consumes and its twin for keys reused within [`HOT_WINDOW`]
+/// (`rules/ftp-alg.nft` declares both).
+const TWINS: [(&str, &str); 6] = [
+    ("passive_pin", "passive_pin_hot"),
+    ("passive_pin6", "passive_pin6_hot"),
+    ("active_pin", "active_pin_hot"),
+    ("active_pin6", "active_pin6_hot"),
+    ("dnat_once", "dnat_once_hot"),
+    ("dnat_once6", "dnat_once6_hot"),
+];
+
+/// The twin of a set that a rule consumes; `None` for the maps and sets the daemon alone
+/// removes from (their removals unlink at once).
 pub(crate) fn hot_twin(set: &str) -> Option<&'static str> {
-    Some(match set {
-        "passive_pin" => "passive_pin_hot",
-        "passive_pin6" => "passive_pin6_hot",
-        "active_pin" => "active_pin_hot",
-        "active_pin6" => "active_pin6_hot",
-        "dnat_once" => "dnat_once_hot",
-        "dnat_once6" => "dnat_once6_hot",
-        _ => return None,
-    })
+    TWINS
+        .iter()
+        .find(|(main, _)| *main == set)
+        .map(|(_, hot)| *hot)
+}
+
+/// Whether `set` is a twin, i.e. where a key reused within [`HOT_WINDOW`] was placed.
+pub(super) fn is_hot(set: &str) -> bool {
+    TWINS.iter().any(|(_, hot)| *hot == set)
 }
 
 #[derive(Debug, Default)]
@@ -115,15 +126,10 @@ fn id(element: &Element) -> Id {
 
 /// An element's identity after placement (its set may be a twin): its main set and key.
 fn main_id(element: &Element) -> Id {
-    let main = match element.set {
-        "passive_pin_hot" => "passive_pin",
-        "passive_pin6_hot" => "passive_pin6",
-        "active_pin_hot" => "active_pin",
-        "active_pin6_hot" => "active_pin6",
-        "dnat_once_hot" => "dnat_once",
-        "dnat_once6_hot" => "dnat_once6",
-        set => set,
-    };
+    let main = TWINS
+        .iter()
+        .find(|(_, hot)| *hot == element.set)
+        .map_or(element.set, |(main, _)| *main);
     (main, element.key.clone())
 }
 

@@ -725,6 +725,48 @@ async fn concurrent_opens_are_batched_and_all_installed() {
     }
 }
 
+/// A pinhole opened again right after its close goes to the `_hot` twins (passive: its pin;
+/// active: its `dnat_once` and pin, while the DNAT map stays one), is closed from there, and
+/// is counted; a fresh key goes to the main sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinhole_reopened_within_seconds_lives_in_the_hot_twins() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let fw = ns.start(T);
+    let pasv = passive("10.0.0.2", "203.0.113.2", 30000);
+    let port = active("203.0.113.2", "198.51.100.1", 40000, "10.0.0.2", 50000);
+    for pinhole in [pasv, port] {
+        fw.open(pinhole, LONG).await.expect("open");
+        fw.close(pinhole).await.expect("close");
+    }
+    assert_eq!(
+        fw.stats().hot_placements,
+        0,
+        "first opens go to the main sets"
+    );
+    for pinhole in [pasv, port] {
+        fw.open(pinhole, LONG).await.expect("reopen");
+    }
+    assert_eq!(fw.stats().hot_placements, 2);
+    for (set, n) in [
+        ("passive_pin_hot", 1),
+        ("active_pin_hot", 1),
+        ("dnat_once_hot", 1),
+        ("passive_pin", 0),
+        ("active_pin", 0),
+        ("dnat_once", 0),
+        ("dnat_to", 1),
+    ] {
+        assert_eq!(ns.count_in(T, set), n, "{set}");
+    }
+    for pinhole in [pasv, port] {
+        fw.close(pinhole).await.expect("close");
+    }
+    for set in ["passive_pin", "active_pin", "dnat_once", "dnat_to"] {
+        assert_eq!(ns.count(T, set), 0, "{set} and its twin");
+    }
+}
+
 /// A close whose removal is still on its way to the kernel, and an open of the same pinhole on
 /// another socket: the open must wait for the removal, or the removal lands after the add and
 /// takes away a pinhole its new holder relies on. The test holds both sockets so that the
@@ -961,6 +1003,8 @@ fn one_bad_request_does_not_sink_the_rest_of_its_batch() {
     // 1 + the failed batch + 4 replays.
     assert_eq!(counters.transactions.load(Ordering::Relaxed), 6);
     assert_eq!(counters.replays.load(Ordering::Relaxed), 1);
+    // A clash is not the kernel being busy.
+    assert_eq!(counters.busy_retries.load(Ordering::Relaxed), 0);
     assert_eq!(ns.count(T, "passive_pin"), 1);
     assert_eq!(ns.count(T, "active_pin"), 2);
     let dnat = ns.list(T, "dnat_to");
