@@ -230,9 +230,10 @@ pub struct Overrides {
     /// Busy-poll window after traffic in µs, 0 = off [config: runtime.busy_poll_us].
     #[arg(long, value_name = "US")]
     pub busy_poll_us: Option<u64>,
-    /// SCHED_FIFO priority for the pinhole path, 0 = off [config: runtime.realtime_priority].
-    #[arg(long, value_name = "1-99")]
-    pub realtime_priority: Option<u8>,
+    /// SCHED_FIFO priority for the pinhole path: auto (where permitted), 0 = off, or 1-99
+    /// (required) [config: runtime.realtime_priority].
+    #[arg(long, value_name = "auto|0-99")]
+    pub realtime_priority: Option<crate::config::RealtimePriority>,
     /// What runs at that priority [config: runtime.realtime_scope].
     #[arg(long, value_enum)]
     pub realtime_scope: Option<crate::config::RealtimeScope>,

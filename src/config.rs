@@ -87,6 +87,88 @@ pub enum RealtimeScope {
     Threads,
 }
 
+/// The priority `runtime.realtime_priority = "auto"` uses where the process may: low, so that
+/// the kernel's own real-time threads and anything an admin raised on purpose come first.
+pub const AUTO_REALTIME_PRIORITY: u8 = 10;
+
+/// `runtime.realtime_priority`: `"auto"` or a number (`0` = off, `1`-`99` a `SCHED_FIFO`
+/// priority).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RealtimePriority {
+    /// [`AUTO_REALTIME_PRIORITY`] if the process may use it, else the normal scheduler (the
+    /// daemon says which at start).
+    #[default]
+    Auto,
+    /// This priority, required: the daemon does not start without the right to it; `0` is
+    /// the normal scheduler.
+    Fixed(u8),
+}
+
+impl std::fmt::Display for RealtimePriority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(priority) => write!(f, "{priority}"),
+        }
+    }
+}
+
+impl std::str::FromStr for RealtimePriority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        s.parse()
+            .map(Self::Fixed)
+            .map_err(|_| format!("{s:?} is neither \"auto\" nor a priority 0-99 (0 = off)"))
+    }
+}
+
+impl Serialize for RealtimePriority {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => serializer.serialize_str("auto"),
+            Self::Fixed(priority) => serializer.serialize_u8(*priority),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RealtimePriority {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RealtimePriority;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"auto\" or a priority 0-99 (0 = off)")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v.eq_ignore_ascii_case("auto") {
+                    Ok(RealtimePriority::Auto)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u8::try_from(v)
+                    .map(RealtimePriority::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                u8::try_from(v)
+                    .map(RealtimePriority::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -159,12 +241,14 @@ pub struct RuntimeConfig {
     /// wake-up (tens of µs per message inside a VM). Costs CPU while sessions are active;
     /// `0` (the default) turns it off. At most 10,000. Read at start.
     pub busy_poll_us: u64,
-    /// Real-time priority (`SCHED_FIFO`, 1-99) for the pinhole path (see `realtime_scope`);
-    /// `0` (the default) leaves every thread to the normal scheduler. On a gateway whose CPUs
-    /// are busy, it keeps other processes from preempting a session in the middle of a
-    /// pinhole install (the install p99 tail). Needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` of
-    /// at least the priority (systemd: `LimitRTPRIO=`). Read at start.
-    pub realtime_priority: u8,
+    /// Real-time priority (`SCHED_FIFO`) for the pinhole path (see `realtime_scope`):
+    /// `"auto"` (the default) uses [`AUTO_REALTIME_PRIORITY`] where the process may
+    /// (`CAP_SYS_NICE`, or an `RLIMIT_RTPRIO` of at least that, systemd's `LimitRTPRIO=`) and
+    /// the normal scheduler where it may not, saying so at start; `1`-`99` that priority, and
+    /// the daemon refuses to start without the right to it; `0` the normal scheduler. On a
+    /// gateway whose CPUs are busy, it keeps other processes from preempting a session in the
+    /// middle of a pinhole install (the install p99 tail). Read at start.
+    pub realtime_priority: RealtimePriority,
     /// What runs real-time when `realtime_priority` is set: `pinholes` (the default: a
     /// session thread from its pinhole request to the release of the reply that waited for
     /// it, and the firewall thread) or `threads` (the session threads all the time; not with
@@ -590,13 +674,16 @@ impl Config {
                 "0 means \"no mark\"; pick a non-zero value not used by your own ruleset",
             ));
         }
-        if self.runtime.realtime_priority > 99 {
+        if let RealtimePriority::Fixed(priority @ 100..) = self.runtime.realtime_priority {
             return Err(invalid(
                 "runtime.realtime_priority",
-                "must be 0 (off) or a SCHED_FIFO priority 1-99; a low one (e.g. 10) is enough",
+                format!(
+                    "{priority} is out of range: \"auto\", 0 (off) or a SCHED_FIFO priority \
+                     1-99; a low one (e.g. 10) is enough"
+                ),
             ));
         }
-        if self.runtime.realtime_priority > 0
+        if matches!(self.runtime.realtime_priority, RealtimePriority::Fixed(1..))
             && self.runtime.realtime_scope == RealtimeScope::Threads
             && self.runtime.busy_poll_us > 0
         {
@@ -747,8 +834,9 @@ mod tests {
         assert!(valid(&|c| c.runtime.busy_poll_us = 10_000).is_ok());
         let err = valid(&|c| c.runtime.busy_poll_us = 10_001).unwrap_err();
         assert!(err.contains("runtime.busy_poll_us"), "{err}");
-        assert!(valid(&|c| c.runtime.realtime_priority = 99).is_ok());
-        let err = valid(&|c| c.runtime.realtime_priority = 100).unwrap_err();
+        assert!(valid(&|c| c.runtime.realtime_priority = RealtimePriority::Fixed(99)).is_ok());
+        let err =
+            valid(&|c| c.runtime.realtime_priority = RealtimePriority::Fixed(100)).unwrap_err();
         assert!(err.contains("runtime.realtime_priority"), "{err}");
         // Real-time session threads must not spin; a boost around installs may.
         assert_eq!(
@@ -757,13 +845,21 @@ mod tests {
         );
         assert!(
             valid(&|c| {
-                c.runtime.realtime_priority = 10;
+                c.runtime.realtime_priority = RealtimePriority::Fixed(10);
+                c.runtime.busy_poll_us = 100;
+            })
+            .is_ok()
+        );
+        // "auto" steps back by itself (at start) rather than refuse.
+        assert!(
+            valid(&|c| {
+                c.runtime.realtime_scope = RealtimeScope::Threads;
                 c.runtime.busy_poll_us = 100;
             })
             .is_ok()
         );
         let err = valid(&|c| {
-            c.runtime.realtime_priority = 10;
+            c.runtime.realtime_priority = RealtimePriority::Fixed(10);
             c.runtime.realtime_scope = RealtimeScope::Threads;
             c.runtime.busy_poll_us = 100;
         })
@@ -771,6 +867,38 @@ mod tests {
         assert!(err.contains("busy_poll_us"), "{err}");
         let parsed: Config = toml::from_str("[runtime]\nrealtime_scope = \"threads\"\n").unwrap();
         assert_eq!(parsed.runtime.realtime_scope, RealtimeScope::Threads);
+    }
+
+    #[test]
+    fn realtime_priority_is_auto_by_default_and_reads_auto_or_a_number() {
+        assert_eq!(
+            Config::default().runtime.realtime_priority,
+            RealtimePriority::Auto
+        );
+        let read = |text: &str| {
+            toml::from_str::<Config>(&format!("[runtime]\nrealtime_priority = {text}\n"))
+                .map(|c| c.runtime.realtime_priority)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(read("\"auto\""), Ok(RealtimePriority::Auto));
+        assert_eq!(read("0"), Ok(RealtimePriority::Fixed(0)));
+        assert_eq!(read("10"), Ok(RealtimePriority::Fixed(10)));
+        for bad in ["\"high\"", "-1", "300", "1.5"] {
+            let err = read(bad).unwrap_err();
+            assert!(err.contains("\"auto\" or a priority 0-99"), "{bad}: {err}");
+        }
+        // Flags: the same words.
+        assert_eq!("auto".parse(), Ok(RealtimePriority::Auto));
+        assert_eq!("5".parse(), Ok(RealtimePriority::Fixed(5)));
+        assert!("x".parse::<RealtimePriority>().is_err());
+        // Written back as it is read.
+        for value in [RealtimePriority::Auto, RealtimePriority::Fixed(7)] {
+            let mut config = Config::default();
+            config.runtime.realtime_priority = value;
+            let text = toml::to_string(&config).expect("serialize");
+            let back: Config = toml::from_str(&text).expect("parse back");
+            assert_eq!(back.runtime.realtime_priority, value);
+        }
     }
 
     #[test]

@@ -106,13 +106,17 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     let c = &settings.config;
     // This thread is the first session thread; before anything is installed, so that a
     // refusal leaves nothing behind.
-    let realtime = c.runtime.realtime_priority;
+    let realtime = realtime::resolve(
+        c.runtime.realtime_priority,
+        c.runtime.realtime_scope,
+        c.runtime.busy_poll_us > 0,
+    )
+    .map_err(DaemonError::Realtime)?;
     let (thread_realtime, boost) = match c.runtime.realtime_scope {
         RealtimeScope::Threads => (realtime, 0),
         RealtimeScope::Pinholes => (0, realtime),
     };
     realtime::apply(thread_realtime).map_err(DaemonError::Realtime)?;
-    realtime::check(boost).map_err(DaemonError::Realtime)?;
     let upstream_source = match (c.wan_address, &c.wan_interface) {
         (Some(addr), _) => Some(addr),
         (None, Some(name)) => Some(proxy::first_address(name, false)?),
@@ -241,6 +245,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         lan = ?c.lan_interfaces,
         session_threads = shards.spawner().threads(),
         busy_poll_us = c.runtime.busy_poll_us,
+        realtime_setting = %c.runtime.realtime_priority,
         realtime_priority = realtime,
         realtime_scope = ?c.runtime.realtime_scope,
         status = ?c.status.socket,

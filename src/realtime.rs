@@ -1,4 +1,5 @@
-//! Opt-in real-time scheduling of the pinhole path (`runtime.realtime_priority`).
+//! Real-time scheduling of the pinhole path (`runtime.realtime_priority`): where permitted
+//! by default (`"auto"`), required when the admin names a priority, off at `0`.
 //!
 //! On a gateway whose CPUs are busy, the normal scheduler preempts a session thread wherever
 //! it is, also in the middle of a pinhole install (a netlink transaction of a few µs), and
@@ -18,6 +19,10 @@
 //! [`Boost`], from its pinhole request to the release of the PORT/227 that waited for it.
 //! The firewall thread, which does nothing but pinhole work, is real-time in both.
 
+use tracing::info;
+
+use crate::config::{AUTO_REALTIME_PRIORITY, RealtimePriority, RealtimeScope};
+
 /// Why the policy could not be set, with what to do about it.
 fn explain(priority: u8, error: &std::io::Error) -> std::io::Error {
     let hint = match error.raw_os_error() {
@@ -36,6 +41,48 @@ fn explain(priority: u8, error: &std::io::Error) -> std::io::Error {
     )
 }
 
+/// What `runtime.realtime_priority` comes to on this machine: the priority to use (`0`: the
+/// normal scheduler). A fixed priority is checked and its refusal returned (the daemon does
+/// not start without what the admin asked for); `"auto"` takes
+/// [`AUTO_REALTIME_PRIORITY`] where the process may and otherwise the normal scheduler, and
+/// logs which and why. With `realtime_scope = "threads"` and busy polling, `"auto"` stays
+/// off: a real-time thread that spins would starve its CPU.
+pub fn resolve(
+    setting: RealtimePriority,
+    scope: RealtimeScope,
+    busy_poll: bool,
+) -> std::io::Result<u8> {
+    let priority = match setting {
+        RealtimePriority::Fixed(priority) => {
+            check(priority)?;
+            return Ok(priority);
+        }
+        RealtimePriority::Auto => AUTO_REALTIME_PRIORITY,
+    };
+    if scope == RealtimeScope::Threads && busy_poll {
+        info!(
+            "runtime.realtime_priority = \"auto\": off, because realtime_scope = \"threads\" \
+             and busy_poll_us are both set (a real-time thread that polls starves its CPU)"
+        );
+        return Ok(0);
+    }
+    match trial(priority) {
+        Ok(()) => Ok(priority),
+        Err(e) => {
+            info!(
+                reason = %e,
+                "runtime.realtime_priority = \"auto\": the pinhole path runs with the normal \
+                 scheduler, since this process may not use SCHED_FIFO {priority}; where other \
+                 processes keep the CPUs busy, installs then wait for them now and then. To \
+                 allow it: CAP_SYS_NICE or LimitRTPRIO={priority} (under the shipped unit also \
+                 RestrictRealtime=no and SystemCallFilter=sched_setscheduler: see \
+                 ftp-alg.service); to silence this: runtime.realtime_priority = 0"
+            );
+            Ok(0)
+        }
+    }
+}
+
 /// Makes the calling thread real-time at `priority` (1-99); `0` does nothing.
 pub fn apply(priority: u8) -> std::io::Result<()> {
     if priority == 0 {
@@ -51,10 +98,15 @@ pub fn check(priority: u8) -> std::io::Result<()> {
     if priority == 0 {
         return Ok(());
     }
+    trial(priority).map_err(|e| explain(priority, &e))
+}
+
+/// Whether a thread of this process may switch to `priority` (1-99), tried on a thread of
+/// its own.
+fn trial(priority: u8) -> std::io::Result<()> {
     std::thread::spawn(move || Boost::start(priority).map(drop))
         .join()
         .map_err(|_| std::io::Error::other("the real-time trial thread panicked"))?
-        .map_err(|e| explain(priority, &e))
 }
 
 /// The calling thread at `SCHED_FIFO` `priority` until this is dropped, then back to the
@@ -185,6 +237,46 @@ mod tests {
                 libc::SCHED_OTHER,
                 "restored without the capability"
             );
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn auto_uses_real_time_where_permitted_and_the_normal_scheduler_where_not() {
+        std::thread::spawn(|| {
+            let auto = |scope, busy| resolve(RealtimePriority::Auto, scope, busy);
+            assert_eq!(
+                resolve(RealtimePriority::Fixed(0), RealtimeScope::Pinholes, false).ok(),
+                Some(0)
+            );
+            // Threads scope with busy polling: auto stays off even where permitted.
+            assert_eq!(auto(RealtimeScope::Threads, true).ok(), Some(0));
+            let permitted = check(AUTO_REALTIME_PRIORITY).is_ok();
+            let want = if permitted { AUTO_REALTIME_PRIORITY } else { 0 };
+            assert_eq!(auto(RealtimeScope::Pinholes, false).ok(), Some(want));
+            assert_eq!(auto(RealtimeScope::Threads, false).ok(), Some(want));
+            assert_eq!(policy(), libc::SCHED_OTHER, "resolving changes no thread");
+            // Without the right to it (the shipped unit): auto falls back, a named priority
+            // is refused with what to do.
+            drop_sys_nice();
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: a valid rlimit to fill.
+            assert_eq!(
+                unsafe { libc::getrlimit(libc::RLIMIT_RTPRIO, &raw mut limit) },
+                0
+            );
+            if limit.rlim_cur >= libc::rlim_t::from(AUTO_REALTIME_PRIORITY) {
+                return; // RLIMIT_RTPRIO allows it without the capability
+            }
+            assert_eq!(auto(RealtimeScope::Pinholes, false).ok(), Some(0));
+            assert_eq!(auto(RealtimeScope::Threads, false).ok(), Some(0));
+            let err = resolve(RealtimePriority::Fixed(5), RealtimeScope::Pinholes, false)
+                .expect_err("a named priority without the right to it");
+            assert!(err.to_string().contains("LimitRTPRIO=5"), "{err}");
         })
         .join()
         .expect("thread");

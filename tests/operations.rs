@@ -455,6 +455,110 @@ fn realtime_priority_with_pinhole_scope_leaves_session_threads_normal_between_in
     );
 }
 
+/// The default, `realtime_priority = "auto"`, run as root: the pinhole scope at priority 10.
+#[test]
+fn realtime_priority_auto_is_the_pinhole_scope_where_permitted() {
+    require_lab!("vsftpd");
+    realtime_case(
+        &["--workers", "2"],
+        &[
+            ("ftp-alg", SCHED_OTHER),
+            ("ftp-alg-s1", SCHED_OTHER),
+            ("ftp-alg-nft", SCHED_FIFO),
+        ],
+    );
+}
+
+#[test]
+fn realtime_priority_zero_leaves_every_thread_normal() {
+    require_lab!("vsftpd");
+    realtime_case(
+        &["--workers", "2", "--realtime-priority", "0"],
+        &[
+            ("ftp-alg", SCHED_OTHER),
+            ("ftp-alg-s1", SCHED_OTHER),
+            ("ftp-alg-nft", SCHED_OTHER),
+        ],
+    );
+}
+
+/// A wrapper that runs the daemon without `CAP_SYS_NICE` (as under the shipped unit, which
+/// does not allow real time; `RLIMIT_RTPRIO` is 0 for root by default).
+fn without_sys_nice(dir: &Path) -> PathBuf {
+    let wrapper = dir.join("ftp-alg-without-sys-nice");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec setpriv --bounding-set -sys_nice {} \"$@\"\n",
+            alg_binary().display()
+        ),
+    )
+    .expect("write the wrapper");
+    let mut perms = std::fs::metadata(&wrapper).expect("wrapper").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&wrapper, perms).expect("chmod the wrapper");
+    wrapper
+}
+
+/// Without the right to real time, "auto" starts with the normal scheduler, says so and how
+/// to allow it, and transfers work; a priority the admin named is refused at start instead.
+#[test]
+fn realtime_priority_auto_without_the_right_runs_normally_and_a_named_priority_is_refused() {
+    require_lab!("vsftpd");
+    if !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("SKIP: setpriv (util-linux) missing");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrapper = without_sys_nice(dir.path());
+    let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");
+    let server = Vsftpd::start(&lab.server).expect("vsftpd");
+    server.put_file("f.bin", b"hello").expect("file");
+
+    let mut options = AlgOptions::new(&wrapper);
+    options.extra_args = ["--realtime-priority", "7"].map(str::to_owned).to_vec();
+    let Err(refused) = AlgDaemon::start(&lab.gateway, &options) else {
+        panic!("a named priority without the right to it must stop the daemon");
+    };
+    let refused = refused.to_string();
+    assert!(
+        refused.contains("runtime.realtime_priority")
+            && refused.contains("LimitRTPRIO=7")
+            && refused.contains("CAP_SYS_NICE"),
+        "{refused}"
+    );
+
+    let alg = AlgDaemon::start(&lab.gateway, &AlgOptions::new(&wrapper)).expect("ftp-alg");
+    let pid = daemon_pid(&lab.gateway);
+    for (name, policy) in thread_policies(pid) {
+        assert_eq!(policy, SCHED_OTHER, "{name}");
+    }
+    lab.client
+        .run_in(move || -> Result<(), String> {
+            let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
+            ftp.login(FTP_USER, FTP_PASSWORD)
+                .map_err(|e| e.to_string())?;
+            for mode in [DataMode::Pasv, DataMode::Port] {
+                let data = ftp.retr(mode, "f.bin").map_err(|e| e.to_string())?;
+                if data != b"hello" {
+                    return Err(format!("{mode:?}: data differs"));
+                }
+            }
+            ftp.quit().map_err(|e| e.to_string())
+        })
+        .expect("client thread")
+        .unwrap_or_else(|e| panic!("{e}\n{}", alg.output()));
+    let log = alg.output();
+    assert!(
+        log.contains(
+            "runtime.realtime_priority = \"auto\": the pinhole path runs with the normal scheduler"
+        ) && log.contains("LimitRTPRIO=10"),
+        "{log}"
+    );
+    drop(server);
+    assert_clean_shutdown(&lab, alg);
+}
+
 #[test]
 fn realtime_thread_scope_with_busy_polling_is_refused_at_start() {
     let out = std::process::Command::new(alg_binary())
