@@ -182,6 +182,15 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
                 return Err(e.into());
             }
         };
+    telemetry.set_realtime(crate::telemetry::RealtimeView {
+        setting: c.runtime.realtime_priority.to_string(),
+        priority: realtime,
+        scope: match c.runtime.realtime_scope {
+            RealtimeScope::Pinholes => "pinholes",
+            RealtimeScope::Threads => "threads",
+        }
+        .to_owned(),
+    });
     telemetry.set_firewall_stats(crate::telemetry::FirewallStatsSource::new({
         let firewall = firewall.clone();
         move || firewall.inner().stats()

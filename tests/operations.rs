@@ -371,7 +371,8 @@ const SCHED_FIFO: u32 = 1;
 
 /// Starts the daemon with `args`, checks each named thread's policy at rest, runs a PASV and
 /// a PORT transfer, and checks that every thread the daemon started itself runs normally.
-fn realtime_case(args: &[&str], expected: &[(&str, u32)]) {
+/// `priority` is what the status socket must report for the pinhole path.
+fn realtime_case(args: &[&str], expected: &[(&str, u32)], priority: u64) {
     let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");
     let server = Vsftpd::start(&lab.server).expect("vsftpd");
     let content: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 251) as u8).collect();
@@ -392,6 +393,8 @@ fn realtime_case(args: &[&str], expected: &[(&str, u32)]) {
         }
     };
     check("at start");
+    let status = alg.status().expect("status socket");
+    assert_eq!(status["realtime"]["priority"], priority, "{status}");
     // Transfers of both modes work, and whatever the daemon starts runs normally.
     let expected_data = content.clone();
     lab.client
@@ -436,6 +439,7 @@ fn realtime_priority_with_thread_scope_puts_the_session_and_firewall_threads_on_
             ("ftp-alg-s1", SCHED_FIFO),
             ("ftp-alg-nft", SCHED_FIFO),
         ],
+        5,
     );
 }
 
@@ -452,6 +456,7 @@ fn realtime_priority_with_pinhole_scope_leaves_session_threads_normal_between_in
             ("ftp-alg-s1", SCHED_OTHER),
             ("ftp-alg-nft", SCHED_FIFO),
         ],
+        5,
     );
 }
 
@@ -466,6 +471,7 @@ fn realtime_priority_auto_is_the_pinhole_scope_where_permitted() {
             ("ftp-alg-s1", SCHED_OTHER),
             ("ftp-alg-nft", SCHED_FIFO),
         ],
+        10,
     );
 }
 
@@ -479,6 +485,7 @@ fn realtime_priority_zero_leaves_every_thread_normal() {
             ("ftp-alg-s1", SCHED_OTHER),
             ("ftp-alg-nft", SCHED_OTHER),
         ],
+        0,
     );
 }
 
@@ -533,6 +540,9 @@ fn realtime_priority_auto_without_the_right_runs_normally_and_a_named_priority_i
     for (name, policy) in thread_policies(pid) {
         assert_eq!(policy, SCHED_OTHER, "{name}");
     }
+    let status = alg.status().expect("status socket");
+    assert_eq!(status["realtime"]["setting"], "auto", "{status}");
+    assert_eq!(status["realtime"]["priority"], 0, "{status}");
     lab.client
         .run_in(move || -> Result<(), String> {
             let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;

@@ -15,12 +15,15 @@
 //!   ([`owners`]).
 //! - **Batching.** Callers that find every socket busy send their requests over a channel; the
 //!   thread drains everything queued (up to [`MAX_BATCH`] requests) into one nf_tables
-//!   transaction: `BATCH_BEGIN`, one message per element each with `NLM_F_ACK` and its own
-//!   sequence number, `BATCH_END`. The kernel processes the batch synchronously inside
-//!   `sendmsg`, so every acknowledgement is queued on the socket when `sendmsg` returns; they
-//!   are matched back to requests by sequence number. A transaction is all or nothing: when any
-//!   message fails the kernel aborts the batch *but still sends success ACKs for the messages
-//!   that were fine*, so a zero ACK means "committed" only if the whole batch had no error. On
+//!   transaction: `BATCH_BEGIN`, one message per element with its own sequence number,
+//!   `BATCH_END`. The kernel processes the batch synchronously inside `sendmsg`, so every
+//!   answer is queued on the socket when `sendmsg` returns, in message order; errors are
+//!   matched back to requests by sequence number. Only the last message asks for a success
+//!   ACK (`NLM_F_ACK`): errors are always answered, so once the last message's answer is in,
+//!   every message that said nothing succeeded (an ACK per message cost an skb and a
+//!   `recvmsg` each). A transaction is all or nothing: when any message fails the kernel
+//!   aborts the batch *but still acknowledges the last message if it was fine*, so a zero
+//!   ACK means "committed" only if the whole batch had no error. On
 //!   any error the requests of the batch are replayed one per batch, which attributes each
 //!   error precisely. Every operation is idempotent (add without `NLM_F_EXCL`, destroy), so
 //!   replaying is always safe.
@@ -669,7 +672,8 @@ fn batch_marker(buf: &mut Vec<u8>, ty: u16, seq: u32) {
     msg_end(buf, start);
 }
 
-/// One `NEWSETELEM` / `DESTROYSETELEM` / `DELSETELEM` message carrying one element.
+/// One `NEWSETELEM` / `DESTROYSETELEM` / `DELSETELEM` message carrying one element; `ack`
+/// asks for an acknowledgement of success too (an error is always answered).
 fn setelem_msg(
     buf: &mut Vec<u8>,
     msg: u16,
@@ -677,8 +681,12 @@ fn setelem_msg(
     table: &str,
     element: &Element,
     timeout_ms: Option<u64>,
+    ack: bool,
 ) {
-    let mut flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut flags = NLM_F_REQUEST;
+    if ack {
+        flags |= NLM_F_ACK;
+    }
     if msg == NFT_MSG_NEWSETELEM {
         flags |= NLM_F_CREATE;
     }
@@ -1033,6 +1041,7 @@ impl Backend {
         let first = begin.wrapping_add(1);
         // For each message: (job index, element index).
         let mut owners: Vec<(usize, usize)> = Vec::new();
+        let messages: usize = jobs.iter().map(|job| job.elements.len()).sum();
         for (j, job) in jobs.iter().enumerate() {
             for (e, element) in job.elements.iter().enumerate() {
                 let seq = bump(&mut self.seq);
@@ -1041,7 +1050,12 @@ impl Backend {
                     Kind::Remove if self.destroy => (self.destroy_msg, None),
                     Kind::Remove => (NFT_MSG_DELSETELEM, None),
                 };
-                setelem_msg(&mut self.tx, msg, seq, &self.table, element, timeout);
+                // Only the last message asks for a success ACK: errors are always answered,
+                // and the kernel delivers a batch's answers in message order once it has
+                // committed or aborted, so the last one's ACK closes the transaction. (An
+                // ACK per message would cost the kernel an skb and us a recvmsg each.)
+                let last = owners.len() + 1 == messages;
+                setelem_msg(&mut self.tx, msg, seq, &self.table, element, timeout, last);
                 owners.push((j, e));
             }
         }
@@ -1053,7 +1067,6 @@ impl Backend {
             return vec![Outcome::Io(error); jobs.len()];
         }
         let mut acks: Vec<Option<i32>> = vec![None; owners.len()];
-        let mut answered = 0usize;
         let mut batch_errno = None;
         let received = self.receive(|reply| {
             if let Reply::Ack { seq, errno } = reply {
@@ -1065,11 +1078,17 @@ impl Backend {
                     && slot.is_none()
                 {
                     *slot = Some(errno);
-                    answered += 1;
                 }
             }
-            answered == acks.len() || batch_errno.is_some()
+            acks.last().is_some_and(Option::is_some) || batch_errno.is_some()
         });
+        // The last message's answer came after every earlier one's: those that said nothing
+        // succeeded.
+        if acks.last().is_some_and(Option::is_some) {
+            for ack in &mut acks {
+                ack.get_or_insert(0);
+            }
+        }
 
         let any_error =
             batch_errno.is_some() || acks.iter().any(|a| matches!(a, Some(e) if *e != 0));

@@ -77,6 +77,8 @@ pub struct Telemetry {
     latency_sum_ns: AtomicU64,
     /// The kernel backend's own counters, once the daemon has one.
     firewall: std::sync::OnceLock<FirewallStatsSource>,
+    /// How the pinhole path is scheduled, once the daemon has decided.
+    realtime: std::sync::OnceLock<RealtimeView>,
 }
 
 /// Reads the kernel backend's counters (see [`Telemetry::set_firewall_stats`]).
@@ -111,6 +113,7 @@ impl Default for Telemetry {
             latency_count: AtomicU64::new(0),
             latency_sum_ns: AtomicU64::new(0),
             firewall: std::sync::OnceLock::new(),
+            realtime: std::sync::OnceLock::new(),
         }
     }
 }
@@ -170,6 +173,11 @@ impl Telemetry {
     /// Where snapshots read the kernel backend's counters from (set once, at start).
     pub fn set_firewall_stats(&self, source: FirewallStatsSource) {
         let _ = self.firewall.set(source);
+    }
+
+    /// Records how `runtime.realtime_priority` came out at start (set once).
+    pub fn set_realtime(&self, view: RealtimeView) {
+        let _ = self.realtime.set(view);
     }
 
     /// Sessions currently registered.
@@ -233,6 +241,7 @@ impl Telemetry {
                 .firewall
                 .get()
                 .map(|source| FirewallView::from((source.0)())),
+            realtime: self.realtime.get().cloned(),
             sessions,
         }
     }
@@ -348,6 +357,8 @@ pub struct Snapshot {
     pub latency_sum_secs: f64,
     /// The kernel backend's counters (absent without one, e.g. in tests).
     pub firewall: Option<FirewallView>,
+    /// How the pinhole path is scheduled (absent in tests).
+    pub realtime: Option<RealtimeView>,
     /// The live sessions.
     pub sessions: Vec<SessionView>,
 }
@@ -383,6 +394,17 @@ impl From<FirewallStats> for FirewallView {
             hot_placements: s.hot_placements,
         }
     }
+}
+
+/// How `runtime.realtime_priority` came out at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RealtimeView {
+    /// The setting: `auto` or a number.
+    pub setting: String,
+    /// The `SCHED_FIFO` priority in use; 0 = the normal scheduler.
+    pub priority: u8,
+    /// `pinholes` or `threads`.
+    pub scope: String,
 }
 
 /// One live session in a snapshot.
@@ -484,6 +506,23 @@ pub fn render_status(snapshot: &serde_json::Value) -> String {
             num(&fw["stale_flows_removed"])
         );
     }
+    let rt = &snapshot["realtime"];
+    if rt.is_object() {
+        let setting = text(&rt["setting"]);
+        let _ = match num(&rt["priority"]) {
+            0 if setting == "auto" => writeln!(
+                out,
+                "pinhole path: normal scheduler (realtime_priority auto: this process may not \
+                 use real time; the start log says how to allow it)"
+            ),
+            0 => writeln!(out, "pinhole path: normal scheduler (realtime_priority 0)"),
+            priority => writeln!(
+                out,
+                "pinhole path: SCHED_FIFO {priority} (realtime_priority {setting}, scope {})",
+                text(&rt["scope"])
+            ),
+        };
+    }
     out
 }
 
@@ -555,5 +594,39 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn status_says_how_the_pinhole_path_is_scheduled() {
+        let shown = |setting: &str, priority| {
+            let telemetry = Telemetry::default();
+            telemetry.set_realtime(RealtimeView {
+                setting: setting.to_owned(),
+                priority,
+                scope: "pinholes".to_owned(),
+            });
+            let snap = telemetry.snapshot(Duration::from_secs(30));
+            render_status(&serde_json::to_value(&snap).expect("json"))
+        };
+        let text = shown("auto", 10);
+        assert!(
+            text.contains("pinhole path: SCHED_FIFO 10 (realtime_priority auto, scope pinholes)"),
+            "{text}"
+        );
+        let text = shown("auto", 0);
+        assert!(
+            text.contains("pinhole path: normal scheduler (realtime_priority auto: this process"),
+            "{text}"
+        );
+        let text = shown("0", 0);
+        assert!(
+            text.contains("pinhole path: normal scheduler (realtime_priority 0)"),
+            "{text}"
+        );
+        let unset = render_status(
+            &serde_json::to_value(Telemetry::default().snapshot(Duration::from_secs(30)))
+                .expect("json"),
+        );
+        assert!(!unset.contains("pinhole path"), "{unset}");
     }
 }

@@ -161,6 +161,15 @@ pub fn render(snapshot: &Snapshot, admitted: Option<Admitted>) -> String {
             metric(name, "counter", help, &[(String::new(), value)]);
         }
     }
+    if let Some(rt) = &snapshot.realtime {
+        metric(
+            "ftp_alg_realtime_priority",
+            "gauge",
+            "SCHED_FIFO priority of the pinhole path (runtime.realtime_priority as it came out at \
+             start); 0 = the normal scheduler.",
+            &plain(u64::from(rt.priority)),
+        );
+    }
     out
 }
 
@@ -202,6 +211,11 @@ mod tests {
             hot_placements: 2,
             ..FirewallStats::default()
         }));
+        telemetry.set_realtime(RealtimeView {
+            setting: "auto".into(),
+            priority: 10,
+            scope: "pinholes".into(),
+        });
         let text = render(
             &telemetry.snapshot(Duration::from_secs(30)),
             Some(Admitted {
@@ -224,6 +238,8 @@ mod tests {
             "ftp_alg_nft_busy_retries_total 1",
             "ftp_alg_pinholes_hot_total 2",
             "# TYPE ftp_alg_nft_seconds_total counter",
+            "# TYPE ftp_alg_realtime_priority gauge",
+            "ftp_alg_realtime_priority 10",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -111,7 +111,15 @@ fn setelem_message_layout_matches_the_uapi() {
     )
     .expect("elements")[0];
     let mut buf = Vec::new();
-    setelem_msg(&mut buf, NFT_MSG_NEWSETELEM, 7, "ftp_alg", el, Some(1500));
+    setelem_msg(
+        &mut buf,
+        NFT_MSG_NEWSETELEM,
+        7,
+        "ftp_alg",
+        el,
+        Some(1500),
+        true,
+    );
     assert_eq!(ne_u32(&buf, 0), Some(buf.len() as u32));
     assert_eq!(buf.len() % 4, 0);
     assert_eq!(ne_u16(&buf, 4), Some((10 << 8) | 12));
@@ -136,9 +144,21 @@ fn setelem_message_layout_matches_the_uapi() {
     assert_eq!(item[2], (4, &1500u64.to_be_bytes()[..]));
 
     let mut del = Vec::new();
-    setelem_msg(&mut del, NFT_MSG_DESTROYSETELEM, 8, "t", el, None);
+    setelem_msg(&mut del, NFT_MSG_DESTROYSETELEM, 8, "t", el, None, true);
     assert_eq!(ne_u16(&del, 4), Some((10 << 8) | 30));
     assert_eq!(ne_u16(&del, 6), Some(0x1 | 0x4));
+    // Not the last message of its batch: no success ACK asked for.
+    let mut quiet = Vec::new();
+    setelem_msg(
+        &mut quiet,
+        NFT_MSG_NEWSETELEM,
+        9,
+        "t",
+        el,
+        Some(1500),
+        false,
+    );
+    assert_eq!(ne_u16(&quiet, 6), Some(0x1 | 0x400));
 }
 
 #[test]
@@ -1213,4 +1233,80 @@ fn the_watchdog_lookup_tells_whether_our_table_exists() {
     ns.nft(&["delete", "table", "inet", T], None)
         .expect("delete the table");
     assert!(!exists().expect("lookup after delete"), "table deleted");
+}
+
+/// Only the last message of a batch asks for a success ACK. A refused message earlier in the
+/// batch is still answered, attributed to its own request and element, and aborts the rest;
+/// a batch without errors is complete once the last message is answered.
+#[test]
+fn a_batch_acked_on_its_last_message_attributes_an_earlier_error() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let path = ns.path();
+    let outcomes = std::thread::spawn(move || {
+        enter_netns(&path).expect("enter the namespace");
+        let mut backend =
+            Backend::open(T.to_owned(), Arc::new(Counters::default())).expect("backend");
+        let add = Kind::Add { timeout_ms: 60_000 };
+        let good = |port: u16| {
+            elements(&passive("10.0.0.2", "203.0.113.2", port), true).expect("elements")
+        };
+        let (one, two) = (good(30000), good(30001));
+        let active = elements(
+            &active("203.0.113.2", "198.51.100.1", 40000, "10.0.0.2", 50000),
+            true,
+        )
+        .expect("elements");
+        // A key of the wrong length: the kernel refuses that message (EINVAL).
+        let mut bad = active.clone();
+        bad[1].key.truncate(3);
+        let clean = backend.transact(&[
+            Job {
+                kind: add,
+                elements: &one,
+            },
+            Job {
+                kind: add,
+                elements: &active,
+            },
+        ]);
+        let failed = backend.transact(&[
+            Job {
+                kind: add,
+                elements: &two,
+            },
+            Job {
+                kind: add,
+                elements: &bad,
+            },
+            Job {
+                kind: add,
+                elements: &one,
+            },
+        ]);
+        (clean, failed)
+    })
+    .join()
+    .expect("backend thread");
+    assert_eq!(outcomes.0, vec![Outcome::Done, Outcome::Done]);
+    assert_eq!(
+        outcomes.1,
+        vec![
+            Outcome::Aborted,
+            Outcome::Refused {
+                errno: libc::EINVAL,
+                element: 1
+            },
+            Outcome::Aborted,
+        ]
+    );
+    // The clean batch committed; nothing of the aborted one did.
+    assert_eq!(
+        ns.count_in(T, "passive_pin"),
+        1,
+        "{}",
+        ns.list(T, "passive_pin")
+    );
+    assert_eq!(ns.count_in(T, "active_pin"), 1);
+    assert_eq!(ns.count_in(T, "dnat_once"), 1);
 }
