@@ -1143,7 +1143,7 @@ fn machine() -> Machine {
     let nproc = std::thread::available_parallelism().map_or(1, usize::from);
     Machine {
         cpu: format!("{nproc} × {cpu}"),
-        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        kernel: common::kernel_release(),
         date: stdout_of(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
         commit: {
             let git = |args: &[&str]| {

@@ -1686,7 +1686,7 @@ fn machine_info() -> Machine {
     };
     Machine {
         nproc: std::thread::available_parallelism().map_or(1, usize::from),
-        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        kernel: common::kernel_release(),
         cpu: read("/proc/cpuinfo")
             .lines()
             .find_map(|l| l.strip_prefix("model name"))

@@ -2609,7 +2609,7 @@ fn machine_line() -> (String, String, String, String) {
     let nproc = std::thread::available_parallelism().map_or(1, usize::from);
     (
         format!("{nproc} × {cpu}"),
-        read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        common::kernel_release(),
         stdout_of(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
         stdout_of(
             Command::new("git")

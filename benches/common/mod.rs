@@ -1,5 +1,5 @@
-//! Shared by the benchmarks: nearest-rank percentiles of latency samples, and the userspace
-//! relay proxy they compare against.
+//! Shared by the benchmarks: nearest-rank percentiles of latency samples, the userspace
+//! relay proxy they compare against, and the kernel line of their reports.
 #![allow(dead_code)] // each benchmark uses a different subset
 
 use std::path::Path;
@@ -7,6 +7,30 @@ use std::time::Duration;
 
 use ftp_alg::lab::Netns;
 use ftp_alg::lab::relay::{RELAY_BINARY, RelayOptions, RelayProxy};
+
+/// The kernel release, and the CPU-vulnerability mitigations in force that tax every kernel
+/// entry or return (their cost differs between hosts of one VM type by 2-3x for everything
+/// the kernel does: netlink transactions, TCP hops, wake-ups), so that two reports can be
+/// told apart: "6.18.44 (spec_rstack_overflow: Vulnerable: Safe RET, no microcode;
+/// spectre_v2: Mitigation: Retpolines)".
+pub(crate) fn kernel_release() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let costly: Vec<String> = ["meltdown", "retbleed", "spec_rstack_overflow", "spectre_v2"]
+        .iter()
+        .filter_map(|name| {
+            let path = format!("/sys/devices/system/cpu/vulnerabilities/{name}");
+            let state = std::fs::read_to_string(path).ok()?;
+            // The first clause says what it is ("Mitigation: Retpolines; STIBP: …").
+            let state = state.split(';').next().unwrap_or_default().trim();
+            (!state.is_empty() && state != "Not affected").then(|| format!("{name}: {state}"))
+        })
+        .collect();
+    if costly.is_empty() {
+        release.trim().to_owned()
+    } else {
+        format!("{} ({})", release.trim(), costly.join("; "))
+    }
+}
 
 /// Why the relay proxy cannot be a route of this run: `FTP_ALG_BENCH_RELAY=0`, or Debian's
 /// `ftp-proxy` is not installed.
