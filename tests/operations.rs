@@ -369,6 +369,27 @@ fn thread_policies(pid: i32) -> Vec<(String, u32)> {
 const SCHED_OTHER: u32 = 0;
 const SCHED_FIFO: u32 = 1;
 
+/// Logs in through the daemon and retrieves `f.bin` in passive and then active mode, each
+/// compared with `content`; panics with the daemon's log on any failure.
+fn retr_both_modes(lab: &ClientNatLab, alg: &AlgDaemon, content: &[u8]) {
+    let expected = content.to_vec();
+    lab.client
+        .run_in(move || -> Result<(), String> {
+            let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
+            ftp.login(FTP_USER, FTP_PASSWORD)
+                .map_err(|e| e.to_string())?;
+            for mode in [DataMode::Pasv, DataMode::Port] {
+                let data = ftp.retr(mode, "f.bin").map_err(|e| e.to_string())?;
+                if data != expected {
+                    return Err(format!("{mode:?}: data differs"));
+                }
+            }
+            ftp.quit().map_err(|e| e.to_string())
+        })
+        .expect("client thread")
+        .unwrap_or_else(|e| panic!("{e}\n{}", alg.output()));
+}
+
 /// Starts the daemon with `args`, checks each named thread's policy at rest, runs a PASV and
 /// a PORT transfer, and checks that every thread the daemon started itself runs normally.
 /// `priority` is what the status socket must report for the pinhole path.
@@ -396,22 +417,7 @@ fn realtime_case(args: &[&str], expected: &[(&str, u32)], priority: u64) {
     let status = alg.status().expect("status socket");
     assert_eq!(status["realtime"]["priority"], priority, "{status}");
     // Transfers of both modes work, and whatever the daemon starts runs normally.
-    let expected_data = content.clone();
-    lab.client
-        .run_in(move || -> Result<(), String> {
-            let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
-            ftp.login(FTP_USER, FTP_PASSWORD)
-                .map_err(|e| e.to_string())?;
-            for mode in [DataMode::Pasv, DataMode::Port] {
-                let data = ftp.retr(mode, "f.bin").map_err(|e| e.to_string())?;
-                if data != expected_data {
-                    return Err(format!("{mode:?}: data differs"));
-                }
-            }
-            ftp.quit().map_err(|e| e.to_string())
-        })
-        .expect("client thread")
-        .unwrap_or_else(|e| panic!("{e}\n{}", alg.output()));
+    retr_both_modes(&lab, &alg, &content);
     check("after transfers");
     for (name, policy) in thread_policies(pid) {
         if !name.starts_with("ftp-alg") {
@@ -543,21 +549,7 @@ fn realtime_priority_auto_without_the_right_runs_normally_and_a_named_priority_i
     let status = alg.status().expect("status socket");
     assert_eq!(status["realtime"]["setting"], "auto", "{status}");
     assert_eq!(status["realtime"]["priority"], 0, "{status}");
-    lab.client
-        .run_in(move || -> Result<(), String> {
-            let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
-            ftp.login(FTP_USER, FTP_PASSWORD)
-                .map_err(|e| e.to_string())?;
-            for mode in [DataMode::Pasv, DataMode::Port] {
-                let data = ftp.retr(mode, "f.bin").map_err(|e| e.to_string())?;
-                if data != b"hello" {
-                    return Err(format!("{mode:?}: data differs"));
-                }
-            }
-            ftp.quit().map_err(|e| e.to_string())
-        })
-        .expect("client thread")
-        .unwrap_or_else(|e| panic!("{e}\n{}", alg.output()));
+    retr_both_modes(&lab, &alg, b"hello");
     let log = alg.output();
     assert!(
         log.contains(
