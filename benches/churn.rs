@@ -194,29 +194,9 @@ struct Daemon {
 }
 
 fn alg_options(settings: &Settings) -> AlgOptions {
-    let binary = std::env::var_os("FTP_ALG_BENCH_BINARY").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_ftp-alg")),
-        PathBuf::from,
-    );
-    let mut options = AlgOptions::new(binary);
+    let mut options = common::alg_options(&common::OPEN_LIMITS);
     options.log_level = "ftp_alg=warn".into();
     options.active_ports = (40000, 49999);
-    // Limits opened up so that the runs measure the daemon, not its admission policy (one
-    // client address opens thousands of sessions per second here).
-    options.extra_args = [
-        "--max-sessions",
-        "100000",
-        "--max-sessions-per-client",
-        "100000",
-        "--new-sessions-per-second",
-        "1000000",
-        "--max-pinholes",
-        "1000000",
-        "--idle-timeout",
-        "900",
-    ]
-    .map(String::from)
-    .to_vec();
     options
         .extra_args
         .extend(settings.daemon_args.iter().cloned());

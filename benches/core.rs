@@ -602,26 +602,9 @@ fn save_log(alg: &AlgDaemon, name: &str) {
     }
 }
 
-/// The daemon under test: the binary cargo built, or `FTP_ALG_BENCH_BINARY` (another build,
-/// or a wrapper script that sets an environment or a CPU affinity) to compare against, with
-/// the options in `FTP_ALG_BENCH_ALG_ARGS` (e.g. `--busy-poll-us 100`) added to every start.
+/// The daemon under test (see [`common::alg_options`]).
 fn alg_options() -> AlgOptions {
-    let binary = std::env::var_os("FTP_ALG_BENCH_BINARY").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_ftp-alg")),
-        PathBuf::from,
-    );
-    let mut options = AlgOptions::new(binary);
-    options.extra_args = extra_alg_args();
-    options
-}
-
-/// `FTP_ALG_BENCH_ALG_ARGS`, split on white space.
-fn extra_alg_args() -> Vec<String> {
-    std::env::var("FTP_ALG_BENCH_ALG_ARGS")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(String::from)
-        .collect()
+    common::alg_options(&[])
 }
 
 /// Packets conntrack dropped in `ns` (summed over CPUs; `/proc/net/stat/nf_conntrack`):
@@ -1710,7 +1693,7 @@ fn machine_info() -> Machine {
             } else {
                 format!("{head} + uncommitted src changes")
             };
-            let extra = extra_alg_args();
+            let extra = common::alg_options(&[]).extra_args;
             if extra.is_empty() {
                 head
             } else {

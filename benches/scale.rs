@@ -14,7 +14,7 @@
 //!   :21 (vsftpd) and :2200 (a tiny std-only FTP server in this process, for idle sessions —
 //!   vsftpd forks two processes per session and cannot hold 10,000 of them on this machine);
 //! - `open`: no ALG, no helper, every LAN→WAN connection accepted: the plain kernel-forwarding
-//!   baseline (bulk TCP, NOOP round trip without interception); for active mode a static port
+//!   baseline (bulk TCP); for active mode a static port
 //!   forward (server:20 → gateway:45000-45999 DNATed to the client), which a client that
 //!   announces the gateway's address in PORT uses;
 //! - `helper`: the kernel's FTP helper (`ct helper` "ftp" + nf_nat_ftp), no ALG;
@@ -31,6 +31,12 @@
 //! and the same RETRs, a plain TCP stream in no set, and the pinhole install latency are
 //! measured with the table empty and full in alternating (ABBA) rounds; the filler is removed
 //! again and the emptiness checked.
+//!
+//! Control overhead (target 3): NOOPs through the ALG (vsftpd on :21) alternate, one by one
+//! on one client thread, with NOOPs to a vsftpd on the same bed that the gateway forwards
+//! without interception (:2300), so the two series share every namespace, veth and minute of
+//! the machine; the added time is reported as the difference of their percentiles and as the
+//! median of the per-pair differences.
 //!
 //! Every client and server loop runs on a thread inside a lab namespace and is bounded in
 //! count and in time; every socket has a timeout.
@@ -207,29 +213,10 @@ impl Row {
 // The run
 
 fn alg_options(control_ports: Vec<u16>) -> AlgOptions {
-    let binary = std::env::var_os("FTP_ALG_BENCH_BINARY").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_ftp-alg")),
-        PathBuf::from,
-    );
-    let mut options = AlgOptions::new(binary);
+    let mut options = common::alg_options(&common::OPEN_LIMITS);
     options.control_ports = control_ports;
     options.log_level = "ftp_alg=warn".into();
     options.active_ports = (40000, 49999);
-    // Limits opened up so that the runs measure the daemon, not its admission policy.
-    options.extra_args = [
-        "--max-sessions",
-        "100000",
-        "--max-sessions-per-client",
-        "100000",
-        "--new-sessions-per-second",
-        "1000000",
-        "--max-pinholes",
-        "1000000",
-        "--idle-timeout",
-        "900",
-    ]
-    .map(String::from)
-    .to_vec();
     options
 }
 
@@ -320,7 +307,7 @@ fn run(settings: &Settings, rows: &mut Vec<Row>) -> BoxResult<()> {
     };
     bulk(settings, rows, &bed, bulk_len)?;
     state_scale(settings, rows, &bed, bulk_len)?;
-    control_overhead(settings, rows, &alg_lab, &open_lab)?;
+    control_overhead(settings, rows, &alg_lab)?;
     session_rate(settings, rows, &alg_lab, &helper_lab)?;
     alg.stop(Duration::from_secs(5));
     idle_sessions(settings, rows, &alg_lab)?;
@@ -1893,16 +1880,14 @@ fn control_overhead(
     settings: &Settings,
     rows: &mut Vec<Row>,
     alg_lab: &ClientNatLab,
-    open_lab: &ClientNatLab,
 ) -> BoxResult<()> {
-    say(&format!("NOOP round trips: {} each", settings.noops));
-    let direct = noop_series(&open_lab.client, settings.noops)?;
-    let through = noop_series(&alg_lab.client, settings.noops)?;
-    let direct2 = noop_series(&open_lab.client, settings.noops)?;
-    let through2 = noop_series(&alg_lab.client, settings.noops)?;
-    let direct = Stats::from_micros([direct, direct2].concat());
-    let through = Stats::from_micros([through, through2].concat());
-    push_noop_rows(rows, "one session", &through, &direct);
+    say(&format!(
+        "NOOP round trips: {} through ftp-alg (:21) interleaved with {} direct to the bed's \
+         open vsftpd (:{BED_OPEN_PORT}, same namespaces and veths, not intercepted)",
+        settings.noops, settings.noops
+    ));
+    let one = noop_pairs(&alg_lab.client, settings.noops)?;
+    push_noop_rows(rows, "one session", &one);
 
     say(&format!(
         "holding {} idle sessions through ftp-alg (tiny server :{TINY_PORT})",
@@ -1914,23 +1899,42 @@ fn control_overhead(
         Duration::from_secs(60),
     )?;
     let opened = holder.opened;
-    let loaded = noop_series(&alg_lab.client, settings.noops)?;
-    let loaded_direct = noop_series(&open_lab.client, settings.noops)?;
+    let loaded = noop_pairs(&alg_lab.client, settings.noops);
     drop(holder);
-    let loaded = Stats::from_micros(loaded);
-    let loaded_direct = Stats::from_micros(loaded_direct);
     push_noop_rows(
         rows,
         &format!("{opened} idle sessions held through ftp-alg"),
-        &loaded,
-        &loaded_direct,
+        &loaded?,
     );
     Ok(())
 }
 
-fn push_noop_rows(rows: &mut Vec<Row>, label: &str, through: &Stats, direct: &Stats) {
-    let limit = "vsftpd's own NOOP handling and two veth hops dominate the direct figure; the \
-                 added time is the ALG's read → parse → write on each direction (tokio wake-ups)";
+/// NOOP round trips through the ALG and direct, measured alternately on one client thread so
+/// that whatever the shared machine does meanwhile taxes both alike.
+struct NoopPairs {
+    through: Vec<f64>,
+    direct: Vec<f64>,
+}
+
+impl NoopPairs {
+    /// The median of the per-pair differences (through − direct), µs.
+    fn paired_added_p50(&self) -> f64 {
+        let added = self
+            .through
+            .iter()
+            .zip(&self.direct)
+            .map(|(t, d)| t - d)
+            .collect();
+        Stats::from_micros(added).p50
+    }
+}
+
+fn push_noop_rows(rows: &mut Vec<Row>, label: &str, pairs: &NoopPairs) {
+    let limit = "vsftpd's own NOOP handling and two veth hops through the gateway make the direct \
+                 figure; the added time is the ALG's read → parse → write in each direction (two \
+                 wake-ups of its session thread)";
+    let through = Stats::from_micros(pairs.through.clone());
+    let direct = Stats::from_micros(pairs.direct.clone());
     for (key, name, a, b) in [
         ("noop_p50", "p50", through.p50, direct.p50),
         ("noop_p99", "p99", through.p99, direct.p99),
@@ -1941,36 +1945,67 @@ fn push_noop_rows(rows: &mut Vec<Row>, label: &str, through: &Stats, direct: &St
             metric: format!("NOOP round trip {name} µs, {label} (n={})", through.n),
             alg: Some(a),
             baseline: Some(b),
-            baseline_name: "direct to vsftpd (no interception, open lab)",
+            baseline_name: "direct to vsftpd on the same bed, interleaved NOOP by NOOP",
             alg_text: format!("{} (added {})", us(a), us(a - b)),
             baseline_text: us(b),
             limit: limit.into(),
         });
     }
+    let added = pairs.paired_added_p50();
+    rows.push(Row {
+        key: "noop_added_paired_p50",
+        paired: None,
+        metric: format!("NOOP added µs, median of per-pair differences, {label}"),
+        alg: Some(added),
+        baseline: None,
+        baseline_name: "the direct NOOP of the same pair",
+        alg_text: us(added),
+        baseline_text: "-".into(),
+        limit: limit.into(),
+    });
 }
 
-/// `count` NOOPs on one logged-in vsftpd session (after 100 unmeasured), µs each. Bounded by
-/// 60 s.
-fn noop_series(client: &Netns, count: usize) -> BoxResult<Vec<f64>> {
+/// `count` NOOP pairs: one through the ALG (vsftpd on :21, intercepted) and one direct (the
+/// bed's open vsftpd on [`BED_OPEN_PORT`], forwarded by the same gateway), each on its own
+/// logged-in session, alternating which goes first; after 100 unmeasured pairs. µs each.
+/// Bounded by 60 s.
+fn noop_pairs(client: &Netns, count: usize) -> BoxResult<NoopPairs> {
     let (tx, rx) = mpsc::channel();
     let _thread = client.spawn_thread(move || {
-        let go = || -> io::Result<Vec<f64>> {
-            let mut ctl = Control::connect(SocketAddrV4::new(SERVER_IP, 21))?;
-            ctl.login(false)?;
-            let mut out = Vec::with_capacity(count);
+        let go = || -> io::Result<NoopPairs> {
+            let mut through = Control::connect(SocketAddrV4::new(SERVER_IP, 21))?;
+            through.login(false)?;
+            let mut direct = Control::connect(SocketAddrV4::new(SERVER_IP, BED_OPEN_PORT))?;
+            direct.login(false)?;
+            let mut out = NoopPairs {
+                through: Vec::with_capacity(count),
+                direct: Vec::with_capacity(count),
+            };
+            let noop = |ctl: &mut Control| -> io::Result<f64> {
+                let t = Instant::now();
+                ctl.send("NOOP")?;
+                ctl.expect(&[200])?;
+                Ok(t.elapsed().as_secs_f64() * 1e6)
+            };
             let start = Instant::now();
             for i in 0..count + 100 {
                 if start.elapsed() > Duration::from_secs(60) {
                     break;
                 }
-                let t = Instant::now();
-                ctl.send("NOOP")?;
-                ctl.expect(&[200])?;
+                let (t, d) = if i % 2 == 0 {
+                    let t = noop(&mut through)?;
+                    (t, noop(&mut direct)?)
+                } else {
+                    let d = noop(&mut direct)?;
+                    (noop(&mut through)?, d)
+                };
                 if i >= 100 {
-                    out.push(t.elapsed().as_secs_f64() * 1e6);
+                    out.through.push(t);
+                    out.direct.push(d);
                 }
             }
-            let _ = ctl.send("QUIT");
+            let _ = through.send("QUIT");
+            let _ = direct.send("QUIT");
             Ok(out)
         };
         let _ = tx.send(go());
@@ -2638,7 +2673,7 @@ fn render_table(
         "Bulk {} MiB × {} rounds (RETR PASV, RETR PORT, STOR into {}); scale of state: {} \
          live pinholes vs empty × {} rounds, {} sequential / {} paced opens per round; {} NOOPs \
          per series; {} idle sessions under load; idle steps {:?}; RLIMIT_NOFILE {nofile}. \
-         Load average before/after: {load_before} / {load_after}. Total {:.0} s.\n",
+         Load average before/after: {load_before} / {load_after}. Total {:.0} s.{}\n",
         s.bulk_mib,
         s.bulk_rounds,
         s.stor_sink.name(),
@@ -2649,7 +2684,11 @@ fn render_table(
         s.noops,
         s.idle_loaded,
         s.idle_steps,
-        total.as_secs_f64()
+        total.as_secs_f64(),
+        match common::alg_options(&[]).extra_args.join(" ") {
+            extra if extra.is_empty() => String::new(),
+            extra => format!(" ftp-alg started with `{extra}` (FTP_ALG_BENCH_ALG_ARGS)."),
+        }
     );
     let _ = writeln!(
         t,

@@ -4,7 +4,8 @@
 # time during the transfer) and, for RETR PASV, a userspace relay proxy (Debian's ftp-proxy in
 # the gateway, with its processes' CPU time), the same RETRs and the pinhole install latency with
 # 100,000 live pinholes in the daemon's table vs empty, NOOP round trip through the proxy vs
-# direct (one session, then with 1,000 idle sessions held through the ALG), daemon RSS per idle
+# direct to a vsftpd on the same bed, interleaved NOOP by NOOP (one session, then with 1,000 idle
+# sessions held through the ALG), daemon RSS per idle
 # session (1,000 and up to 10,000 sessions), and new sessions per second vs the kernel helper.
 #
 #   sudo bash scripts/bench-scale.sh            # full run (a few minutes once built)
@@ -21,7 +22,8 @@
 # FTP_ALG_SCALE_STATE_PINHOLES (100000), FTP_ALG_SCALE_STATE_ROUNDS (8),
 # FTP_ALG_SCALE_LATENCY_N (2000 sequential opens per state and round), FTP_ALG_SCALE_PACED_N
 # (500 opens 1 ms apart), FTP_ALG_SCALE_IDLE_WINDOW_MS (1000: kernel-worker CPU while idle,
-# per state and round), FTP_ALG_BENCH_BINARY (another ftp-alg build),
+# per state and round), FTP_ALG_BENCH_BINARY (another ftp-alg build), FTP_ALG_BENCH_ALG_ARGS
+# (options added to every ftp-alg start, e.g. "--busy-poll-us 100"),
 # FTP_ALG_BENCH_RELAY=0 (skip the relay proxy; it is skipped anyway without /usr/sbin/ftp-proxy),
 # FTP_ALG_BENCH_QUIET_WAIT (120; 0 = don't wait).
 #

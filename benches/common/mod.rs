@@ -2,9 +2,10 @@
 //! relay proxy they compare against, and the kernel line of their reports.
 #![allow(dead_code)] // each benchmark uses a different subset
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ftp_alg::lab::AlgOptions;
 use ftp_alg::lab::Netns;
 use ftp_alg::lab::relay::{RELAY_BINARY, RelayOptions, RelayProxy};
 
@@ -31,6 +32,41 @@ pub(crate) fn kernel_release() -> String {
         format!("{} ({})", release.trim(), costly.join("; "))
     }
 }
+
+/// The daemon under test: the binary cargo built, or `FTP_ALG_BENCH_BINARY` (another build,
+/// or a wrapper script that sets an environment or a CPU affinity) to compare against, with
+/// the options in `FTP_ALG_BENCH_ALG_ARGS` (e.g. `--busy-poll-us 100`, split on white space)
+/// added to every start, after `base_args`.
+pub(crate) fn alg_options(base_args: &[&str]) -> AlgOptions {
+    let binary = std::env::var_os("FTP_ALG_BENCH_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_ftp-alg")),
+        PathBuf::from,
+    );
+    let mut options = AlgOptions::new(binary);
+    options.extra_args = base_args.iter().map(|a| (*a).to_owned()).collect();
+    options.extra_args.extend(
+        std::env::var("FTP_ALG_BENCH_ALG_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from),
+    );
+    options
+}
+
+/// The daemon's admission limits opened up, so that a run measures the daemon and not its
+/// policy (one client address opens thousands of sessions per second in these labs).
+pub(crate) const OPEN_LIMITS: [&str; 10] = [
+    "--max-sessions",
+    "100000",
+    "--max-sessions-per-client",
+    "100000",
+    "--new-sessions-per-second",
+    "1000000",
+    "--max-pinholes",
+    "1000000",
+    "--idle-timeout",
+    "900",
+];
 
 /// Why the relay proxy cannot be a route of this run: `FTP_ALG_BENCH_RELAY=0`, or Debian's
 /// `ftp-proxy` is not installed.
