@@ -20,7 +20,10 @@
 # FTP_ALG_CHURN_PEER_CPU (unset: pin the load generator and server threads to this CPU),
 # FTP_ALG_CHURN_VARIANTS ("alg,helper,relay"; relay is skipped without /usr/sbin/ftp-proxy or with
 # FTP_ALG_BENCH_RELAY=0), FTP_ALG_CHURN_DAEMON_ARGS (more daemon arguments),
-# FTP_ALG_BENCH_BINARY (another ftp-alg build), FTP_ALG_BENCH_QUIET_WAIT (120; 0 = don't wait).
+# FTP_ALG_BENCH_BINARY (another ftp-alg build), FTP_ALG_BENCH_ALG_ARGS (options added to every
+# ftp-alg start), FTP_ALG_BENCH_QUIET_WAIT (120; 0 = don't wait),
+# FTP_ALG_BENCH_HALT_POLL_NS (run with the haltpoll cpuidle driver's guest_halt_poll_ns at this
+# value, restored on exit; see scripts/lib.sh halt_poll_for_run).
 #
 # Output: Markdown tables on stdout, all numbers in target/bench/churn.json.
 set -euo pipefail
@@ -35,21 +38,7 @@ require_cargo
 # Build first, so the compiler's load is gone before the wait and the measurement.
 cargo bench --bench churn --no-run
 
-limit="${FTP_ALG_BENCH_QUIET_WAIT:-120}"
-cpus="$(nproc)"
-waited=0
-while :; do
-	load="$(cut -d' ' -f1 /proc/loadavg)"
-	if awk -v l="$load" -v c="$cpus" 'BEGIN { exit !(l < c / 2) }'; then
-		break
-	fi
-	if [ "$waited" -ge "$limit" ]; then
-		echo "bench-churn: load average still $load on $cpus CPUs after ${waited}s; running anyway (numbers will be noisy)" >&2
-		break
-	fi
-	[ "$waited" -eq 0 ] && echo "bench-churn: load average $load on $cpus CPUs; waiting up to ${limit}s for it to drop" >&2
-	sleep 5
-	waited=$((waited + 5))
-done
+halt_poll_for_run
+wait_quiet bench-churn
 
-exec cargo bench --bench churn -- "$@"
+cargo bench --bench churn -- "$@"

@@ -25,7 +25,9 @@
 # per state and round), FTP_ALG_BENCH_BINARY (another ftp-alg build), FTP_ALG_BENCH_ALG_ARGS
 # (options added to every ftp-alg start, e.g. "--busy-poll-us 100"),
 # FTP_ALG_BENCH_RELAY=0 (skip the relay proxy; it is skipped anyway without /usr/sbin/ftp-proxy),
-# FTP_ALG_BENCH_QUIET_WAIT (120; 0 = don't wait).
+# FTP_ALG_BENCH_QUIET_WAIT (120; 0 = don't wait),
+# FTP_ALG_BENCH_HALT_POLL_NS (run with the haltpoll cpuidle driver's guest_halt_poll_ns at this
+# value, restored on exit; see scripts/lib.sh halt_poll_for_run).
 #
 # The idle-session count is capped by RLIMIT_NOFILE: the benchmark raises it (hard limit too,
 # when allowed) before it starts the daemon; run `ulimit -Hn 65536` first where that is refused.
@@ -44,21 +46,7 @@ require_cargo
 # Build first, so the compiler's load is gone before the wait and the measurement.
 cargo bench --bench scale --no-run
 
-limit="${FTP_ALG_BENCH_QUIET_WAIT:-120}"
-cpus="$(nproc)"
-waited=0
-while :; do
-	load="$(cut -d' ' -f1 /proc/loadavg)"
-	if awk -v l="$load" -v c="$cpus" 'BEGIN { exit !(l < c / 2) }'; then
-		break
-	fi
-	if [ "$waited" -ge "$limit" ]; then
-		echo "bench-scale: load average still $load on $cpus CPUs after ${waited}s; running anyway (numbers will be noisy)" >&2
-		break
-	fi
-	[ "$waited" -eq 0 ] && echo "bench-scale: load average $load on $cpus CPUs; waiting up to ${limit}s for it to drop" >&2
-	sleep 5
-	waited=$((waited + 5))
-done
+halt_poll_for_run
+wait_quiet bench-scale
 
-exec cargo bench --bench scale -- "$@"
+cargo bench --bench scale -- "$@"

@@ -18,7 +18,9 @@
 # FTP_ALG_BENCH_RELAY_SECS (time bound of a relay-proxy run, default 2), FTP_ALG_BENCH_RELAY=0,
 # FTP_ALG_BENCH_PINHOLES, FTP_ALG_BENCH_NFT_SPAWNS, FTP_ALG_BENCH_BINARY (benchmark another
 # ftp-alg build or a wrapper script), FTP_ALG_BENCH_ALG_ARGS (options added to every ftp-alg
-# start, e.g. "--busy-poll-us 100").
+# start, e.g. "--busy-poll-us 100"),
+# FTP_ALG_BENCH_HALT_POLL_NS (run with the haltpoll cpuidle driver's guest_halt_poll_ns at this
+# value, restored on exit; see scripts/lib.sh halt_poll_for_run).
 #
 # Output: Markdown tables on stdout, all numbers in target/bench/core.json, the sweep drawn in
 # target/bench/concurrency.svg (rsvg-convert -o concurrency.png concurrency.svg to look at it).
@@ -35,24 +37,7 @@ require_cargo
 # Build first, so the compiler's load is gone before the wait and the measurement.
 cargo bench --bench core --no-run
 
-wait_quiet() {
-	local limit="${FTP_ALG_BENCH_QUIET_WAIT:-120}"
-	local cpus load waited=0
-	cpus="$(nproc)"
-	while :; do
-		load="$(cut -d' ' -f1 /proc/loadavg)"
-		if awk -v l="$load" -v c="$cpus" 'BEGIN { exit !(l < c / 2) }'; then
-			return 0
-		fi
-		if [ "$waited" -ge "$limit" ]; then
-			echo "bench: load average still $load on $cpus CPUs after ${waited}s; running anyway (numbers will be noisy)" >&2
-			return 0
-		fi
-		[ "$waited" -eq 0 ] && echo "bench: load average $load on $cpus CPUs; waiting up to ${limit}s for it to drop" >&2
-		sleep 5
-		waited=$((waited + 5))
-	done
-}
-wait_quiet
+halt_poll_for_run
+wait_quiet bench
 
-exec cargo bench --bench core -- "$@"
+cargo bench --bench core -- "$@"

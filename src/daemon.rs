@@ -191,6 +191,14 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         }
         .to_owned(),
     });
+    let idle = crate::host::IdleState::read();
+    if let Some(advice) = idle.advice() {
+        info!(cpu_idle = %idle.summary(), "{advice}");
+    }
+    telemetry.set_host(crate::telemetry::HostView {
+        cpu_idle: idle.summary(),
+        advice: idle.advice(),
+    });
     telemetry.set_firewall_stats(crate::telemetry::FirewallStatsSource::new({
         let firewall = firewall.clone();
         move || firewall.inner().stats()
@@ -257,6 +265,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         realtime_setting = %c.runtime.realtime_priority,
         realtime_priority = realtime,
         realtime_scope = ?c.runtime.realtime_scope,
+        cpu_idle = %idle.summary(),
         status = ?c.status.socket,
         metrics = ?c.metrics.listen,
         "listening; table installed"

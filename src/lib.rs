@@ -9,6 +9,8 @@
 //! - [`ftp`]: the sans-IO protocol: line framing, commands, replies, address codecs.
 //! - [`firewall`]: the only code that talks to netfilter (base table and pinholes).
 //! - [`config`]: the typed configuration, validated once at load.
+//! - [`host`]: what the host's CPU idle setup costs each wake-up (read-only, for the start
+//!   log, `ftp-alg status` and the benchmark reports).
 //! - [`generate`]: the man page and shell completions, from the [`cli`] definitions.
 //! - [`lab`]: network-namespace test beds used by the tests, the demo and the benchmark, and
 //!   `ftp-alg lab` (scenarios, diagrams, report).
@@ -20,6 +22,7 @@ pub mod daemon;
 pub mod firewall;
 pub mod ftp;
 pub mod generate;
+pub mod host;
 pub mod lab;
 pub mod proxy;
 pub mod realtime;

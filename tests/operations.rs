@@ -166,7 +166,15 @@ fn status_metrics_reload_and_drain_work_on_a_live_daemon() {
         .arg(&socket)
         .output()
         .expect("status");
-    assert!(String::from_utf8_lossy(&text.stdout).contains("pinhole passive 10.0.0.2"));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("pinhole passive 10.0.0.2"), "{text}");
+    // The host's CPU idle setup, as this machine has it (read from the same /sys).
+    let idle = ftp_alg::host::IdleState::read();
+    assert_eq!(status["host"]["cpu_idle"], idle.summary(), "{status}");
+    assert!(
+        text.contains(&format!("CPU idle: {}", idle.summary())),
+        "{text}"
+    );
 
     to_client.send("go").unwrap();
     let site = from_client.recv_timeout(Duration::from_secs(10)).unwrap();

@@ -12,8 +12,10 @@ use ftp_alg::lab::relay::{RELAY_BINARY, RelayOptions, RelayProxy};
 /// The kernel release, and the CPU-vulnerability mitigations in force that tax every kernel
 /// entry or return (their cost differs between hosts of one VM type by 2-3x for everything
 /// the kernel does: netlink transactions, TCP hops, wake-ups), so that two reports can be
-/// told apart: "6.18.44 (spec_rstack_overflow: Vulnerable: Safe RET, no microcode;
-/// spectre_v2: Mitigation: Retpolines)".
+/// told apart, and the CPU idle setup (whether an idle vCPU polls before it halts, which
+/// sets the price of every wake-up on a VM): "6.18.44 (spec_rstack_overflow: Vulnerable:
+/// Safe RET, no microcode; spectre_v2: Mitigation: Retpolines; cpuidle: haltpoll,
+/// guest_halt_poll_ns 0)".
 pub(crate) fn kernel_release() -> String {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let costly: Vec<String> = ["meltdown", "retbleed", "spec_rstack_overflow", "spectre_v2"]
@@ -26,11 +28,13 @@ pub(crate) fn kernel_release() -> String {
             (!state.is_empty() && state != "Not affected").then(|| format!("{name}: {state}"))
         })
         .collect();
-    if costly.is_empty() {
-        release.trim().to_owned()
-    } else {
-        format!("{} ({})", release.trim(), costly.join("; "))
-    }
+    let mut notes = costly;
+    // Idle vCPUs that halt at once make every wake-up a VM exit (see `ftp_alg::host`).
+    notes.push(format!(
+        "cpuidle: {}",
+        ftp_alg::host::IdleState::read().summary()
+    ));
+    format!("{} ({})", release.trim(), notes.join("; "))
 }
 
 /// The daemon under test: the binary cargo built, or `FTP_ALG_BENCH_BINARY` (another build,

@@ -79,6 +79,8 @@ pub struct Telemetry {
     firewall: std::sync::OnceLock<FirewallStatsSource>,
     /// How the pinhole path is scheduled, once the daemon has decided.
     realtime: std::sync::OnceLock<RealtimeView>,
+    /// The host's CPU idle setup, read at start.
+    host: std::sync::OnceLock<HostView>,
 }
 
 /// Reads the kernel backend's counters (see [`Telemetry::set_firewall_stats`]).
@@ -114,6 +116,7 @@ impl Default for Telemetry {
             latency_sum_ns: AtomicU64::new(0),
             firewall: std::sync::OnceLock::new(),
             realtime: std::sync::OnceLock::new(),
+            host: std::sync::OnceLock::new(),
         }
     }
 }
@@ -180,6 +183,11 @@ impl Telemetry {
         let _ = self.realtime.set(view);
     }
 
+    /// Records the host's CPU idle setup as read at start (set once).
+    pub fn set_host(&self, view: HostView) {
+        let _ = self.host.set(view);
+    }
+
     /// Sessions currently registered.
     pub fn active_sessions(&self) -> usize {
         lock(&self.sessions).len()
@@ -242,6 +250,7 @@ impl Telemetry {
                 .get()
                 .map(|source| FirewallView::from((source.0)())),
             realtime: self.realtime.get().cloned(),
+            host: self.host.get().cloned(),
             sessions,
         }
     }
@@ -359,6 +368,8 @@ pub struct Snapshot {
     pub firewall: Option<FirewallView>,
     /// How the pinhole path is scheduled (absent in tests).
     pub realtime: Option<RealtimeView>,
+    /// The host's CPU idle setup (absent in tests).
+    pub host: Option<HostView>,
     /// The live sessions.
     pub sessions: Vec<SessionView>,
 }
@@ -405,6 +416,15 @@ pub struct RealtimeView {
     pub priority: u8,
     /// `pinholes` or `threads`.
     pub scope: String,
+}
+
+/// The host's CPU idle setup, as read at start (see [`crate::host`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostView {
+    /// "haltpoll, guest_halt_poll_ns 0", "intel_idle", "unknown".
+    pub cpu_idle: String,
+    /// What it costs the control channel and what to do, when something can be done.
+    pub advice: Option<String>,
 }
 
 /// One live session in a snapshot.
@@ -523,6 +543,13 @@ pub fn render_status(snapshot: &serde_json::Value) -> String {
             ),
         };
     }
+    let host = &snapshot["host"];
+    if host.is_object() {
+        let _ = match host["advice"].as_str() {
+            Some(advice) => writeln!(out, "CPU idle: {}: {advice}", text(&host["cpu_idle"])),
+            None => writeln!(out, "CPU idle: {}", text(&host["cpu_idle"])),
+        };
+    }
     out
 }
 
@@ -592,6 +619,32 @@ mod tests {
                 "nftables: 10 requests in 7 transactions, 2 EBUSY retries, 3 pinholes in the \
                  _hot sets, 1 stale flows removed"
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_names_the_cpu_idle_setup_and_its_advice() {
+        let shown = |view: Option<HostView>| {
+            let telemetry = Telemetry::default();
+            if let Some(view) = view {
+                telemetry.set_host(view);
+            }
+            let snap = telemetry.snapshot(Duration::from_secs(30));
+            render_status(&serde_json::to_value(&snap).expect("json"))
+        };
+        assert!(!shown(None).contains("CPU idle"));
+        let text = shown(Some(HostView {
+            cpu_idle: "intel_idle".to_owned(),
+            advice: None,
+        }));
+        assert!(text.contains("CPU idle: intel_idle\n"), "{text}");
+        let text = shown(Some(HostView {
+            cpu_idle: "haltpoll, guest_halt_poll_ns 0".to_owned(),
+            advice: Some("let idle vCPUs poll".to_owned()),
+        }));
+        assert!(
+            text.contains("CPU idle: haltpoll, guest_halt_poll_ns 0: let idle vCPUs poll\n"),
             "{text}"
         );
     }
