@@ -73,12 +73,12 @@ impl IdleState {
     pub fn advice(&self) -> Option<String> {
         self.halts_without_polling().then(|| {
             format!(
-                "idle vCPUs halt at once (guest_halt_poll_ns 0), so each relayed control \
-                 message waits for a halted vCPU to be woken by the hypervisor (a VM exit, tens \
-                 of µs); to let idle vCPUs poll first, as the kernel does by default: echo \
-                 {KERNEL_DEFAULT_HALT_POLL_NS} > /sys/module/haltpoll/parameters/guest_halt_poll_ns \
-                 (or haltpoll.guest_halt_poll_ns={KERNEL_DEFAULT_HALT_POLL_NS} on the kernel \
-                 command line); it spends idle CPU time, not busy time"
+                "idle vCPUs halt at once, so each relayed control message waits for a halted \
+                 vCPU to be woken by the hypervisor (a VM exit, tens of µs); to let idle vCPUs \
+                 poll first, as the kernel does by default: echo {KERNEL_DEFAULT_HALT_POLL_NS} > \
+                 /sys/module/haltpoll/parameters/guest_halt_poll_ns (or \
+                 haltpoll.guest_halt_poll_ns={KERNEL_DEFAULT_HALT_POLL_NS} on the kernel command \
+                 line); the polling spends idle vCPU time, never a busy vCPU's"
             )
         })
     }

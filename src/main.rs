@@ -33,6 +33,11 @@ fn real_main() -> anyhow::Result<()> {
             let text = toml::to_string_pretty(&validated.config)
                 .context("cannot print the effective settings")?;
             println!("# configuration is valid; effective settings:\n{text}");
+            // What the host does to the control channel's latency, where it matters.
+            let idle = ftp_alg::host::IdleState::read();
+            if let Some(advice) = idle.advice() {
+                println!("# note, this host: CPU idle {}: {advice}", idle.summary());
+            }
         }
         Subcommands::Rules(settings) => {
             let validated = settings.load()?.validate()?;

@@ -570,6 +570,38 @@ fn realtime_priority_auto_without_the_right_runs_normally_and_a_named_priority_i
 }
 
 #[test]
+fn check_names_a_cpu_idle_setup_that_taxes_every_wake_up() {
+    let out = std::process::Command::new(alg_binary())
+        .args([
+            "check",
+            "--lan-interface",
+            "eth0",
+            "--wan-address",
+            "192.0.2.1",
+        ])
+        .output()
+        .expect("run ftp-alg");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("# configuration is valid"), "{text}");
+    // Whatever this machine is: the note appears exactly when its idle vCPUs halt at once.
+    let idle = ftp_alg::host::IdleState::read();
+    match idle.advice() {
+        Some(advice) => assert!(
+            text.contains(&format!(
+                "# note, this host: CPU idle {}: {advice}",
+                idle.summary()
+            )),
+            "{text}"
+        ),
+        None => assert!(!text.contains("# note, this host"), "{text}"),
+    }
+    // The note is a comment: the output stays a TOML document.
+    let body = text.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert!(body.parse::<toml::Table>().is_ok(), "{body}");
+}
+
+#[test]
 fn realtime_thread_scope_with_busy_polling_is_refused_at_start() {
     let out = std::process::Command::new(alg_binary())
         .args([
