@@ -17,6 +17,9 @@ use std::path::Path;
 /// The kernel's default for `guest_halt_poll_ns` (poll up to 200 µs before halting).
 pub const KERNEL_DEFAULT_HALT_POLL_NS: u64 = 200_000;
 
+/// What `/dev/cpu_dma_latency` reads when no process asks for a limit (2,000 s).
+const NO_LATENCY_LIMIT_US: i32 = 2_000_000_000;
+
 /// The CPU idle setup, as far as it bears on wake-up latency.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IdleState {
@@ -25,48 +28,66 @@ pub struct IdleState {
     pub driver: Option<String>,
     /// `guest_halt_poll_ns` of the `haltpoll` driver, when that driver is loaded.
     pub guest_halt_poll_ns: Option<u64>,
+    /// The CPU latency limit in force from PM QoS requests (`/dev/cpu_dma_latency`, held by
+    /// e.g. tuned's latency profiles), µs, when one is; `None` without a limit or when the
+    /// device cannot be read (it is root's only).
+    pub latency_limit_us: Option<i32>,
 }
 
 impl IdleState {
-    /// Reads the running host's state from `/sys`.
+    /// Reads the running host's state from `/sys` and `/dev/cpu_dma_latency`.
     pub fn read() -> Self {
-        Self::read_from(Path::new("/sys"))
+        Self::read_from(Path::new("/"))
     }
 
-    /// Reads the state from a sysfs tree rooted at `sys` (a directory with the same layout,
-    /// in tests). What is missing or unreadable is `None`.
-    pub fn read_from(sys: &Path) -> Self {
+    /// Reads the state from a tree rooted at `root` with the same layout (`sys/…`,
+    /// `dev/cpu_dma_latency`; a directory of plain files in tests). What is missing or
+    /// unreadable is `None`.
+    pub fn read_from(root: &Path) -> Self {
         let read = |rel: &str| {
-            std::fs::read_to_string(sys.join(rel))
+            std::fs::read_to_string(root.join(rel))
                 .ok()
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
         };
-        let driver = read("devices/system/cpu/cpuidle/current_driver");
+        let driver = read("sys/devices/system/cpu/cpuidle/current_driver");
         let guest_halt_poll_ns = if driver.as_deref() == Some("haltpoll") {
-            read("module/haltpoll/parameters/guest_halt_poll_ns").and_then(|s| s.parse().ok())
+            read("sys/module/haltpoll/parameters/guest_halt_poll_ns").and_then(|s| s.parse().ok())
         } else {
             None
         };
+        // The device reads as the current limit, a native-endian s32 (opening it adds a
+        // request of "no limit" until it is closed, which changes nothing).
+        let latency_limit_us = std::fs::read(root.join("dev/cpu_dma_latency"))
+            .ok()
+            .and_then(|bytes| Some(i32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?)))
+            .filter(|us| (0..NO_LATENCY_LIMIT_US).contains(us));
         Self {
             driver,
             guest_halt_poll_ns,
+            latency_limit_us,
         }
     }
 
     /// True when idle vCPUs halt without polling first: every wake-up of an idle CPU is a
-    /// VM exit.
+    /// VM exit. A PM QoS latency limit of 0 µs rules the halt state out (idle CPUs poll).
     pub fn halts_without_polling(&self) -> bool {
-        self.driver.as_deref() == Some("haltpoll") && self.guest_halt_poll_ns == Some(0)
+        self.driver.as_deref() == Some("haltpoll")
+            && self.guest_halt_poll_ns == Some(0)
+            && self.latency_limit_us != Some(0)
     }
 
     /// One line for logs and reports: "haltpoll, guest_halt_poll_ns 0".
     pub fn summary(&self) -> String {
-        match (&self.driver, self.guest_halt_poll_ns) {
+        let mut out = match (&self.driver, self.guest_halt_poll_ns) {
             (Some(driver), Some(ns)) => format!("{driver}, guest_halt_poll_ns {ns}"),
             (Some(driver), None) => driver.clone(),
             (None, _) => "unknown".to_owned(),
+        };
+        if let Some(us) = self.latency_limit_us {
+            out.push_str(&format!(", PM QoS CPU latency limit {us} µs"));
         }
+        out
     }
 
     /// What an admin may do about it, when there is something to do.
@@ -88,19 +109,38 @@ impl IdleState {
 mod tests {
     use super::*;
 
-    fn sysfs(driver: Option<&str>, poll_ns: Option<&str>) -> tempfile::TempDir {
+    /// A root with the files `read_from` looks at; `latency_us` as the device would read.
+    fn host(
+        driver: Option<&str>,
+        poll_ns: Option<&str>,
+        latency_us: Option<i32>,
+    ) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("temp dir");
+        let write = |rel: &str, bytes: &[u8]| {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, bytes).expect("write");
+        };
         if let Some(driver) = driver {
-            let path = dir.path().join("devices/system/cpu/cpuidle");
-            std::fs::create_dir_all(&path).expect("mkdir");
-            std::fs::write(path.join("current_driver"), format!("{driver}\n")).expect("write");
+            write(
+                "sys/devices/system/cpu/cpuidle/current_driver",
+                format!("{driver}\n").as_bytes(),
+            );
         }
         if let Some(ns) = poll_ns {
-            let path = dir.path().join("module/haltpoll/parameters");
-            std::fs::create_dir_all(&path).expect("mkdir");
-            std::fs::write(path.join("guest_halt_poll_ns"), format!("{ns}\n")).expect("write");
+            write(
+                "sys/module/haltpoll/parameters/guest_halt_poll_ns",
+                format!("{ns}\n").as_bytes(),
+            );
+        }
+        if let Some(us) = latency_us {
+            write("dev/cpu_dma_latency", &us.to_ne_bytes());
         }
         dir
+    }
+
+    fn sysfs(driver: Option<&str>, poll_ns: Option<&str>) -> tempfile::TempDir {
+        host(driver, poll_ns, None)
     }
 
     #[test]
@@ -136,5 +176,26 @@ mod tests {
         assert_eq!(garbled.guest_halt_poll_ns, None);
         assert!(!garbled.halts_without_polling());
         assert_eq!(garbled.summary(), "haltpoll");
+    }
+
+    #[test]
+    fn a_pm_qos_limit_of_zero_keeps_idle_vcpus_polling() {
+        // Nobody asks for a limit: the device reads 2,000 s, which is no limit.
+        let none =
+            IdleState::read_from(host(Some("haltpoll"), Some("0"), Some(2_000_000_000)).path());
+        assert_eq!(none.latency_limit_us, None);
+        assert!(none.halts_without_polling());
+        // A process holds 0 µs (tuned's latency profiles do): the halt state is ruled out.
+        let zero = IdleState::read_from(host(Some("haltpoll"), Some("0"), Some(0)).path());
+        assert_eq!(zero.latency_limit_us, Some(0));
+        assert!(!zero.halts_without_polling());
+        assert_eq!(zero.advice(), None);
+        assert_eq!(
+            zero.summary(),
+            "haltpoll, guest_halt_poll_ns 0, PM QoS CPU latency limit 0 µs"
+        );
+        // A looser limit still lets the halt state (1 µs exit latency) be chosen.
+        let loose = IdleState::read_from(host(Some("haltpoll"), Some("0"), Some(50)).path());
+        assert!(loose.halts_without_polling());
     }
 }
