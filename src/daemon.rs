@@ -221,8 +221,9 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         }
     };
     let (policy_tx, policy_rx) = watch::channel(Arc::new(policy(&settings, boost)));
+    let max_sessions = admitted_sessions(c.limits.max_sessions, &telemetry);
     let proxy_settings = ProxySettings {
-        max_sessions: c.limits.max_sessions,
+        max_sessions,
         max_sessions_per_client: c.limits.max_sessions_per_client,
         new_sessions_per_second_per_client: c.limits.new_sessions_per_second_per_client,
         connect_timeout: settings.connect_timeout(),
@@ -403,6 +404,49 @@ fn apply_reload(
 }
 
 /// The per-session policy of a configuration.
+/// `limits.max_sessions`, or fewer when the open-files limit (raised to its hard limit
+/// first) has no room for that many: two sockets per session. Sessions over it then get the
+/// `421` of a full gateway instead of hanging in the listener's backlog on `EMFILE`. Says so
+/// in the log and the status.
+fn admitted_sessions(max_sessions: usize, telemetry: &Telemetry) -> usize {
+    use crate::host::OpenFiles;
+    let files = match crate::host::raise_open_files_limit() {
+        Ok(files) => files,
+        Err(e) => {
+            warn!(error = %e, "cannot read the open-files limit (RLIMIT_NOFILE)");
+            return max_sessions;
+        }
+    };
+    if files.soft > files.before {
+        info!(
+            from = files.before,
+            to = files.soft,
+            "raised the open-files limit to its hard limit"
+        );
+    }
+    let room = files.sessions();
+    let admitted = max_sessions.min(room);
+    if admitted < max_sessions {
+        warn!(
+            max_sessions,
+            open_files_limit = files.soft,
+            admitted,
+            "limits.max_sessions needs {} open files (two sockets per session) but this \
+             process may open {}: at most {admitted} sessions are admitted, the others get \
+             421; raise the hard limit (systemd LimitNOFILE=, ulimit -Hn) or lower \
+             limits.max_sessions",
+            OpenFiles::needed_for(max_sessions),
+            files.soft
+        );
+    }
+    telemetry.set_open_files(crate::telemetry::OpenFilesView {
+        limit: files.soft,
+        max_sessions,
+        admitted,
+    });
+    admitted
+}
+
 fn policy(settings: &Validated, realtime_boost: u8) -> Policy {
     let c = &settings.config;
     Policy {

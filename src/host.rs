@@ -11,6 +11,12 @@
 //!
 //! This module reads the setting (read-only; the daemon never changes the host) so that the
 //! start log, `ftp-alg status` and the benchmark reports can say what it is.
+//!
+//! It also sizes the daemon to its open-files limit: every session holds two sockets, and a
+//! session the process cannot open a socket for would hang in the listener's backlog. At
+//! start the daemon raises its own soft `RLIMIT_NOFILE` to the hard limit (a process may,
+//! without privilege) and admits no more sessions than the result has room for; the others
+//! get a `421` like any session over `limits.max_sessions`.
 
 use std::path::Path;
 
@@ -105,6 +111,69 @@ impl IdleState {
     }
 }
 
+/// Descriptors the daemon keeps for itself besides its sessions: listeners, the epoll and
+/// event descriptors of its session threads, netlink sockets, the status and metrics
+/// sockets, `nft` children's pipes, and a margin.
+pub const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// The process's open-files limit, after [`raise_open_files_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The soft limit found at start.
+    pub before: u64,
+    /// The soft limit in force now (the hard limit, unless raising it failed).
+    pub soft: u64,
+    /// The hard limit.
+    pub hard: u64,
+}
+
+impl OpenFiles {
+    /// How many sessions fit: two descriptors each, after [`RESERVED_DESCRIPTORS`].
+    pub fn sessions(&self) -> usize {
+        usize::try_from(self.soft.saturating_sub(RESERVED_DESCRIPTORS) / 2).unwrap_or(usize::MAX)
+    }
+
+    /// The descriptors `sessions` sessions need, reserve included.
+    pub fn needed_for(sessions: usize) -> u64 {
+        (sessions as u64)
+            .saturating_mul(2)
+            .saturating_add(RESERVED_DESCRIPTORS)
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (allowed without privilege) and says
+/// what it is now. An unlimited hard limit is capped at the kernel's `nr_open`.
+pub fn raise_open_files_limit() -> std::io::Result<OpenFiles> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    let mut hard = limit.rlim_max;
+    if hard == libc::RLIM_INFINITY {
+        hard = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20);
+    }
+    let mut soft = before;
+    if before < hard {
+        let raised = libc::rlimit {
+            rlim_cur: hard,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: a valid rlimit; only the soft limit moves, up to the hard one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            soft = hard;
+        }
+    }
+    Ok(OpenFiles { before, soft, hard })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +245,28 @@ mod tests {
         assert_eq!(garbled.guest_halt_poll_ns, None);
         assert!(!garbled.halts_without_polling());
         assert_eq!(garbled.summary(), "haltpoll");
+    }
+
+    #[test]
+    fn sessions_fit_two_descriptors_each_after_the_reserve() {
+        let files = |soft| OpenFiles {
+            before: soft,
+            soft,
+            hard: soft,
+        };
+        assert_eq!(files(1024).sessions(), 448);
+        assert_eq!(files(20_000).sessions(), 9_936);
+        assert_eq!(files(65_536).sessions(), 32_704);
+        assert_eq!(files(100).sessions(), 0);
+        assert_eq!(OpenFiles::needed_for(4096), 8_320);
+        assert!(files(OpenFiles::needed_for(4096)).sessions() >= 4096);
+    }
+
+    #[test]
+    fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+        let files = raise_open_files_limit().expect("getrlimit");
+        assert!(files.soft >= files.before);
+        assert_eq!(files.soft, files.hard, "{files:?}");
     }
 
     #[test]

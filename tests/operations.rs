@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -567,6 +567,121 @@ fn realtime_priority_auto_without_the_right_runs_normally_and_a_named_priority_i
     );
     drop(server);
     assert_clean_shutdown(&lab, alg);
+}
+
+/// The first line a control connection to the server gets, through the gateway.
+fn greeting(stream: &TcpStream) -> String {
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(stream).read_line(&mut line);
+    line
+}
+
+#[test]
+fn an_open_files_limit_without_room_for_max_sessions_caps_them_with_421() {
+    require_lab!("vsftpd");
+    let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");
+    let _server = Vsftpd::start(&lab.server).expect("vsftpd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket: PathBuf = dir.path().join("status.sock");
+    // 200 descriptors, hard limit too: room for (200 - 128) / 2 = 36 sessions, where
+    // limits.max_sessions asks for the default 4096.
+    let wrapper = dir.path().join("ftp-alg-200-files");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec prlimit --nofile=200:200 {} \"$@\"\n",
+            alg_binary().display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mut options = AlgOptions::new(wrapper);
+    options.extra_args = vec![
+        "--status-socket".into(),
+        socket.display().to_string(),
+        "--max-sessions-per-client".into(),
+        "1000".into(),
+        "--new-sessions-per-second".into(),
+        "1000".into(),
+    ];
+    let mut alg = AlgDaemon::start(&lab.gateway, &options).expect("ftp-alg");
+    let status = status_json(&socket);
+    assert_eq!(status["open_files"]["limit"], 200, "{status}");
+    assert_eq!(status["open_files"]["max_sessions"], 4096, "{status}");
+    assert_eq!(status["open_files"]["admitted"], 36, "{status}");
+    let text = std::process::Command::new(alg_binary())
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(
+            "open files: limit 200, room for 36 sessions, fewer than limits.max_sessions 4096"
+        ),
+        "{text}"
+    );
+
+    // 36 sessions get vsftpd's banner; the 37th a 421 from the gateway, not a hang.
+    let (held, refused) = lab
+        .client
+        .run_in(|| {
+            let mut held = Vec::new();
+            for i in 0..36 {
+                let stream = TcpStream::connect_timeout(
+                    &SocketAddr::V4(server_addr()),
+                    Duration::from_secs(5),
+                )
+                .unwrap_or_else(|e| panic!("session {i}: {e}"));
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let line = greeting(&stream);
+                assert!(line.starts_with("220"), "session {i}: {line:?}");
+                held.push(stream);
+            }
+            let extra =
+                TcpStream::connect_timeout(&SocketAddr::V4(server_addr()), Duration::from_secs(5))
+                    .expect("37th connect");
+            extra
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            (held, greeting(&extra))
+        })
+        .expect("client thread");
+    assert!(
+        refused.starts_with("421 Too many sessions"),
+        "the 37th session got {refused:?}"
+    );
+    assert_eq!(
+        status_json(&socket)["sessions"].as_array().map(Vec::len),
+        Some(36)
+    );
+    // Room again once they are gone.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_json(&socket)["sessions"].as_array().map(Vec::len) != Some(0) {
+        assert!(Instant::now() < deadline, "sessions did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again = lab
+        .client
+        .run_in(|| {
+            let stream =
+                TcpStream::connect_timeout(&SocketAddr::V4(server_addr()), Duration::from_secs(5))
+                    .expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            greeting(&stream)
+        })
+        .expect("client thread");
+    assert!(again.starts_with("220"), "{again:?}");
+    alg.stop(Duration::from_secs(5));
 }
 
 #[test]

@@ -81,6 +81,8 @@ pub struct Telemetry {
     realtime: std::sync::OnceLock<RealtimeView>,
     /// The host's CPU idle setup, read at start.
     host: std::sync::OnceLock<HostView>,
+    /// The open-files limit and the session cap it allows, from start.
+    open_files: std::sync::OnceLock<OpenFilesView>,
 }
 
 /// Reads the kernel backend's counters (see [`Telemetry::set_firewall_stats`]).
@@ -117,6 +119,7 @@ impl Default for Telemetry {
             firewall: std::sync::OnceLock::new(),
             realtime: std::sync::OnceLock::new(),
             host: std::sync::OnceLock::new(),
+            open_files: std::sync::OnceLock::new(),
         }
     }
 }
@@ -188,6 +191,11 @@ impl Telemetry {
         let _ = self.host.set(view);
     }
 
+    /// Records the open-files limit and the session cap it allows (set once, at start).
+    pub fn set_open_files(&self, view: OpenFilesView) {
+        let _ = self.open_files.set(view);
+    }
+
     /// Sessions currently registered.
     pub fn active_sessions(&self) -> usize {
         lock(&self.sessions).len()
@@ -251,6 +259,7 @@ impl Telemetry {
                 .map(|source| FirewallView::from((source.0)())),
             realtime: self.realtime.get().cloned(),
             host: self.host.get().cloned(),
+            open_files: self.open_files.get().copied(),
             sessions,
         }
     }
@@ -370,6 +379,8 @@ pub struct Snapshot {
     pub realtime: Option<RealtimeView>,
     /// The host's CPU idle setup (absent in tests).
     pub host: Option<HostView>,
+    /// The open-files limit and the session cap (absent in tests).
+    pub open_files: Option<OpenFilesView>,
     /// The live sessions.
     pub sessions: Vec<SessionView>,
 }
@@ -425,6 +436,17 @@ pub struct HostView {
     pub cpu_idle: String,
     /// What it costs the control channel and what to do, when something can be done.
     pub advice: Option<String>,
+}
+
+/// The open-files limit in force and the sessions it leaves room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OpenFilesView {
+    /// The soft `RLIMIT_NOFILE` after the daemon raised it to the hard limit.
+    pub limit: u64,
+    /// `limits.max_sessions`.
+    pub max_sessions: usize,
+    /// Sessions admitted at most: `max_sessions`, or fewer when the limit has no room.
+    pub admitted: usize,
 }
 
 /// One live session in a snapshot.
@@ -543,6 +565,26 @@ pub fn render_status(snapshot: &serde_json::Value) -> String {
             ),
         };
     }
+    let files = &snapshot["open_files"];
+    if files.is_object() {
+        let (limit, max, admitted) = (
+            num(&files["limit"]),
+            num(&files["max_sessions"]),
+            num(&files["admitted"]),
+        );
+        let _ = if admitted < max {
+            writeln!(
+                out,
+                "open files: limit {limit}, room for {admitted} sessions, fewer than \
+                 limits.max_sessions {max}: raise LimitNOFILE= (or ulimit -Hn)"
+            )
+        } else {
+            writeln!(
+                out,
+                "open files: limit {limit}, room for limits.max_sessions {max}"
+            )
+        };
+    }
     let host = &snapshot["host"];
     if host.is_object() {
         let _ = match host["advice"].as_str() {
@@ -618,6 +660,33 @@ mod tests {
             text.contains(
                 "nftables: 10 requests in 7 transactions, 2 EBUSY retries, 3 pinholes in the \
                  _hot sets, 1 stale flows removed"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_says_when_the_open_files_limit_caps_the_sessions() {
+        let shown = |limit, admitted| {
+            let telemetry = Telemetry::default();
+            telemetry.set_open_files(OpenFilesView {
+                limit,
+                max_sessions: 4096,
+                admitted,
+            });
+            let snap = telemetry.snapshot(Duration::from_secs(30));
+            render_status(&serde_json::to_value(&snap).expect("json"))
+        };
+        let text = shown(65_536, 4096);
+        assert!(
+            text.contains("open files: limit 65536, room for limits.max_sessions 4096\n"),
+            "{text}"
+        );
+        let text = shown(1024, 448);
+        assert!(
+            text.contains(
+                "open files: limit 1024, room for 448 sessions, fewer than limits.max_sessions \
+                 4096: raise LimitNOFILE= (or ulimit -Hn)"
             ),
             "{text}"
         );
