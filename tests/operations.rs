@@ -57,6 +57,16 @@ fn status_json(socket: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("status JSON")
 }
 
+/// `ftp-alg status` (text) of the daemon behind `socket`.
+fn status_text(socket: &Path) -> String {
+    let out = std::process::Command::new(alg_binary())
+        .args(["status", "--socket"])
+        .arg(socket)
+        .output()
+        .expect("status");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn scrape(lab: &ClientNatLab) -> String {
     lab.client
         .run_in(|| {
@@ -161,12 +171,7 @@ fn status_metrics_reload_and_drain_work_on_a_live_daemon() {
             .contains("203.0.113.2:")
     );
     // Text form too.
-    let text = std::process::Command::new(alg_binary())
-        .args(["status", "--socket"])
-        .arg(&socket)
-        .output()
-        .expect("status");
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = status_text(&socket);
     assert!(text.contains("pinhole passive 10.0.0.2"), "{text}");
     // The host's CPU idle setup, as this machine has it (read from the same /sys).
     let idle = ftp_alg::host::IdleState::read();
@@ -569,11 +574,17 @@ fn realtime_priority_auto_without_the_right_runs_normally_and_a_named_priority_i
     assert_clean_shutdown(&lab, alg);
 }
 
-/// The first line a control connection to the server gets, through the gateway.
-fn greeting(stream: &TcpStream) -> String {
+/// A control connection to the server through the gateway (from the client namespace's
+/// thread), and the first line it gets.
+fn connect_and_greet() -> (TcpStream, String) {
+    let stream = TcpStream::connect_timeout(&SocketAddr::V4(server_addr()), Duration::from_secs(5))
+        .expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let mut line = String::new();
-    let _ = std::io::BufReader::new(stream).read_line(&mut line);
-    line
+    let _ = std::io::BufReader::new(&stream).read_line(&mut line);
+    (stream, line)
 }
 
 #[test]
@@ -613,12 +624,7 @@ fn an_open_files_limit_without_room_for_max_sessions_caps_them_with_421() {
     assert_eq!(status["open_files"]["limit"], 200, "{status}");
     assert_eq!(status["open_files"]["max_sessions"], 4096, "{status}");
     assert_eq!(status["open_files"]["admitted"], 36, "{status}");
-    let text = std::process::Command::new(alg_binary())
-        .args(["status", "--socket"])
-        .arg(&socket)
-        .output()
-        .expect("status");
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = status_text(&socket);
     assert!(
         text.contains(
             "open files: limit 200, room for 36 sessions, fewer than limits.max_sessions 4096"
@@ -632,25 +638,11 @@ fn an_open_files_limit_without_room_for_max_sessions_caps_them_with_421() {
         .run_in(|| {
             let mut held = Vec::new();
             for i in 0..36 {
-                let stream = TcpStream::connect_timeout(
-                    &SocketAddr::V4(server_addr()),
-                    Duration::from_secs(5),
-                )
-                .unwrap_or_else(|e| panic!("session {i}: {e}"));
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(5)))
-                    .expect("timeout");
-                let line = greeting(&stream);
+                let (stream, line) = connect_and_greet();
                 assert!(line.starts_with("220"), "session {i}: {line:?}");
                 held.push(stream);
             }
-            let extra =
-                TcpStream::connect_timeout(&SocketAddr::V4(server_addr()), Duration::from_secs(5))
-                    .expect("37th connect");
-            extra
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
-            (held, greeting(&extra))
+            (held, connect_and_greet().1)
         })
         .expect("client thread");
     assert!(
@@ -668,25 +660,14 @@ fn an_open_files_limit_without_room_for_max_sessions_caps_them_with_421() {
         assert!(Instant::now() < deadline, "sessions did not end");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let again = lab
-        .client
-        .run_in(|| {
-            let stream =
-                TcpStream::connect_timeout(&SocketAddr::V4(server_addr()), Duration::from_secs(5))
-                    .expect("connect");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
-            greeting(&stream)
-        })
-        .expect("client thread");
+    let (_stream, again) = lab.client.run_in(connect_and_greet).expect("client thread");
     assert!(again.starts_with("220"), "{again:?}");
     alg.stop(Duration::from_secs(5));
 }
 
-#[test]
-fn check_names_a_cpu_idle_setup_that_taxes_every_wake_up() {
-    let out = std::process::Command::new(alg_binary())
+/// `ftp-alg check` of a minimal client-NAT config plus `extra`.
+fn check(extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(alg_binary())
         .args([
             "check",
             "--lan-interface",
@@ -694,8 +675,14 @@ fn check_names_a_cpu_idle_setup_that_taxes_every_wake_up() {
             "--wan-address",
             "192.0.2.1",
         ])
+        .args(extra)
         .output()
-        .expect("run ftp-alg");
+        .expect("run ftp-alg")
+}
+
+#[test]
+fn check_names_a_cpu_idle_setup_that_taxes_every_wake_up() {
+    let out = check(&[]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("# configuration is valid"), "{text}");
@@ -718,22 +705,14 @@ fn check_names_a_cpu_idle_setup_that_taxes_every_wake_up() {
 
 #[test]
 fn realtime_thread_scope_with_busy_polling_is_refused_at_start() {
-    let out = std::process::Command::new(alg_binary())
-        .args([
-            "check",
-            "--lan-interface",
-            "eth0",
-            "--wan-address",
-            "192.0.2.1",
-            "--realtime-priority",
-            "10",
-            "--realtime-scope",
-            "threads",
-            "--busy-poll-us",
-            "100",
-        ])
-        .output()
-        .expect("run ftp-alg");
+    let out = check(&[
+        "--realtime-priority",
+        "10",
+        "--realtime-scope",
+        "threads",
+        "--busy-poll-us",
+        "100",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
