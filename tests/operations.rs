@@ -187,6 +187,14 @@ fn status_metrics_reload_and_drain_work_on_a_live_daemon() {
 
     // Metrics after one transfer and one refusal.
     let metrics = scrape(&lab);
+    // The default limits.max_sessions, or what this machine's open-files limit (inherited
+    // from this process) leaves of it.
+    let files = ftp_alg::host::raise_open_files_limit().expect("rlimit");
+    let admitted = 4096.min(files.sessions());
+    assert!(
+        metrics.contains(&format!("ftp_alg_sessions_max {admitted}\n")),
+        "{metrics}"
+    );
     for needle in [
         "HTTP/1.0 200 OK",
         "ftp_alg_sessions_active 1",

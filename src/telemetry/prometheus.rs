@@ -170,6 +170,21 @@ pub fn render(snapshot: &Snapshot, admitted: Option<Admitted>) -> String {
             &plain(u64::from(rt.priority)),
         );
     }
+    if let Some(files) = &snapshot.open_files {
+        metric(
+            "ftp_alg_sessions_max",
+            "gauge",
+            "Sessions admitted at most: limits.max_sessions, or fewer when the open-files \
+             limit has no room for that many (two sockets per session).",
+            &plain(files.admitted as u64),
+        );
+        metric(
+            "ftp_alg_open_files_limit",
+            "gauge",
+            "The daemon's open-files limit (RLIMIT_NOFILE), raised at start to the hard limit.",
+            &plain(files.limit),
+        );
+    }
     out
 }
 
@@ -216,6 +231,11 @@ mod tests {
             priority: 10,
             scope: "pinholes".into(),
         });
+        telemetry.set_open_files(OpenFilesView {
+            limit: 1024,
+            max_sessions: 4096,
+            admitted: 448,
+        });
         let text = render(
             &telemetry.snapshot(Duration::from_secs(30)),
             Some(Admitted {
@@ -240,6 +260,9 @@ mod tests {
             "# TYPE ftp_alg_nft_seconds_total counter",
             "# TYPE ftp_alg_realtime_priority gauge",
             "ftp_alg_realtime_priority 10",
+            "# TYPE ftp_alg_sessions_max gauge",
+            "ftp_alg_sessions_max 448",
+            "ftp_alg_open_files_limit 1024",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
