@@ -35,8 +35,7 @@ use common::Stats;
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddrV4;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
@@ -327,13 +326,13 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let nofile = raise_nofile(65_536);
+    let nofile = common::raise_nofile(65_536);
     let started = Instant::now();
-    let load_before = load_average();
+    let load_before = common::load_average();
     let mut points = Vec::new();
     let result = run(&settings, &variants, &mut points);
     let total = started.elapsed();
-    let load_after = load_average();
+    let load_after = common::load_average();
     if let Err(e) = &result {
         eprintln!("churn benchmark stopped early: {e}");
     }
@@ -347,7 +346,7 @@ fn main() {
         total,
     };
     println!("{}", report.table());
-    let path = target_dir().join("bench").join("churn.json");
+    let path = common::target_dir().join("bench").join("churn.json");
     match std::fs::create_dir_all(path.parent().expect("has a parent"))
         .and_then(|()| std::fs::write(&path, report.json()))
     {
@@ -1039,43 +1038,8 @@ fn clock_ticks_per_sec() -> f64 {
     if hz > 0 { hz as f64 } else { 100.0 }
 }
 
-/// Raises RLIMIT_NOFILE (soft and, as root, hard) to `want`; returns the soft limit in force.
-fn raise_nofile(want: u64) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid pointer to an rlimit.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    let new = libc::rlimit {
-        rlim_cur: want.max(lim.rlim_cur),
-        rlim_max: want.max(lim.rlim_max),
-    };
-    // SAFETY: valid pointer to an rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        let soft = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: as above.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) };
-    }
-    // SAFETY: as above.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    lim.rlim_cur
-}
-
 // ------------------------------------------------------------------------------------------
 // Output
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[(s.len() - 1) / 2]
-}
 
 fn fmt_num(v: f64) -> String {
     if v.abs() >= 100.0 {
@@ -1085,25 +1049,6 @@ fn fmt_num(v: f64) -> String {
     } else {
         format!("{v:.2}")
     }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-fn stdout_of(cmd: &mut Command) -> String {
-    cmd.stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }
 
 struct Machine {
@@ -1124,10 +1069,10 @@ fn machine() -> Machine {
     Machine {
         cpu: format!("{nproc} × {cpu}"),
         kernel: common::kernel_release(),
-        date: stdout_of(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+        date: common::stdout_of(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
         commit: {
             let git = |args: &[&str]| {
-                stdout_of(
+                common::stdout_of(
                     Command::new("git")
                         .args(args)
                         .current_dir(env!("CARGO_MANIFEST_DIR")),
@@ -1218,7 +1163,7 @@ fn summarize(runs: &[Run]) -> Summary {
             )
         })
         .collect();
-    let median_rate = median(&rates);
+    let median_rate = common::median(&rates);
     Summary {
         median_rate,
         ok,

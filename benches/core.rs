@@ -33,7 +33,7 @@ use common::Stats;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -196,9 +196,9 @@ fn main() {
     report.total = started.elapsed();
     let machine = machine_info();
     println!("{}", report.table(&machine, settings));
-    let path = target_dir().join("bench").join("core.json");
+    let path = common::target_dir().join("bench").join("core.json");
     let json = report.json(&machine, settings);
-    let svg_path = target_dir().join("bench").join("concurrency.svg");
+    let svg_path = common::target_dir().join("bench").join("concurrency.svg");
     let svg = report.chart(&machine, settings).svg();
     for (path, text) in [(path, json), (svg_path, svg)] {
         match std::fs::create_dir_all(path.parent().expect("has a parent"))
@@ -214,7 +214,7 @@ type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn run(settings: Settings, report: &mut Report) -> BoxResult<()> {
     let payload = random_payload();
-    report.load_before = load_average();
+    report.load_before = common::load_average();
 
     // Two labs side by side, so that ftp-alg and helper runs can alternate (the machine's
     // background load drifts; alternating spreads it over both).
@@ -395,7 +395,7 @@ fn run(settings: Settings, report: &mut Report) -> BoxResult<()> {
         }
     }
     drop(relay);
-    report.load_after = load_average();
+    report.load_after = common::load_average();
     Ok(())
 }
 
@@ -576,12 +576,6 @@ fn wait_sessions_ended(alg: &AlgDaemon, sessions: usize) {
     say("  the daemon did not log the session's end within 10 s; going on");
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 /// Keeps the daemon's log next to the JSON when a run had failures, for the post-mortem.
 fn save_log_if_failed(alg: &AlgDaemon, runs: &[(Mode, RunResult)], name: &str) {
     if runs.iter().any(|(_, r)| r.failures > 0) {
@@ -590,7 +584,7 @@ fn save_log_if_failed(alg: &AlgDaemon, runs: &[(Mode, RunResult)], name: &str) {
 }
 
 fn save_log(alg: &AlgDaemon, name: &str) {
-    let path = target_dir().join("bench").join(name);
+    let path = common::target_dir().join("bench").join(name);
     let saved = std::fs::create_dir_all(path.parent().expect("has a parent"))
         .and_then(|()| std::fs::write(&path, alg.output()));
     match saved {
@@ -1701,12 +1695,6 @@ fn machine_info() -> Machine {
             }
         },
     }
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 const MODES: [Mode; 2] = [Mode::Pasv, Mode::Port];

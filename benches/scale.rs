@@ -49,7 +49,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -156,19 +156,19 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let nofile = raise_nofile(65_536);
+    let nofile = common::raise_nofile(65_536);
     let started = Instant::now();
     let mut rows = Vec::new();
-    let load_before = load_average();
+    let load_before = common::load_average();
     let result = run(&settings, &mut rows);
     let total = started.elapsed();
-    let load_after = load_average();
+    let load_after = common::load_average();
     if let Err(e) = &result {
         eprintln!("scale benchmark stopped early: {e}");
     }
     let table = render_table(&rows, &settings, &load_before, &load_after, nofile, total);
     println!("{table}");
-    let path = target_dir().join("bench").join("scale.json");
+    let path = common::target_dir().join("bench").join("scale.json");
     let json = render_json(&rows, &settings, &load_before, &load_after, nofile, total);
     match std::fs::create_dir_all(path.parent().expect("has a parent"))
         .and_then(|()| std::fs::write(&path, json))
@@ -729,7 +729,7 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
                 }
             ),
         };
-        let alg_text = format!("{:.0} ({})", median(&s.alg) / 1e6, list(&s.alg));
+        let alg_text = format!("{:.0} ({})", common::median(&s.alg) / 1e6, list(&s.alg));
         let open_name = match transfer {
             Transfer::RetrPort => {
                 "plain kernel forwarding: the same vsftpd PORT RETR, the client announcing the \
@@ -747,22 +747,22 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
         };
         rows.push(Row {
             key: open_key,
-            paired: Some(median(&paired_ratios(&s.alg, &s.open))),
+            paired: Some(common::median(&paired_ratios(&s.alg, &s.open))),
             metric: metric.clone(),
-            alg: Some(median(&s.alg) / 1e6),
-            baseline: Some(median(&s.open) / 1e6),
+            alg: Some(common::median(&s.alg) / 1e6),
+            baseline: Some(common::median(&s.open) / 1e6),
             baseline_name: open_name,
             alg_text: alg_text.clone(),
-            baseline_text: format!("{:.0} ({})", median(&s.open) / 1e6, list(&s.open)),
+            baseline_text: format!("{:.0} ({})", common::median(&s.open) / 1e6, list(&s.open)),
             limit: limit.clone(),
         });
         if !plain_key.is_empty() {
             rows.push(Row {
                 key: plain_key,
-                paired: Some(median(&paired_ratios(&s.alg, &s.plain))),
+                paired: Some(common::median(&paired_ratios(&s.alg, &s.plain))),
                 metric: metric.clone(),
-                alg: Some(median(&s.alg) / 1e6),
-                baseline: Some(median(&s.plain) / 1e6),
+                alg: Some(common::median(&s.alg) / 1e6),
+                baseline: Some(common::median(&s.plain) / 1e6),
                 baseline_name: if *transfer == Transfer::Stor {
                     "plain TCP sender (client) → receiver (server), open forwarding: a userspace \
                      write loop of a zero buffer into a read-and-discard loop, not vsftpd"
@@ -771,19 +771,27 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
                      zero buffer, not vsftpd's sendfile: a different sender)"
                 },
                 alg_text: alg_text.clone(),
-                baseline_text: format!("{:.0} ({})", median(&s.plain) / 1e6, list(&s.plain)),
+                baseline_text: format!(
+                    "{:.0} ({})",
+                    common::median(&s.plain) / 1e6,
+                    list(&s.plain)
+                ),
                 limit: limit.clone(),
             });
         }
         rows.push(Row {
             key: helper_key,
-            paired: Some(median(&paired_ratios(&s.alg, &s.helper))),
+            paired: Some(common::median(&paired_ratios(&s.alg, &s.helper))),
             metric: metric.clone(),
-            alg: Some(median(&s.alg) / 1e6),
-            baseline: Some(median(&s.helper) / 1e6),
+            alg: Some(common::median(&s.alg) / 1e6),
+            baseline: Some(common::median(&s.helper) / 1e6),
             baseline_name: "kernel FTP helper",
             alg_text: alg_text.clone(),
-            baseline_text: format!("{:.0} ({})", median(&s.helper) / 1e6, list(&s.helper)),
+            baseline_text: format!(
+                "{:.0} ({})",
+                common::median(&s.helper) / 1e6,
+                list(&s.helper)
+            ),
             limit: limit.clone(),
         });
         let (bed_open_key, bed_helper_key) = match transfer {
@@ -810,13 +818,13 @@ fn bulk(settings: &Settings, rows: &mut Vec<Row>, bed: &BulkBed<'_>, len: u64) -
         ] {
             rows.push(Row {
                 key,
-                paired: Some(median(&paired_ratios(&s.alg, series))),
+                paired: Some(common::median(&paired_ratios(&s.alg, series))),
                 metric: metric.clone(),
-                alg: Some(median(&s.alg) / 1e6),
-                baseline: Some(median(series) / 1e6),
+                alg: Some(common::median(&s.alg) / 1e6),
+                baseline: Some(common::median(series) / 1e6),
                 baseline_name: name,
                 alg_text: alg_text.clone(),
-                baseline_text: format!("{:.0} ({})", median(series) / 1e6, list(series)),
+                baseline_text: format!("{:.0} ({})", common::median(series) / 1e6, list(series)),
                 limit: format!(
                     "{limit}; same bed: the routes differ only in the control port and what \
                      admits the data connection"
@@ -875,14 +883,14 @@ fn push_relay_rows(
     };
     rows.push(Row {
         key: "bulk_vs_relay",
-        paired: Some(median(&paired_ratios(&s.alg, &s.relay))),
+        paired: Some(common::median(&paired_ratios(&s.alg, &s.relay))),
         metric: metric.to_owned(),
-        alg: Some(median(&s.alg) / 1e6),
-        baseline: Some(median(&s.relay) / 1e6),
+        alg: Some(common::median(&s.alg) / 1e6),
+        baseline: Some(common::median(&s.relay) / 1e6),
         baseline_name: "userspace relay proxy: Debian's ftp-proxy in the gateway (transparent, \
                         one forked process per session), the same vsftpd RETR of the same file",
-        alg_text: format!("{:.0} ({})", median(&s.alg) / 1e6, list(&s.alg)),
-        baseline_text: format!("{:.0} ({})", median(&s.relay) / 1e6, list(&s.relay)),
+        alg_text: format!("{:.0} ({})", common::median(&s.alg) / 1e6, list(&s.alg)),
+        baseline_text: format!("{:.0} ({})", common::median(&s.relay) / 1e6, list(&s.relay)),
         limit: "the relay terminates both channels: the client's data connection ends in the \
                 gateway (10.0.0.1) and the relay's own leaves it (203.0.113.1 → server), so two \
                 TCP streams with every byte copied through userspace (select(), FIONREAD, one \
@@ -892,15 +900,19 @@ fn push_relay_rows(
     });
     rows.push(Row {
         key: "bulk_relay_cpu",
-        paired: Some(median(&paired_ratios(&s.cpu_ms, &s.relay_cpu_ms))),
+        paired: Some(common::median(&paired_ratios(&s.cpu_ms, &s.relay_cpu_ms))),
         metric: "CPU time (utime+stime) during each RETR PASV: the ftp-alg daemon vs the relay \
                  (ftp-proxy daemon + the session's child process), ms (median of rounds)"
             .into(),
-        alg: Some(median(&s.cpu_ms)),
-        baseline: Some(median(&s.relay_cpu_ms)),
+        alg: Some(common::median(&s.cpu_ms)),
+        baseline: Some(common::median(&s.relay_cpu_ms)),
         baseline_name: "relay proxy processes (ftp-proxy)",
-        alg_text: format!("{:.0} ({})", median(&s.cpu_ms), ms(&s.cpu_ms)),
-        baseline_text: format!("{:.0} ({})", median(&s.relay_cpu_ms), ms(&s.relay_cpu_ms)),
+        alg_text: format!("{:.0} ({})", common::median(&s.cpu_ms), ms(&s.cpu_ms)),
+        baseline_text: format!(
+            "{:.0} ({})",
+            common::median(&s.relay_cpu_ms),
+            ms(&s.relay_cpu_ms)
+        ),
         limit: format!(
             "/proc/<pid>/stat, one tick = {:.0} ms: for the relay, the daemon's utime+stime plus \
              cutime+cstime (its reaped session children) plus any live child's, read before the \
@@ -1560,7 +1572,7 @@ fn state_scale(
     let rate_text = |v: &[f64]| {
         format!(
             "{:.0} ({})",
-            median(v) / 1e6,
+            common::median(v) / 1e6,
             v.iter()
                 .map(|x| format!("{:.0}", x / 1e6))
                 .collect::<Vec<_>>()
@@ -1604,13 +1616,13 @@ fn state_scale(
         let ratios = paired_ratios(a, b);
         rows.push(Row {
             key,
-            paired: Some(median(&ratios)),
+            paired: Some(common::median(&ratios)),
             metric: format!(
                 "{label}, MB/s with {n} live pinholes (median of rounds; ratio = median of the \
                  rounds' full/empty ratios)"
             ),
-            alg: Some(median(a) / 1e6),
-            baseline: Some(median(b) / 1e6),
+            alg: Some(common::median(a) / 1e6),
+            baseline: Some(common::median(b) / 1e6),
             baseline_name: base_name,
             alg_text: format!(
                 "{}; per-round ratios {}",
@@ -1639,17 +1651,17 @@ fn state_scale(
              of rounds, {:.1} s windows)",
             settings.idle_window.as_secs_f64()
         ),
-        alg: Some(median(&full.kworker_ms_per_s)),
-        baseline: Some(median(&empty.kworker_ms_per_s)),
+        alg: Some(common::median(&full.kworker_ms_per_s)),
+        baseline: Some(common::median(&empty.kworker_ms_per_s)),
         baseline_name: base_name,
         alg_text: format!(
             "{:.1} ({})",
-            median(&full.kworker_ms_per_s),
+            common::median(&full.kworker_ms_per_s),
             ms(&full.kworker_ms_per_s)
         ),
         baseline_text: format!(
             "{:.1} ({})",
-            median(&empty.kworker_ms_per_s),
+            common::median(&empty.kworker_ms_per_s),
             ms(&empty.kworker_ms_per_s)
         ),
         limit: "run time (schedstat) of every kworker thread on the host (the sets' garbage \
@@ -2084,7 +2096,7 @@ fn idle_sessions(
 ) -> BoxResult<()> {
     // Both ends of every session are in this process (client + tiny server) and the daemon
     // holds two sockets per session: RLIMIT_NOFILE caps N at about half of it.
-    let nofile = raise_nofile(0) as usize;
+    let nofile = common::raise_nofile(0) as usize;
     let cap = nofile.saturating_sub(200) / 2;
     for &asked in &settings.idle_steps {
         let n = asked.min(cap);
@@ -2178,7 +2190,7 @@ fn session_rate(
         let ok: usize = v.iter().map(|r| r.ok).sum();
         format!(
             "{:.0} ({}; {ok} ok, {failed} failed)",
-            median(&rates),
+            common::median(&rates),
             rates
                 .iter()
                 .map(|r| format!("{r:.0}"))
@@ -2211,7 +2223,7 @@ fn session_rate(
         baseline_text: phase_means(&helper),
         limit: "phases include vsftpd's own work (fork, PAM, its 150/226 handling)".into(),
     };
-    let med = |v: &[SessionRun]| median(&v.iter().map(|r| r.rate).collect::<Vec<_>>());
+    let med = |v: &[SessionRun]| common::median(&v.iter().map(|r| r.rate).collect::<Vec<_>>());
     rows.push(Row {
         key: "new_sessions_per_sec",
         paired: None,
@@ -2571,67 +2583,12 @@ fn vm_rss_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
-/// Raises RLIMIT_NOFILE (soft and, as root, hard) to `want`; returns the soft limit in force.
-/// The daemon, spawned afterwards, inherits it.
-fn raise_nofile(want: u64) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid pointer to an rlimit.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    let new = libc::rlimit {
-        rlim_cur: want.max(lim.rlim_cur),
-        rlim_max: want.max(lim.rlim_max),
-    };
-    // SAFETY: valid pointer to an rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        let soft = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: as above.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) };
-    }
-    // SAFETY: as above.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    lim.rlim_cur
-}
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[(s.len() - 1) / 2]
-}
-
 fn us(v: f64) -> String {
     if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.1}")
     }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-fn stdout_of(cmd: &mut Command) -> String {
-    cmd.stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }
 
 fn machine_line() -> (String, String, String, String) {
@@ -2645,8 +2602,8 @@ fn machine_line() -> (String, String, String, String) {
     (
         format!("{nproc} × {cpu}"),
         common::kernel_release(),
-        stdout_of(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
-        stdout_of(
+        common::stdout_of(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+        common::stdout_of(
             Command::new("git")
                 .args(["rev-parse", "--short", "HEAD"])
                 .current_dir(env!("CARGO_MANIFEST_DIR")),
