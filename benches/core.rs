@@ -29,7 +29,7 @@ mod common;
 #[path = "common/plot.rs"]
 mod plot;
 
-use common::Stats;
+use common::{Op, Stats, drive};
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ftp_alg::firewall::{Firewall, NftFirewall, Pinhole};
+use ftp_alg::firewall::{NftFirewall, Pinhole};
 use ftp_alg::lab::preflight::{self, Gate};
 use ftp_alg::lab::{
     AlgDaemon, AlgOptions, CLIENT_IP, ClientNatLab, ClientNatOptions, FTP_PASSWORD, FTP_USER,
@@ -743,25 +743,31 @@ fn pinhole_series(gateway: &Netns, settings: Settings) -> BoxResult<Vec<Series>>
     let sequential = fresh(n);
     let concurrent = fresh(n);
     // Warm-up (first socket use, page faults), not counted.
-    runtime.block_on(drive(&fw, fresh(200), 1, Op::Open, None));
+    runtime.block_on(drive(&fw, fresh(200), 1, Op::Open(OPEN_TIMEOUT), None));
 
     // Paced: one open per millisecond, so the firewall thread (and the runtime's worker) has
     // gone idle before each call, as it has in the daemon between two transfers.
     let paced = fresh(n.min(2_000));
     for (name, pinholes, callers, op, gap) in [
-        ("open, sequential", sequential.clone(), 1, Op::Open, None),
+        (
+            "open, sequential",
+            sequential.clone(),
+            1,
+            Op::Open(OPEN_TIMEOUT),
+            None,
+        ),
         (
             "open, 64 callers",
             concurrent,
             settings.callers,
-            Op::Open,
+            Op::Open(OPEN_TIMEOUT),
             None,
         ),
         (
             "open, paced 1 ms apart",
             paced,
             1,
-            Op::Open,
+            Op::Open(OPEN_TIMEOUT),
             Some(Duration::from_millis(1)),
         ),
         ("close, sequential", sequential, 1, Op::Close, None),
@@ -795,64 +801,9 @@ fn passive_pinhole(client: Ipv4Addr) -> Pinhole {
     Pinhole::passive(IpAddr::V4(client), IpAddr::V4(SERVER_IP), 30000)
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Open,
-    Close,
-}
-
-/// Opens or closes `pinholes` from `callers` concurrent tasks, each awaiting its ACK before
-/// the next call (after `gap`, if given). Bounded: every call by 5 s, the whole series by 120 s.
-async fn drive(
-    fw: &NftFirewall,
-    pinholes: Vec<Pinhole>,
-    callers: usize,
-    op: Op,
-    gap: Option<Duration>,
-) -> (Vec<Duration>, usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let per = pinholes.len().div_ceil(callers.max(1)).max(1);
-    let tasks: Vec<_> = pinholes
-        .chunks(per)
-        .map(|chunk| {
-            let fw = fw.clone();
-            let chunk = chunk.to_vec();
-            tokio::spawn(async move {
-                let mut times = Vec::with_capacity(chunk.len());
-                let mut failures = 0;
-                for pinhole in chunk {
-                    if Instant::now() > deadline {
-                        break;
-                    }
-                    if let Some(gap) = gap {
-                        tokio::time::sleep(gap).await;
-                    }
-                    let t = Instant::now();
-                    let call = async {
-                        match op {
-                            Op::Open => fw.open(pinhole, Duration::from_secs(60)).await,
-                            Op::Close => fw.close(pinhole).await,
-                        }
-                    };
-                    match tokio::time::timeout(Duration::from_secs(5), call).await {
-                        Ok(Ok(())) => times.push(t.elapsed()),
-                        _ => failures += 1,
-                    }
-                }
-                (times, failures)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    let mut failures = 0;
-    for task in tasks {
-        if let Ok((times, failed)) = task.await {
-            all.extend(times);
-            failures += failed;
-        }
-    }
-    (all, failures)
-}
+/// The pinhole timeout of the opens the microbenchmarks time (they are closed again long
+/// before).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The rejected alternative, as a reference: one `nft` process per element add / delete, run
 /// from a thread inside the gateway namespace (so no `ip netns exec` in the measurement).

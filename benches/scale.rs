@@ -43,7 +43,7 @@
 
 mod common;
 
-use common::Stats;
+use common::{Op, Stats, drive};
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -55,7 +55,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ftp_alg::firewall::{Firewall, NftFirewall, Pinhole};
+use ftp_alg::firewall::{NftFirewall, Pinhole};
 use ftp_alg::lab::nft::ALG_TABLE;
 use ftp_alg::lab::preflight::{self, Gate};
 use ftp_alg::lab::relay::{RELAY_BINARY, RelayProxy};
@@ -1348,70 +1348,6 @@ impl Probes {
             })
             .collect()
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Open(Duration),
-    Close,
-}
-
-/// Opens or closes `pinholes` from `callers` concurrent tasks, each awaiting its ACK before
-/// its next call (after `gap`, if given), as benches/core.rs does. Bounded: every call by 5 s,
-/// the whole series by 120 s. Returns the latency of each successful call and the failures.
-async fn drive(
-    fw: &NftFirewall,
-    pinholes: Vec<Pinhole>,
-    callers: usize,
-    op: Op,
-    gap: Option<Duration>,
-) -> (Vec<Duration>, usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let per = pinholes.len().div_ceil(callers.max(1)).max(1);
-    let tasks: Vec<_> = pinholes
-        .chunks(per)
-        .map(|chunk| {
-            let fw = fw.clone();
-            let chunk = chunk.to_vec();
-            tokio::spawn(async move {
-                let mut times = Vec::with_capacity(chunk.len());
-                let mut failures = 0;
-                for pinhole in chunk {
-                    if Instant::now() > deadline {
-                        failures += 1;
-                        continue;
-                    }
-                    if let Some(gap) = gap {
-                        tokio::time::sleep(gap).await;
-                    }
-                    let t = Instant::now();
-                    let call = async {
-                        match op {
-                            Op::Open(timeout) => fw.open(pinhole, timeout).await,
-                            Op::Close => fw.close(pinhole).await,
-                        }
-                    };
-                    match tokio::time::timeout(Duration::from_secs(5), call).await {
-                        Ok(Ok(())) => times.push(t.elapsed()),
-                        _ => failures += 1,
-                    }
-                }
-                (times, failures)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    let mut failures = 0;
-    for task in tasks {
-        match task.await {
-            Ok((times, failed)) => {
-                all.extend(times);
-                failures += failed;
-            }
-            Err(_) => failures += per,
-        }
-    }
-    (all, failures)
 }
 
 /// The pinhole sets/maps the filler goes into.

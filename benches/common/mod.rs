@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use ftp_alg::firewall::{Firewall, NftFirewall, Pinhole};
 
 use ftp_alg::lab::AlgOptions;
 use ftp_alg::lab::Netns;
@@ -191,4 +193,69 @@ pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s[(s.len() - 1) / 2]
+}
+
+/// What [`drive`] asks the firewall: open (with that pinhole timeout) or close.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    Open(Duration),
+    Close,
+}
+
+/// Opens or closes `pinholes` from `callers` concurrent tasks, each awaiting its ACK before
+/// its next call (after `gap`, if given). Bounded: every call by 5 s,
+/// the whole series by 120 s. Returns the latency of each successful call and the failures.
+pub(crate) async fn drive(
+    fw: &NftFirewall,
+    pinholes: Vec<Pinhole>,
+    callers: usize,
+    op: Op,
+    gap: Option<Duration>,
+) -> (Vec<Duration>, usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let per = pinholes.len().div_ceil(callers.max(1)).max(1);
+    let tasks: Vec<_> = pinholes
+        .chunks(per)
+        .map(|chunk| {
+            let fw = fw.clone();
+            let chunk = chunk.to_vec();
+            tokio::spawn(async move {
+                let mut times = Vec::with_capacity(chunk.len());
+                let mut failures = 0;
+                for pinhole in chunk {
+                    if Instant::now() > deadline {
+                        failures += 1;
+                        continue;
+                    }
+                    if let Some(gap) = gap {
+                        tokio::time::sleep(gap).await;
+                    }
+                    let t = Instant::now();
+                    let call = async {
+                        match op {
+                            Op::Open(timeout) => fw.open(pinhole, timeout).await,
+                            Op::Close => fw.close(pinhole).await,
+                        }
+                    };
+                    match tokio::time::timeout(Duration::from_secs(5), call).await {
+                        Ok(Ok(())) => times.push(t.elapsed()),
+                        _ => failures += 1,
+                    }
+                }
+                (times, failures)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        match task.await {
+            Ok((times, failed)) => {
+                all.extend(times);
+                failures += failed;
+            }
+            Err(_) => failures += per,
+        }
+    }
+    (all, failures)
 }
