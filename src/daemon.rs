@@ -192,12 +192,13 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         .to_owned(),
     });
     let idle = crate::host::IdleState::read();
-    if let Some(advice) = idle.advice() {
+    let advice = idle.advice();
+    if let Some(advice) = &advice {
         info!(cpu_idle = %idle.summary(), "{advice}");
     }
     telemetry.set_host(crate::telemetry::HostView {
         cpu_idle: idle.summary(),
-        advice: idle.advice(),
+        advice,
     });
     telemetry.set_firewall_stats(crate::telemetry::FirewallStatsSource::new({
         let firewall = firewall.clone();
@@ -403,7 +404,6 @@ fn apply_reload(
     );
 }
 
-/// The per-session policy of a configuration.
 /// `limits.max_sessions`, or fewer when the open-files limit (raised to its hard limit
 /// first) has no room for that many: two sockets per session. Sessions over it then get the
 /// `421` of a full gateway instead of hanging in the listener's backlog on `EMFILE`. Says so
@@ -447,6 +447,7 @@ fn admitted_sessions(max_sessions: usize, telemetry: &Telemetry) -> usize {
     admitted
 }
 
+/// The per-session policy of a configuration.
 fn policy(settings: &Validated, realtime_boost: u8) -> Policy {
     let c = &settings.config;
     Policy {
