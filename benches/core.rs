@@ -748,6 +748,18 @@ fn pinhole_series(gateway: &Netns, settings: Settings) -> BoxResult<Vec<Series>>
     // Paced: one open per millisecond, so the firewall thread (and the runtime's worker) has
     // gone idle before each call, as it has in the daemon between two transfers.
     let paced = fresh(n.min(2_000));
+    // What a PORT behind the client's NAT installs, paced the same way: three set elements
+    // (`dnat_to`, `dnat_once`, `active_pin`) in one transaction, then the conntrack delete
+    // of whatever an earlier holder of the gateway port left (target 4's PORT row).
+    let paced_active: Vec<Pinhole> = (0..n.min(2_000))
+        .map(|i| {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            active_pinhole(
+                Ipv4Addr::from(0x0a03_0000 + i),
+                40_000 + (i % 10_000) as u16,
+            )
+        })
+        .collect();
     for (name, pinholes, callers, op, gap) in [
         (
             "open, sequential",
@@ -766,6 +778,13 @@ fn pinhole_series(gateway: &Netns, settings: Settings) -> BoxResult<Vec<Series>>
         (
             "open, paced 1 ms apart",
             paced,
+            1,
+            Op::Open(OPEN_TIMEOUT),
+            Some(Duration::from_millis(1)),
+        ),
+        (
+            "active open (3 elements + conntrack delete), paced 1 ms apart",
+            paced_active,
             1,
             Op::Open(OPEN_TIMEOUT),
             Some(Duration::from_millis(1)),
@@ -796,10 +815,25 @@ fn pinhole_series(gateway: &Netns, settings: Settings) -> BoxResult<Vec<Series>>
     Ok(out)
 }
 
-/// A passive pinhole `client -> server:30000` (the only place that builds a [`Pinhole`]).
+/// A passive pinhole `client -> server:30000`.
 fn passive_pinhole(client: Ipv4Addr) -> Pinhole {
     Pinhole::passive(IpAddr::V4(client), IpAddr::V4(SERVER_IP), 30000)
 }
+
+/// An active pinhole behind the client's NAT: `server:20 -> gateway:port`, DNATed to
+/// `client:50000` (set keys only; no packet ever uses them).
+fn active_pinhole(client: Ipv4Addr, gateway_port: u16) -> Pinhole {
+    Pinhole::active(
+        IpAddr::V4(SERVER_IP),
+        IpAddr::V4(ACTIVE_GATEWAY_IP),
+        gateway_port,
+        IpAddr::V4(client),
+        50_000,
+    )
+}
+
+/// The gateway address of [`active_pinhole`]'s keys (documentation range).
+const ACTIVE_GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 201);
 
 /// The pinhole timeout of the opens the microbenchmarks time (they are closed again long
 /// before).
