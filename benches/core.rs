@@ -439,6 +439,7 @@ fn measure(
         Some(options) => Some(AlgDaemon::start(&route.lab.gateway, options)?),
         None => None,
     };
+    let packets_before = GatewayPackets::read(&route.lab.gateway);
     let bound = match route.via {
         Via::Relay => settings.relay_time,
         Via::Alg | Via::Helper => settings.run_time,
@@ -452,6 +453,13 @@ fn measure(
         settings.run_bound(sessions, mode),
         MAX_FAILURES,
     );
+    if let (Ok(run), Some(before), Some(after)) = (
+        &mut result,
+        packets_before,
+        GatewayPackets::read(&route.lab.gateway),
+    ) {
+        run.packets = Some(after.since(before));
+    }
     if let Some(mut alg) = daemon {
         if let Ok(run) = &mut result {
             run.install = alg
@@ -601,12 +609,15 @@ fn alg_options() -> AlgOptions {
     common::alg_options(&[])
 }
 
-/// Packets conntrack dropped in `ns` (summed over CPUs; `/proc/net/stat/nf_conntrack`):
-/// mostly new connections refused by a full table, each of which costs its client a SYN
-/// retransmit (1 s) that no failure count shows.
+/// Packets conntrack dropped in `ns` (summed over CPUs; `net/stat/nf_conntrack`): mostly new
+/// connections refused by a full table, each of which costs its client a SYN retransmit (1 s)
+/// that no failure count shows.
+///
+/// Read through `/proc/thread-self`: `/proc/net` is `/proc/self/net`, the namespace of the
+/// process's main thread, not of the thread that joined `ns`.
 fn conntrack_drops(ns: &Netns) -> Option<u64> {
     ns.run_in(|| {
-        let text = std::fs::read_to_string("/proc/net/stat/nf_conntrack").ok()?;
+        let text = std::fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack").ok()?;
         let mut lines = text.lines();
         let column = lines.next()?.split_whitespace().position(|f| f == "drop")?;
         lines
@@ -619,6 +630,63 @@ fn conntrack_drops(ns: &Netns) -> Option<u64> {
     })
     .ok()
     .flatten()
+}
+
+/// Packets the gateway's interfaces (loopback aside) received and sent, from
+/// `/proc/thread-self/net/dev` inside `ns` (see [`conntrack_drops`] for why `thread-self`).
+#[derive(Debug, Clone, Copy, Default)]
+struct GatewayPackets {
+    received: u64,
+    sent: u64,
+}
+
+impl GatewayPackets {
+    fn read(ns: &Netns) -> Option<Self> {
+        ns.run_in(|| {
+            let text = std::fs::read_to_string("/proc/thread-self/net/dev").ok()?;
+            let mut total = Self::default();
+            for line in text.lines().skip(2) {
+                let (name, counters) = line.split_once(':')?;
+                if name.trim() == "lo" {
+                    continue;
+                }
+                // Receive: bytes packets errs drop fifo frame compressed multicast; then the
+                // same eight for transmit.
+                let fields: Vec<u64> = counters
+                    .split_whitespace()
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .ok()?;
+                total.received += *fields.get(1)?;
+                total.sent += *fields.get(9)?;
+            }
+            Some(total)
+        })
+        .ok()
+        .flatten()
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            received: self.received.saturating_sub(before.received),
+            sent: self.sent.saturating_sub(before.sent),
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.received += other.received;
+        self.sent += other.sent;
+    }
+
+    /// (received, sent) per transfer.
+    fn per_transfer(self, transfers: usize) -> Option<(f64, f64)> {
+        (transfers > 0).then(|| {
+            (
+                self.received as f64 / transfers as f64,
+                self.sent as f64 / transfers as f64,
+            )
+        })
+    }
 }
 
 fn say(text: &str) {
@@ -1000,6 +1068,8 @@ struct RunResult {
     /// ftp-alg runs: the daemon's own pinhole-install histogram, read from its status socket
     /// at the end of each run (every run has a fresh daemon, so it holds that run's installs).
     install: Option<Install>,
+    /// Packets the gateway received and sent during the run (its logins and QUITs included).
+    packets: Option<GatewayPackets>,
 }
 
 /// The daemon's pinhole-install latency histogram (`ftp-alg status`, the same one `/metrics`
@@ -1166,6 +1236,11 @@ impl RunResult {
                 .get_or_insert_with(Install::default)
                 .add(&install);
         }
+        if let Some(packets) = run.packets {
+            self.packets
+                .get_or_insert_with(GatewayPackets::default)
+                .add(packets);
+        }
     }
 
     fn json(&self) -> Json {
@@ -1210,6 +1285,15 @@ impl RunResult {
             (
                 "pinhole_install_in_daemon",
                 self.install.as_ref().map_or(Json::Null, Install::json),
+            ),
+            (
+                "gateway_packets_per_transfer",
+                self.packets.and_then(|p| p.per_transfer(self.ok)).map_or(
+                    Json::Null,
+                    |(received, sent)| {
+                        Json::obj([("received", Json::Num(received)), ("sent", Json::Num(sent))])
+                    },
+                ),
             ),
             (
                 "first_failure_at",
@@ -2060,6 +2144,34 @@ impl Report {
                         .join(" / "),
                 );
                 let _ = writeln!(t, "| {} |", cells.join(" | "));
+            }
+        }
+
+        // What each route costs on the wire: ftp-alg terminates the control connections that
+        // the helper forwards, so this shows whether it adds packets (it should not: the same
+        // segments, relayed instead of forwarded).
+        let _ = writeln!(
+            t,
+            "\n### Packets through the gateway per transfer: received / sent on its interfaces (loopback aside), all rounds, logins and QUITs included\n"
+        );
+        let mut header = vec!["mode".to_owned(), "sessions".to_owned()];
+        header.extend(vias.iter().map(|v| v.label().to_owned()));
+        let _ = writeln!(t, "| {} |", header.join(" | "));
+        let _ = writeln!(t, "|{}", "---|".repeat(header.len()));
+        for mode in MODES {
+            for &n in &levels {
+                let cells: Vec<String> = vias
+                    .iter()
+                    .map(|v| {
+                        self.cell(n, mode, *v)
+                            .and_then(|r| r.packets?.per_transfer(r.ok))
+                            .map_or_else(|| "—".into(), |(rx, tx)| format!("{rx:.2} / {tx:.2}"))
+                    })
+                    .collect();
+                if cells.iter().all(|c| c == "—") {
+                    continue;
+                }
+                let _ = writeln!(t, "| {} | {n} | {} |", mode.name(), cells.join(" | "));
             }
         }
 
