@@ -53,7 +53,9 @@ use tracing::{debug, info, warn};
 
 use super::{Direction, Firewall, FirewallError, Pinhole};
 
+mod flows;
 mod owners;
+use flows::{Claim, SWEEP_PER_CALL, StaleFlows};
 #[cfg(test)]
 pub(crate) use owners::{COLD_GC_INTERVAL, hot_twin};
 use owners::{Hold, Owners, Removal};
@@ -167,6 +169,15 @@ fn sockets() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SOCKETS))
 }
 
+/// The data connection tuple `server:20 -> gateway:port` of an active pinhole that leased a
+/// gateway port (none for passive pinholes and for active ones without a port of their own).
+fn active_flow(pinhole: &Pinhole) -> Option<flows::Flow> {
+    let (Direction::Active, Some(via)) = (pinhole.direction, pinhole.via) else {
+        return None;
+    };
+    Some((std::net::SocketAddr::new(pinhole.from, FTP_DATA_PORT), via))
+}
+
 /// The most caller sockets (a bound on the sockets a large machine keeps open).
 const MAX_SOCKETS: usize = 16;
 
@@ -199,8 +210,15 @@ pub struct FirewallStats {
     pub replays: u64,
     /// Time spent sending transactions and reading their acknowledgements.
     pub kernel_time: Duration,
-    /// Stale data connections of released gateway ports removed from conntrack.
+    /// Stale data connections of released gateway ports removed from conntrack when the
+    /// port was leased again (on the install's path).
     pub flows_forgotten: u64,
+    /// Released gateway ports whose data connection's tuple was swept from conntrack in the
+    /// background, a second after their pinhole closed.
+    pub flows_swept: u64,
+    /// Active installs that skipped the conntrack delete because a sweep had already
+    /// cleared their tuple since its last close.
+    pub flow_deletes_skipped: u64,
     /// Adds the kernel refused with EBUSY and that were retried (each cost an aborted
     /// transaction: many mean hash chains too long for the sets' collection interval).
     pub busy_retries: u64,
@@ -215,6 +233,8 @@ struct Counters {
     replays: AtomicU64,
     kernel_nanos: AtomicU64,
     flows_forgotten: AtomicU64,
+    flows_swept: AtomicU64,
+    flow_deletes_skipped: AtomicU64,
     busy_retries: AtomicU64,
     hot_placements: AtomicU64,
 }
@@ -237,7 +257,11 @@ impl fmt::Debug for NftFirewall {
 /// netlink socket of its own (for the watchdog; blocking: it waits for the kernel's answer,
 /// and closing the socket waits for an RCU grace period).
 pub(crate) fn table_exists(table: &str) -> Result<bool, FirewallError> {
-    let mut backend = Backend::open(table.to_owned(), Arc::new(Counters::default()))?;
+    let mut backend = Backend::open(
+        table.to_owned(),
+        Arc::new(Counters::default()),
+        Arc::default(),
+    )?;
     backend.table_exists()
 }
 
@@ -288,6 +312,8 @@ impl NftFirewall {
             replays: c.replays.load(Ordering::Relaxed),
             kernel_time: Duration::from_nanos(c.kernel_nanos.load(Ordering::Relaxed)),
             flows_forgotten: c.flows_forgotten.load(Ordering::Relaxed),
+            flows_swept: c.flows_swept.load(Ordering::Relaxed),
+            flow_deletes_skipped: c.flow_deletes_skipped.load(Ordering::Relaxed),
             busy_retries: c.busy_retries.load(Ordering::Relaxed),
             hot_placements: c.hot_placements.load(Ordering::Relaxed),
         }
@@ -314,12 +340,16 @@ impl NftFirewall {
         let name = table.to_owned();
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
+        let flows = Arc::new(StaleFlows::default());
         // Every socket is opened on the thread, after `setup`: a socket belongs for good to
         // the network namespace it was opened in.
         let open_pool = move || -> Result<Pool, FirewallError> {
             setup()?;
             let pool = (0..=sockets)
-                .map(|_| Backend::open(name.clone(), thread_counters.clone()).map(Mutex::new))
+                .map(|_| {
+                    Backend::open(name.clone(), thread_counters.clone(), flows.clone())
+                        .map(Mutex::new)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Arc::new(pool))
         };
@@ -840,10 +870,16 @@ struct Backend {
     rx: Vec<u8>,
     replies: Vec<Reply>,
     counters: Arc<Counters>,
+    /// Sweep state of closed active flows, shared by every socket of the firewall.
+    flows: Arc<StaleFlows>,
 }
 
 impl Backend {
-    fn open(table: String, counters: Arc<Counters>) -> Result<Self, FirewallError> {
+    fn open(
+        table: String,
+        counters: Arc<Counters>,
+        flows: Arc<StaleFlows>,
+    ) -> Result<Self, FirewallError> {
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| {
             FirewallError::io(
                 "open a NETLINK_NETFILTER socket (is nfnetlink available?)",
@@ -869,6 +905,7 @@ impl Backend {
             rx: Vec::with_capacity(64 << 10),
             replies: Vec::new(),
             counters,
+            flows,
         };
         backend.probe()?;
         Ok(backend)
@@ -1238,8 +1275,55 @@ impl Backend {
             debug!(pinhole = %request.pinhole, %error, "pinhole operation failed");
         }
         Counters::add(&self.counters.requests, 1);
+        let closed = matches!(request.kind, Kind::Remove) && result.is_ok();
         let _ = request.reply.send(result);
+        // After the answer: a close comes after the 226 was relayed, while the client reads
+        // it, so sweeping here keeps the conntrack deletes off the next PORT's path.
+        if closed {
+            let now = Instant::now();
+            if let Some(flow) = active_flow(&request.pinhole) {
+                self.flows.closed(flow, now);
+            }
+            self.sweep(now);
+        }
         None
+    }
+
+    /// Removes from conntrack the tuples of active pinholes closed at least
+    /// [`flows::SWEEP_AFTER`] ago (a few per call), so that their ports' next opens need
+    /// not (see [`flows`]).
+    fn sweep(&mut self, now: Instant) {
+        for flow in self.flows.take_due(now, SWEEP_PER_CALL) {
+            let clean = match self.delete_flow(flow) {
+                Ok(0) | Ok(libc::ENOENT) => true,
+                Ok(errno) => {
+                    debug!(
+                        src = %flow.0,
+                        dst = %flow.1,
+                        error = %std::io::Error::from_raw_os_error(errno),
+                        "conntrack refused to sweep a data connection"
+                    );
+                    false
+                }
+                Err(e) => {
+                    debug!(src = %flow.0, dst = %flow.1, error = %e, "could not sweep a data connection");
+                    false
+                }
+            };
+            if clean {
+                Counters::add(&self.counters.flows_swept, 1);
+            }
+            self.flows.swept(flow, clean);
+        }
+    }
+
+    /// Asks conntrack to delete the TCP flow whose original tuple is `flow`; the kernel's
+    /// errno (0: deleted, `ENOENT`: there was none).
+    fn delete_flow(&mut self, flow: flows::Flow) -> Result<i32, FirewallError> {
+        let seq = bump(&mut self.seq);
+        self.tx.clear();
+        ct_delete_msg(&mut self.tx, seq, flow.0, flow.1);
+        self.ask(seq, "a conntrack delete")
     }
 
     /// An active pinhole has just leased a gateway port: whatever conntrack still tracks on
@@ -1254,15 +1338,19 @@ impl Backend {
     /// FIN and last ACK on the data connection, and with the entry gone those are dropped
     /// by the forward chain; the server's close then waits for a retransmission (vsftpd
     /// answered the next command ~200 ms late, 2 % of active transfers).
+    ///
+    /// Skipped when a background sweep has cleared the tuple since its last close (see
+    /// [`flows`]): that takes the conntrack round trip off the PORT's path.
     fn forget_stale_flow(&mut self, pinhole: &Pinhole) {
-        let (Direction::Active, Some(via)) = (pinhole.direction, pinhole.via) else {
+        let Some(flow) = active_flow(pinhole) else {
             return;
         };
-        let src = std::net::SocketAddr::new(pinhole.from, FTP_DATA_PORT);
-        let seq = bump(&mut self.seq);
-        self.tx.clear();
-        ct_delete_msg(&mut self.tx, seq, src, via);
-        match self.ask(seq, "a conntrack delete") {
+        if self.flows.claim(flow, ACK_WAIT) == Claim::AlreadySwept {
+            Counters::add(&self.counters.flow_deletes_skipped, 1);
+            return;
+        }
+        let (src, via) = flow;
+        match self.delete_flow(flow) {
             Ok(0) => {
                 Counters::add(&self.counters.flows_forgotten, 1);
                 debug!(%src, dst = %via, "stale data connection removed from conntrack");

@@ -398,8 +398,12 @@ pub struct FirewallView {
     pub busy_retries: u64,
     /// Time spent in netlink transactions, seconds.
     pub kernel_secs: f64,
-    /// Stale flows of released gateway ports removed from conntrack.
+    /// Stale flows of released gateway ports removed from conntrack on an install's path.
     pub stale_flows_removed: u64,
+    /// Flows of released gateway ports swept from conntrack in the background.
+    pub stale_flows_swept: u64,
+    /// Active installs that needed no conntrack delete: swept ahead.
+    pub stale_flow_deletes_skipped: u64,
     /// Pinholes placed in the `_hot` twin sets (keys reused within seconds).
     pub hot_placements: u64,
 }
@@ -413,6 +417,8 @@ impl From<FirewallStats> for FirewallView {
             busy_retries: s.busy_retries,
             kernel_secs: s.kernel_time.as_secs_f64(),
             stale_flows_removed: s.flows_forgotten,
+            stale_flows_swept: s.flows_swept,
+            stale_flow_deletes_skipped: s.flow_deletes_skipped,
             hot_placements: s.hot_placements,
         }
     }
@@ -540,12 +546,14 @@ pub fn render_status(snapshot: &serde_json::Value) -> String {
         let _ = writeln!(
             out,
             "nftables: {} requests in {} transactions, {} EBUSY retries, {} pinholes in the \
-             _hot sets, {} stale flows removed",
+             _hot sets, {} stale flows removed ({} swept ahead; {} installs skipped the delete)",
             num(&fw["requests"]),
             num(&fw["transactions"]),
             num(&fw["busy_retries"]),
             num(&fw["hot_placements"]),
-            num(&fw["stale_flows_removed"])
+            num(&fw["stale_flows_removed"]),
+            num(&fw["stale_flows_swept"]),
+            num(&fw["stale_flow_deletes_skipped"])
         );
     }
     let rt = &snapshot["realtime"];
@@ -650,6 +658,8 @@ mod tests {
             busy_retries: 2,
             hot_placements: 3,
             flows_forgotten: 1,
+            flows_swept: 5,
+            flow_deletes_skipped: 4,
             ..FirewallStats::default()
         }));
         let snap = telemetry.snapshot(Duration::from_secs(30));
@@ -659,7 +669,7 @@ mod tests {
         assert!(
             text.contains(
                 "nftables: 10 requests in 7 transactions, 2 EBUSY retries, 3 pinholes in the \
-                 _hot sets, 1 stale flows removed"
+                 _hot sets, 1 stale flows removed (5 swept ahead; 4 installs skipped the delete)"
             ),
             "{text}"
         );

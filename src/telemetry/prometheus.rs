@@ -153,6 +153,21 @@ pub fn render(snapshot: &Snapshot, admitted: Option<Admitted>) -> String {
                 fw.kernel_secs.to_string(),
             ),
             (
+                "ftp_alg_nft_stale_flows_removed_total",
+                "Stale data connections of released gateway ports deleted from conntrack on an active install's path.",
+                fw.stale_flows_removed.to_string(),
+            ),
+            (
+                "ftp_alg_nft_stale_flows_swept_total",
+                "Data connection tuples of released gateway ports swept from conntrack in the background.",
+                fw.stale_flows_swept.to_string(),
+            ),
+            (
+                "ftp_alg_nft_stale_flow_deletes_skipped_total",
+                "Active installs that needed no conntrack delete because a sweep had cleared their tuple.",
+                fw.stale_flow_deletes_skipped.to_string(),
+            ),
+            (
                 "ftp_alg_pinholes_hot_total",
                 "Pinholes placed in the _hot twin sets (a key reused within seconds).",
                 fw.hot_placements.to_string(),
@@ -224,6 +239,7 @@ mod tests {
             transactions: 3,
             busy_retries: 1,
             hot_placements: 2,
+            flow_deletes_skipped: 6,
             ..FirewallStats::default()
         }));
         telemetry.set_realtime(RealtimeView {
@@ -257,6 +273,7 @@ mod tests {
             "ftp_alg_nft_transactions_total 3",
             "ftp_alg_nft_busy_retries_total 1",
             "ftp_alg_pinholes_hot_total 2",
+            "ftp_alg_nft_stale_flow_deletes_skipped_total 6",
             "# TYPE ftp_alg_nft_seconds_total counter",
             "# TYPE ftp_alg_realtime_priority gauge",
             "ftp_alg_realtime_priority 10",

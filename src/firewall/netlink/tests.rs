@@ -470,6 +470,58 @@ async fn opening_an_active_pinhole_forgets_the_stale_port_20_flow_of_its_gateway
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_active_flow_is_swept_in_the_background_and_its_next_open_skips_the_delete() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let fw = ns.start(T);
+    let pinhole = active("203.0.113.2", "198.51.100.1", 40001, "10.0.0.2", 50000);
+    let other = active("203.0.113.2", "198.51.100.1", 40002, "10.0.0.2", 50002);
+    fw.open(pinhole, LONG).await.expect("open");
+    fw.open(other, LONG).await.expect("open the other");
+    fw.close(pinhole).await.expect("close");
+    // What the transfer that just ended leaves behind on its tuple, and a bystander.
+    ns.insert_closed_flow("203.0.113.2", 20, "198.51.100.1", 40001);
+    ns.insert_closed_flow("203.0.113.2", 20, "198.51.100.1", 40003);
+    let tracked = |flows: &str, port: u16| {
+        flows.contains(&format!(
+            "src=203.0.113.2 dst=198.51.100.1 sport=20 dport={port} "
+        ))
+    };
+    // Not before its time: the closing connection's last segments still need the entry.
+    let p = passive("10.0.0.2", "203.0.113.2", 30000);
+    fw.open(p, LONG).await.expect("open passive");
+    fw.close(p).await.expect("close passive");
+    assert!(
+        tracked(&ns.conntrack(&["-L", "-p", "tcp"]), 40001),
+        "swept too early"
+    );
+    assert_eq!(fw.stats().flows_swept, 0);
+    tokio::time::sleep(flows::SWEEP_AFTER + Duration::from_millis(100)).await;
+    // The next close (any pinhole's) sweeps what is due.
+    fw.close(other).await.expect("close the other");
+    let flows = ns.conntrack(&["-L", "-p", "tcp"]);
+    assert!(!tracked(&flows, 40001), "not swept:\n{flows}");
+    assert!(tracked(&flows, 40003), "a bystander was swept:\n{flows}");
+    assert_eq!(fw.stats().flows_swept, 1);
+    // The port's next holder: no delete on its path.
+    let forgotten = fw.stats().flows_forgotten;
+    fw.open(pinhole, LONG).await.expect("reopen");
+    assert_eq!(fw.stats().flow_deletes_skipped, 1);
+    assert_eq!(fw.stats().flows_forgotten, forgotten);
+    // And only once: without a close and a sweep in between, the open after it deletes.
+    fw.close(pinhole).await.expect("close again");
+    ns.insert_closed_flow("203.0.113.2", 20, "198.51.100.1", 40001);
+    fw.open(pinhole, LONG).await.expect("reopen at once");
+    assert!(
+        !tracked(&ns.conntrack(&["-L", "-p", "tcp"]), 40001),
+        "an open before the sweep left the stale flow"
+    );
+    assert_eq!(fw.stats().flows_forgotten, forgotten + 1);
+    assert_eq!(fw.stats().flow_deletes_skipped, 1);
+    fw.close(pinhole).await.expect("last close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identical_pinhole_of_two_holders_stays_until_the_last_closes() {
     let Some(ns) = Netns::new() else { return };
     ns.load(T, 1024);
@@ -956,7 +1008,8 @@ where
     let path = ns.path();
     std::thread::spawn(move || {
         enter_netns(&path).expect("enter the namespace");
-        let mut backend = Backend::open(T.into(), Arc::default()).expect("open the backend");
+        let mut backend =
+            Backend::open(T.into(), Arc::default(), Arc::default()).expect("open the backend");
         f(&mut backend)
     })
     .join()
@@ -1246,7 +1299,8 @@ fn a_batch_acked_on_its_last_message_attributes_an_earlier_error() {
     let outcomes = std::thread::spawn(move || {
         enter_netns(&path).expect("enter the namespace");
         let mut backend =
-            Backend::open(T.to_owned(), Arc::new(Counters::default())).expect("backend");
+            Backend::open(T.to_owned(), Arc::new(Counters::default()), Arc::default())
+                .expect("backend");
         let add = Kind::Add { timeout_ms: 60_000 };
         let good = |port: u16| {
             elements(&passive("10.0.0.2", "203.0.113.2", port), true).expect("elements")

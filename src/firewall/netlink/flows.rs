@@ -1,0 +1,326 @@
+//! Stale data connections of released gateway ports, removed ahead of the next lease.
+//!
+//! An active pinhole leases a gateway port; before the rewritten PORT/EPRT reaches the
+//! server, conntrack must hold nothing on the data connection's tuple `server:20 ->
+//! gateway:port` (a TIME_WAIT or reset entry of the port's previous holder keeps its DNAT to
+//! that client, and would take the server's SYN there). Deleting it when the pinhole is
+//! *opened* puts a conntrack round trip (~11-14 µs on a VM) on the PORT's critical path;
+//! deleting it when the previous pinhole *closes* is too early (the 226 that ends a transfer
+//! overtakes the data connection's last FIN and ACK, which the delete would drop).
+//!
+//! So a close marks its flow as due for a sweep [`SWEEP_AFTER`] later; later closes sweep
+//! what is due (a few at a time, off the critical path: after the 226 was relayed); and the
+//! next open of the same flow skips its own delete **only** when a sweep has run since the
+//! flow's last close. Whatever cannot be proven (never seen since start, not yet due, a
+//! failed sweep, the table full) takes the inline delete as before. A sweep in flight is
+//! waited for, so it can never land after the new holder's connection exists.
+//!
+//! Between the sweep and the next open no pinhole admits that tuple (the allocator leases a
+//! port to one holder per server), so no DNATed entry can reappear on it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long after a pinhole's close its flow is swept: the closing data connection's last
+/// segments (and a retransmission or two) pass well within it, and it is shorter than the
+/// default 2 s rest (`active.port_quarantine_secs`) before the same server gets the port
+/// again.
+pub(super) const SWEEP_AFTER: Duration = Duration::from_secs(1);
+
+/// Flows swept per close at most (each is one conntrack round trip). In a steady state each
+/// close makes one flow due, so two keep up; a burst falls back to inline deletes.
+pub(super) const SWEEP_PER_CALL: usize = 2;
+
+/// Flows tracked at most; past it, `Clean` ones are forgotten (their next opens delete
+/// inline) and new closes are not tracked until there is room.
+const MAX_TRACKED: usize = 65_536;
+
+/// A data connection's original tuple: (server:20, gateway:port).
+pub(super) type Flow = (SocketAddr, SocketAddr);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Closed; to be swept at this instant.
+    Due(Instant),
+    /// A sweep's conntrack delete is in flight.
+    Sweeping,
+    /// Swept since its last close: conntrack held nothing on it (or no longer does).
+    Clean,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    state: HashMap<Flow, State>,
+    /// (due, flow) in the order of the closes (so in due order).
+    queue: VecDeque<(Instant, Flow)>,
+}
+
+/// What an open of an active pinhole must do about its flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Claim {
+    /// A sweep since the last close removed it: nothing to do.
+    AlreadySwept,
+    /// Delete it now.
+    Delete,
+}
+
+/// The sweep state of every recently closed active flow, shared by all sockets.
+#[derive(Debug, Default)]
+pub(super) struct StaleFlows {
+    table: Mutex<Table>,
+    swept: Condvar,
+}
+
+impl StaleFlows {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pinhole of `flow` closed at `now`: sweep it [`SWEEP_AFTER`] later.
+    pub(super) fn closed(&self, flow: Flow, now: Instant) {
+        let mut table = self.lock();
+        if table.state.len() >= MAX_TRACKED && !table.state.contains_key(&flow) {
+            table.state.retain(|_, state| *state != State::Clean);
+            if table.state.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        // A sweep in flight now belongs to an earlier close: `swept` will find `Due` and
+        // leave it, so this close gets a sweep of its own.
+        let due = now + SWEEP_AFTER;
+        table.state.insert(flow, State::Due(due));
+        table.queue.push_back((due, flow));
+        if table.queue.len() > 2 * MAX_TRACKED {
+            // Entries of flows re-closed or re-opened since; their own entries come later.
+            let Table { state, queue } = &mut *table;
+            queue.retain(|(due, flow)| state.get(flow) == Some(&State::Due(*due)));
+        }
+    }
+
+    /// Up to `max` flows whose sweep is due at `now`, each now marked as being swept (the
+    /// caller deletes them and reports each with [`StaleFlows::swept`]).
+    pub(super) fn take_due(&self, now: Instant, max: usize) -> Vec<Flow> {
+        let mut table = self.lock();
+        let mut due_now = Vec::new();
+        while due_now.len() < max {
+            let Some(&(due, flow)) = table.queue.front() else {
+                break;
+            };
+            if due > now {
+                break;
+            }
+            table.queue.pop_front();
+            // Only the entry of the flow's last close counts (re-closed: a later one; opened
+            // since: none).
+            if table.state.get(&flow) == Some(&State::Due(due)) {
+                table.state.insert(flow, State::Sweeping);
+                due_now.push(flow);
+            }
+        }
+        due_now
+    }
+
+    /// The sweep of `flow` ended: `clean` when conntrack confirmed it holds nothing on it.
+    pub(super) fn swept(&self, flow: Flow, clean: bool) {
+        let mut table = self.lock();
+        if table.state.get(&flow) == Some(&State::Sweeping) {
+            if clean {
+                table.state.insert(flow, State::Clean);
+            } else {
+                table.state.remove(&flow);
+            }
+        }
+        drop(table);
+        self.swept.notify_all();
+    }
+
+    /// An active pinhole of `flow` is being opened: whether its stale entry must be deleted
+    /// now. A sweep of it in flight is waited for (at most `wait`). The flow's state is
+    /// consumed: the new holder's close starts it again.
+    pub(super) fn claim(&self, flow: Flow, wait: Duration) -> Claim {
+        let deadline = Instant::now() + wait;
+        let mut table = self.lock();
+        while table.state.get(&flow) == Some(&State::Sweeping) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            table = match self.swept.wait_timeout(table, left) {
+                Ok((table, _)) => table,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        match table.state.remove(&flow) {
+            Some(State::Clean) => Claim::AlreadySwept,
+            _ => Claim::Delete,
+        }
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.lock().state.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(port: u16) -> Flow {
+        (
+            "203.0.113.2:20".parse().expect("server"),
+            SocketAddr::new("198.51.100.1".parse().expect("gateway"), port),
+        )
+    }
+
+    const NO_WAIT: Duration = Duration::ZERO;
+
+    #[test]
+    fn a_flow_never_closed_is_deleted_inline() {
+        let flows = StaleFlows::default();
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+    }
+
+    #[test]
+    fn a_flow_swept_after_its_close_needs_no_delete_once() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        flows.closed(flow(40001), t0);
+        assert!(flows.take_due(t0, 8).is_empty(), "not due at once");
+        assert!(
+            flows
+                .take_due(t0 + SWEEP_AFTER - Duration::from_millis(1), 8)
+                .is_empty()
+        );
+        assert_eq!(flows.take_due(t0 + SWEEP_AFTER, 8), vec![flow(40001)]);
+        flows.swept(flow(40001), true);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::AlreadySwept);
+        // Consumed: the next open (without a close and a sweep in between) deletes again.
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+    }
+
+    #[test]
+    fn an_open_before_the_sweep_deletes_inline_and_the_old_sweep_is_dropped() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        flows.closed(flow(40001), t0);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+        // The new holder's connection may exist by now: the earlier close's sweep must not
+        // touch it.
+        assert!(flows.take_due(t0 + 10 * SWEEP_AFTER, 8).is_empty());
+    }
+
+    #[test]
+    fn a_reclose_postpones_the_sweep_to_its_own_due_time() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        flows.closed(flow(40001), t0);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+        let t1 = t0 + Duration::from_millis(500);
+        flows.closed(flow(40001), t1);
+        // The first close's entry is due but stale: the flow's connection closed at t1.
+        assert!(flows.take_due(t0 + SWEEP_AFTER, 8).is_empty());
+        assert_eq!(flows.take_due(t1 + SWEEP_AFTER, 8), vec![flow(40001)]);
+    }
+
+    #[test]
+    fn a_close_during_a_sweep_is_not_marked_clean_by_it() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        flows.closed(flow(40001), t0);
+        assert_eq!(flows.take_due(t0 + SWEEP_AFTER, 8), vec![flow(40001)]);
+        let t1 = t0 + SWEEP_AFTER;
+        flows.closed(flow(40001), t1);
+        flows.swept(flow(40001), true);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+    }
+
+    #[test]
+    fn a_failed_sweep_leaves_the_delete_to_the_open() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        flows.closed(flow(40001), t0);
+        assert_eq!(flows.take_due(t0 + SWEEP_AFTER, 8), vec![flow(40001)]);
+        flows.swept(flow(40001), false);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+    }
+
+    #[test]
+    fn sweeps_are_taken_in_due_order_a_few_at_a_time() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        for (i, port) in (40001..=40005).enumerate() {
+            flows.closed(flow(port), t0 + Duration::from_millis(i as u64));
+        }
+        let later = t0 + 2 * SWEEP_AFTER;
+        assert_eq!(flows.take_due(later, 2), vec![flow(40001), flow(40002)]);
+        assert_eq!(flows.take_due(later, 2), vec![flow(40003), flow(40004)]);
+        assert_eq!(flows.take_due(later, 2), vec![flow(40005)]);
+    }
+
+    #[test]
+    fn an_open_waits_for_a_sweep_in_flight() {
+        let flows = std::sync::Arc::new(StaleFlows::default());
+        let t0 = Instant::now();
+        flows.closed(flow(40001), t0);
+        assert_eq!(flows.take_due(t0 + SWEEP_AFTER, 8), vec![flow(40001)]);
+        let sweeper = {
+            let flows = flows.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                flows.swept(flow(40001), true);
+            })
+        };
+        let started = Instant::now();
+        assert_eq!(
+            flows.claim(flow(40001), Duration::from_secs(5)),
+            Claim::AlreadySwept
+        );
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        sweeper.join().expect("sweeper");
+    }
+
+    #[test]
+    fn an_open_that_gives_up_waiting_deletes_inline() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        flows.closed(flow(40001), t0);
+        assert_eq!(flows.take_due(t0 + SWEEP_AFTER, 8), vec![flow(40001)]);
+        assert_eq!(
+            flows.claim(flow(40001), Duration::from_millis(5)),
+            Claim::Delete
+        );
+        // The late sweep result no longer applies.
+        flows.swept(flow(40001), true);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        let gateway: std::net::IpAddr = "198.51.100.1".parse().expect("gateway");
+        let server = |i: usize| {
+            SocketAddr::new(
+                std::net::IpAddr::V4(std::net::Ipv4Addr::from(0xcb00_7100 + i as u32)),
+                20,
+            )
+        };
+        for i in 0..MAX_TRACKED + 10 {
+            flows.closed((server(i), SocketAddr::new(gateway, 40001)), t0);
+        }
+        assert_eq!(flows.tracked(), MAX_TRACKED);
+        // Swept ones make room when the table is full.
+        let due = flows.take_due(t0 + SWEEP_AFTER, 100);
+        for flow in &due {
+            flows.swept(*flow, true);
+        }
+        flows.closed(
+            (server(MAX_TRACKED + 20), SocketAddr::new(gateway, 40001)),
+            t0,
+        );
+        assert_eq!(flows.tracked(), MAX_TRACKED - 100 + 1);
+    }
+}
