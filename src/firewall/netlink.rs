@@ -102,7 +102,17 @@ const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 const NFTA_DATA_VALUE: u16 = 1;
 // uapi: linux/netfilter/nfnetlink_conntrack.h
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
+const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+/// `enum tcp_conntrack`: the states in which a connection is over.
+const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
+const TCP_CONNTRACK_CLOSE: u8 = 8;
+/// Attribute type bits that are flags, not type.
+const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | 0x4000);
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
@@ -219,6 +229,10 @@ pub struct FirewallStats {
     /// Active installs that skipped the conntrack delete because a sweep had already
     /// cleared their tuple since its last close.
     pub flow_deletes_skipped: u64,
+    /// Sweeps that found their data connection still alive after its pinhole closed (a
+    /// server's 226 ahead of the data's tail, or a session that ended mid-transfer) and left
+    /// it alone, to look again later.
+    pub flow_sweeps_deferred: u64,
     /// Adds the kernel refused with EBUSY and that were retried (each cost an aborted
     /// transaction: many mean hash chains too long for the sets' collection interval).
     pub busy_retries: u64,
@@ -235,6 +249,7 @@ struct Counters {
     flows_forgotten: AtomicU64,
     flows_swept: AtomicU64,
     flow_deletes_skipped: AtomicU64,
+    flow_sweeps_deferred: AtomicU64,
     busy_retries: AtomicU64,
     hot_placements: AtomicU64,
 }
@@ -314,6 +329,7 @@ impl NftFirewall {
             flows_forgotten: c.flows_forgotten.load(Ordering::Relaxed),
             flows_swept: c.flows_swept.load(Ordering::Relaxed),
             flow_deletes_skipped: c.flow_deletes_skipped.load(Ordering::Relaxed),
+            flow_sweeps_deferred: c.flow_sweeps_deferred.load(Ordering::Relaxed),
             busy_retries: c.busy_retries.load(Ordering::Relaxed),
             hot_placements: c.hot_placements.load(Ordering::Relaxed),
         }
@@ -635,6 +651,17 @@ enum Part {
     Port(u16),
 }
 
+/// What conntrack holds on a data connection's tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlowState {
+    /// Nothing.
+    Gone,
+    /// An entry in this TCP state (`enum tcp_conntrack`).
+    Tcp(u8),
+    /// An entry without a TCP state (not expected for a TCP tuple).
+    Unknown,
+}
+
 // ---------------------------------------------------------------------------------------
 // Encoding
 
@@ -749,6 +776,18 @@ fn ct_delete_msg(
     src: std::net::SocketAddr,
     dst: std::net::SocketAddr,
 ) {
+    ct_flow_msg(buf, IPCTNL_MSG_CT_DELETE, seq, src, dst);
+}
+
+/// A ctnetlink request about the TCP flow whose original tuple is `src -> dst`: `msg` is
+/// `IPCTNL_MSG_CT_GET` or `IPCTNL_MSG_CT_DELETE`.
+fn ct_flow_msg(
+    buf: &mut Vec<u8>,
+    msg: u16,
+    seq: u32,
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+) {
     let canonical =
         |a: std::net::SocketAddr| std::net::SocketAddr::new(a.ip().to_canonical(), a.port());
     let (src, dst) = (canonical(src), canonical(dst));
@@ -761,7 +800,7 @@ fn ct_delete_msg(
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
     };
-    let ty = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
+    let ty = (NFNL_SUBSYS_CTNETLINK << 8) | msg;
     let start = msg_start(buf, ty, NLM_F_REQUEST | NLM_F_ACK, seq, family, 0);
     let tuple = nest_start(buf, CTA_TUPLE_ORIG);
     let ip = nest_start(buf, CTA_TUPLE_IP);
@@ -785,6 +824,8 @@ fn ct_delete_msg(
 enum Reply {
     /// `NLMSG_ERROR`: an ACK (`errno == 0`) or an error (positive errno) for message `seq`.
     Ack { seq: u32, errno: i32 },
+    /// A conntrack entry (the answer to a `CT_GET`): its TCP state, when it has one.
+    Flow { seq: u32, tcp_state: Option<u8> },
     /// Anything else (e.g. the `NEWGEN` answer to `GETGEN`).
     Other { seq: u32, ty: u16 },
 }
@@ -795,6 +836,21 @@ fn ne_u32(bytes: &[u8], at: usize) -> Option<u32> {
 
 fn ne_u16(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// The payload of the first attribute of type `ty` in `attrs` (a run of netlink
+/// attributes); `None` when absent or when the run is malformed before it.
+fn find_attr(mut attrs: &[u8], ty: u16) -> Option<&[u8]> {
+    while attrs.len() >= 4 {
+        let len = usize::from(ne_u16(attrs, 0)?);
+        let this = ne_u16(attrs, 2)? & NLA_TYPE_MASK;
+        let payload = attrs.get(4..len)?;
+        if this == ty {
+            return Some(payload);
+        }
+        attrs = attrs.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    None
 }
 
 /// Parses one datagram (possibly several netlink messages). Malformed input is an error,
@@ -823,6 +879,14 @@ fn parse_replies(mut data: &[u8], out: &mut Vec<Reply>) -> Result<(), String> {
                 .filter(|e| *e >= 0)
                 .ok_or_else(|| format!("invalid error code {code:#x} for sequence {seq}"))?;
             out.push(Reply::Ack { seq, errno });
+        } else if ty == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW {
+            // After the header, a 4-byte nfgenmsg, then the entry's attributes.
+            let attrs = data[..len].get(NLMSG_HDRLEN + 4..).unwrap_or_default();
+            let tcp_state = find_attr(attrs, CTA_PROTOINFO)
+                .and_then(|info| find_attr(info, CTA_PROTOINFO_TCP))
+                .and_then(|tcp| find_attr(tcp, CTA_PROTOINFO_TCP_STATE))
+                .and_then(|state| state.first().copied());
+            out.push(Reply::Flow { seq, tcp_state });
         } else {
             out.push(Reply::Other { seq, ty });
         }
@@ -1294,26 +1358,62 @@ impl Backend {
     /// not (see [`flows`]).
     fn sweep(&mut self, now: Instant) {
         for flow in self.flows.take_due(now, SWEEP_PER_CALL) {
-            let clean = match self.delete_flow(flow) {
-                Ok(0) | Ok(libc::ENOENT) => true,
-                Ok(errno) => {
-                    debug!(
-                        src = %flow.0,
-                        dst = %flow.1,
-                        error = %std::io::Error::from_raw_os_error(errno),
-                        "conntrack refused to sweep a data connection"
-                    );
-                    false
+            let (src, dst) = flow;
+            let finished = match self.flow_state(flow) {
+                Ok(FlowState::Gone) => Ok(()),
+                Ok(FlowState::Tcp(TCP_CONNTRACK_TIME_WAIT | TCP_CONNTRACK_CLOSE)) => {
+                    match self.delete_flow(flow) {
+                        Ok(0 | libc::ENOENT) => Ok(()),
+                        Ok(errno) => Err(format!(
+                            "conntrack refused to delete it: {}",
+                            std::io::Error::from_raw_os_error(errno)
+                        )),
+                        Err(e) => Err(e.to_string()),
+                    }
                 }
-                Err(e) => {
-                    debug!(src = %flow.0, dst = %flow.1, error = %e, "could not sweep a data connection");
-                    false
+                Ok(FlowState::Tcp(state)) => {
+                    debug!(%src, %dst, state, "data connection still alive after its pinhole closed; sweep deferred");
+                    Counters::add(&self.counters.flow_sweeps_deferred, 1);
+                    self.flows.alive(flow, now);
+                    continue;
                 }
+                Ok(FlowState::Unknown) => Err("conntrack's answer had no TCP state".into()),
+                Err(e) => Err(e.to_string()),
             };
-            if clean {
+            if let Err(error) = &finished {
+                debug!(%src, %dst, %error, "could not sweep a data connection");
+            } else {
                 Counters::add(&self.counters.flows_swept, 1);
             }
-            self.flows.swept(flow, clean);
+            self.flows.swept(flow, finished.is_ok());
+        }
+    }
+
+    /// What conntrack holds on the TCP flow whose original tuple is `flow`.
+    fn flow_state(&mut self, flow: flows::Flow) -> Result<FlowState, FirewallError> {
+        let seq = bump(&mut self.seq);
+        self.tx.clear();
+        ct_flow_msg(&mut self.tx, IPCTNL_MSG_CT_GET, seq, flow.0, flow.1);
+        self.send()
+            .map_err(|e| FirewallError::io("send to the kernel", &e))?;
+        let mut state = None;
+        let mut answer = None;
+        let lost = self.receive(|reply| {
+            match reply {
+                Reply::Flow { seq: s, tcp_state } if s == seq => state = Some(tcp_state),
+                Reply::Ack { seq: s, errno } if s == seq => answer = Some(errno),
+                _ => {}
+            }
+            answer.is_some()
+        });
+        match (answer, lost) {
+            (Some(libc::ENOENT), _) => Ok(FlowState::Gone),
+            (Some(0), _) => Ok(state.flatten().map_or(FlowState::Unknown, FlowState::Tcp)),
+            (Some(errno), _) => Err(kernel_error("look up a data connection", errno)),
+            (None, Err(e)) => Err(e),
+            (None, Ok(())) => Err(FirewallError::Protocol(
+                "no answer to a conntrack lookup".into(),
+            )),
         }
     }
 

@@ -404,6 +404,8 @@ pub struct FirewallView {
     pub stale_flows_swept: u64,
     /// Active installs that needed no conntrack delete: swept ahead.
     pub stale_flow_deletes_skipped: u64,
+    /// Sweeps that found their data connection still alive and left it alone.
+    pub stale_flow_sweeps_deferred: u64,
     /// Pinholes placed in the `_hot` twin sets (keys reused within seconds).
     pub hot_placements: u64,
 }
@@ -419,6 +421,7 @@ impl From<FirewallStats> for FirewallView {
             stale_flows_removed: s.flows_forgotten,
             stale_flows_swept: s.flows_swept,
             stale_flow_deletes_skipped: s.flow_deletes_skipped,
+            stale_flow_sweeps_deferred: s.flow_sweeps_deferred,
             hot_placements: s.hot_placements,
         }
     }
@@ -546,13 +549,15 @@ pub fn render_status(snapshot: &serde_json::Value) -> String {
         let _ = writeln!(
             out,
             "nftables: {} requests in {} transactions, {} EBUSY retries, {} pinholes in the \
-             _hot sets, {} stale flows removed ({} swept ahead; {} installs skipped the delete)",
+             _hot sets, {} stale flows removed ({} swept ahead, {} sweeps deferred for a live \
+             connection; {} installs skipped the delete)",
             num(&fw["requests"]),
             num(&fw["transactions"]),
             num(&fw["busy_retries"]),
             num(&fw["hot_placements"]),
             num(&fw["stale_flows_removed"]),
             num(&fw["stale_flows_swept"]),
+            num(&fw["stale_flow_sweeps_deferred"]),
             num(&fw["stale_flow_deletes_skipped"])
         );
     }
@@ -660,6 +665,7 @@ mod tests {
             flows_forgotten: 1,
             flows_swept: 5,
             flow_deletes_skipped: 4,
+            flow_sweeps_deferred: 2,
             ..FirewallStats::default()
         }));
         let snap = telemetry.snapshot(Duration::from_secs(30));
@@ -669,7 +675,8 @@ mod tests {
         assert!(
             text.contains(
                 "nftables: 10 requests in 7 transactions, 2 EBUSY retries, 3 pinholes in the \
-                 _hot sets, 1 stale flows removed (5 swept ahead; 4 installs skipped the delete)"
+                 _hot sets, 1 stale flows removed (5 swept ahead, 2 sweeps deferred for a live \
+                 connection; 4 installs skipped the delete)"
             ),
             "{text}"
         );

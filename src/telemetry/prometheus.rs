@@ -163,6 +163,11 @@ pub fn render(snapshot: &Snapshot, admitted: Option<Admitted>) -> String {
                 fw.stale_flows_swept.to_string(),
             ),
             (
+                "ftp_alg_nft_stale_flow_sweeps_deferred_total",
+                "Sweeps that found a released gateway port's data connection still alive and left it for later.",
+                fw.stale_flow_sweeps_deferred.to_string(),
+            ),
+            (
                 "ftp_alg_nft_stale_flow_deletes_skipped_total",
                 "Active installs that needed no conntrack delete because a sweep had cleared their tuple.",
                 fw.stale_flow_deletes_skipped.to_string(),
@@ -240,6 +245,7 @@ mod tests {
             busy_retries: 1,
             hot_placements: 2,
             flow_deletes_skipped: 6,
+            flow_sweeps_deferred: 7,
             ..FirewallStats::default()
         }));
         telemetry.set_realtime(RealtimeView {
@@ -274,6 +280,7 @@ mod tests {
             "ftp_alg_nft_busy_retries_total 1",
             "ftp_alg_pinholes_hot_total 2",
             "ftp_alg_nft_stale_flow_deletes_skipped_total 6",
+            "ftp_alg_nft_stale_flow_sweeps_deferred_total 7",
             "# TYPE ftp_alg_nft_seconds_total counter",
             "# TYPE ftp_alg_realtime_priority gauge",
             "ftp_alg_realtime_priority 10",

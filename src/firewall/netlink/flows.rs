@@ -15,6 +15,13 @@
 //! failed sweep, the table full) takes the inline delete as before. A sweep in flight is
 //! waited for, so it can never land after the new holder's connection exists.
 //!
+//! A close is not the end of the data connection: a server that does not linger on close
+//! sends its 226 while the tail of the file is still in its send buffer (a slow client may
+//! need seconds more), and a session can end while its transfer runs. So a sweep first asks
+//! conntrack for the flow's state and deletes only a finished one (TIME_WAIT, CLOSE); a flow
+//! still alive is left alone and looked at again [`SWEEP_RETRY`] later. Its entry carries the
+//! DNAT to the client: deleting it would lose the rest of the transfer.
+//!
 //! Between the sweep and the next open no pinhole admits that tuple (the allocator leases a
 //! port to one holder per server), so no DNATed entry can reappear on it.
 
@@ -28,6 +35,9 @@ use std::time::{Duration, Instant};
 /// default 2 s rest (`active.port_quarantine_secs`) before the same server gets the port
 /// again.
 pub(super) const SWEEP_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a sweep that found its flow still alive waits before it looks again.
+pub(super) const SWEEP_RETRY: Duration = Duration::from_secs(5);
 
 /// Flows swept per close at most (each is one conntrack round trip). In a steady state each
 /// close makes one flow due, so two keep up; a burst falls back to inline deletes.
@@ -55,6 +65,30 @@ struct Table {
     state: HashMap<Flow, State>,
     /// (due, flow) in the order of the closes (so in due order).
     queue: VecDeque<(Instant, Flow)>,
+    /// (due, flow) of flows found alive, in the order they were found (so in due order).
+    retries: VecDeque<(Instant, Flow)>,
+}
+
+impl Table {
+    /// The next entry of `queue` that is due at `now` and still current (a flow re-closed
+    /// or re-opened since has a later entry, or none), marked as being swept.
+    fn next_due(
+        state: &mut HashMap<Flow, State>,
+        queue: &mut VecDeque<(Instant, Flow)>,
+        now: Instant,
+    ) -> Option<Flow> {
+        while let Some(&(due, flow)) = queue.front() {
+            if due > now {
+                return None;
+            }
+            queue.pop_front();
+            if state.get(&flow) == Some(&State::Due(due)) {
+                state.insert(flow, State::Sweeping);
+                return Some(flow);
+            }
+        }
+        None
+    }
 }
 
 /// What an open of an active pinhole must do about its flow.
@@ -94,7 +128,7 @@ impl StaleFlows {
         table.queue.push_back((due, flow));
         if table.queue.len() > 2 * MAX_TRACKED {
             // Entries of flows re-closed or re-opened since; their own entries come later.
-            let Table { state, queue } = &mut *table;
+            let Table { state, queue, .. } = &mut *table;
             queue.retain(|(due, flow)| state.get(flow) == Some(&State::Due(*due)));
         }
     }
@@ -103,20 +137,19 @@ impl StaleFlows {
     /// caller deletes them and reports each with [`StaleFlows::swept`]).
     pub(super) fn take_due(&self, now: Instant, max: usize) -> Vec<Flow> {
         let mut table = self.lock();
+        let Table {
+            state,
+            queue,
+            retries,
+        } = &mut *table;
         let mut due_now = Vec::new();
+        // Fresh closes first: a flow found alive has waited long already and can wait on.
         while due_now.len() < max {
-            let Some(&(due, flow)) = table.queue.front() else {
-                break;
-            };
-            if due > now {
-                break;
-            }
-            table.queue.pop_front();
-            // Only the entry of the flow's last close counts (re-closed: a later one; opened
-            // since: none).
-            if table.state.get(&flow) == Some(&State::Due(due)) {
-                table.state.insert(flow, State::Sweeping);
-                due_now.push(flow);
+            match Table::next_due(state, queue, now)
+                .or_else(|| Table::next_due(state, retries, now))
+            {
+                Some(flow) => due_now.push(flow),
+                None => break,
             }
         }
         due_now
@@ -130,6 +163,24 @@ impl StaleFlows {
                 table.state.insert(flow, State::Clean);
             } else {
                 table.state.remove(&flow);
+            }
+        }
+        drop(table);
+        self.swept.notify_all();
+    }
+
+    /// The sweep of `flow` found its connection still alive (see the module's doc): left
+    /// alone, and due again [`SWEEP_RETRY`] after `now`. Until a sweep finds it finished,
+    /// the port's next open deletes inline, as without a sweep.
+    pub(super) fn alive(&self, flow: Flow, now: Instant) {
+        let mut table = self.lock();
+        if table.state.get(&flow) == Some(&State::Sweeping) {
+            let due = now + SWEEP_RETRY;
+            table.state.insert(flow, State::Due(due));
+            table.retries.push_back((due, flow));
+            if table.retries.len() > 2 * MAX_TRACKED {
+                let Table { state, retries, .. } = &mut *table;
+                retries.retain(|(due, flow)| state.get(flow) == Some(&State::Due(*due)));
             }
         }
         drop(table);
@@ -235,6 +286,45 @@ mod tests {
         flows.closed(flow(40001), t1);
         flows.swept(flow(40001), true);
         assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+    }
+
+    #[test]
+    fn a_flow_found_alive_is_looked_at_again_later_and_deleted_inline_meanwhile() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        flows.closed(flow(40001), t0);
+        let t1 = t0 + SWEEP_AFTER;
+        assert_eq!(flows.take_due(t1, 8), vec![flow(40001)]);
+        flows.alive(flow(40001), t1);
+        assert!(flows.take_due(t1, 8).is_empty());
+        assert!(
+            flows
+                .take_due(t1 + SWEEP_RETRY - Duration::from_millis(1), 8)
+                .is_empty()
+        );
+        // Closes that come after it are swept in their own time, not held up behind it.
+        let t2 = t1 + Duration::from_millis(10);
+        flows.closed(flow(40002), t2);
+        assert_eq!(flows.take_due(t2 + SWEEP_AFTER, 8), vec![flow(40002)]);
+        flows.swept(flow(40002), true);
+        assert_eq!(flows.take_due(t1 + SWEEP_RETRY, 8), vec![flow(40001)]);
+        flows.alive(flow(40001), t1 + SWEEP_RETRY);
+        // Still not proven clean: an open now deletes inline, and the retry is dropped.
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+        assert!(flows.take_due(t1 + 10 * SWEEP_RETRY, 8).is_empty());
+    }
+
+    #[test]
+    fn a_flow_found_alive_then_finished_is_swept() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        flows.closed(flow(40001), t0);
+        let t1 = t0 + SWEEP_AFTER;
+        assert_eq!(flows.take_due(t1, 8), vec![flow(40001)]);
+        flows.alive(flow(40001), t1);
+        assert_eq!(flows.take_due(t1 + SWEEP_RETRY, 8), vec![flow(40001)]);
+        flows.swept(flow(40001), true);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::AlreadySwept);
     }
 
     #[test]

@@ -209,6 +209,74 @@ fn replies_parse_acks_errors_and_other_messages() {
     );
 }
 
+/// A ctnetlink `CT_NEW` message (the answer to a `CT_GET`) with `attrs` after its nfgenmsg.
+fn ct_entry(seq: u32, attrs: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    let len = (NLMSG_HDRLEN + 4 + attrs.len()) as u32;
+    m.extend_from_slice(&len.to_ne_bytes());
+    m.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW).to_ne_bytes());
+    m.extend_from_slice(&0u16.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]);
+    m.extend_from_slice(attrs);
+    m
+}
+
+fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
+    let mut a = Vec::new();
+    a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    a.extend_from_slice(&ty.to_ne_bytes());
+    a.extend_from_slice(payload);
+    a.resize(a.len().next_multiple_of(4), 0);
+    a
+}
+
+#[test]
+fn a_conntrack_entry_reply_gives_its_tcp_state() {
+    // As the kernel sends it: other attributes first, nests flagged NLA_F_NESTED, the TCP
+    // state among the TCP protocol info's other attributes.
+    let tcp = [
+        nla(2, &[7]), // CTA_PROTOINFO_TCP_WSCALE_ORIGINAL
+        nla(CTA_PROTOINFO_TCP_STATE, &[3]),
+    ]
+    .concat();
+    let info = nla(CTA_PROTOINFO_TCP | NLA_F_NESTED, &tcp);
+    let attrs = [
+        nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &nla(CTA_TUPLE_IP, &[0; 8])),
+        nla(3, &0u32.to_be_bytes()), // CTA_STATUS
+        nla(CTA_PROTOINFO | NLA_F_NESTED, &info),
+    ]
+    .concat();
+    let mut data = ct_entry(9, &attrs);
+    data.extend(ack(9, 0, 0));
+    // No protocol info at all, and a truncated attribute: no state, not a panic.
+    data.extend(ct_entry(10, &nla(3, &[0; 4])));
+    let mut broken = nla(CTA_PROTOINFO | NLA_F_NESTED, &info);
+    broken[..2].copy_from_slice(&200u16.to_ne_bytes());
+    data.extend(ct_entry(11, &broken));
+    let mut out = Vec::new();
+    parse_replies(&data, &mut out).expect("parse");
+    assert_eq!(
+        out,
+        vec![
+            Reply::Flow {
+                seq: 9,
+                tcp_state: Some(3)
+            },
+            Reply::Ack { seq: 9, errno: 0 },
+            Reply::Flow {
+                seq: 10,
+                tcp_state: None
+            },
+            Reply::Flow {
+                seq: 11,
+                tcp_state: None
+            },
+        ]
+    );
+}
+
 #[test]
 fn malformed_replies_are_errors_not_panics() {
     let good = ack(1, 0, 0);
@@ -407,11 +475,17 @@ impl Netns {
     /// A conntrack entry for TCP `src:sport -> dst:dport` in state CLOSE (as a reset leaves
     /// it).
     fn insert_closed_flow(&self, src: &str, sport: u16, dst: &str, dport: u16) {
+        self.insert_flow(src, sport, dst, dport, "CLOSE");
+    }
+
+    /// A conntrack entry for TCP `src:sport -> dst:dport` in `state` (conntrack's names:
+    /// ESTABLISHED, TIME_WAIT, ...).
+    fn insert_flow(&self, src: &str, sport: u16, dst: &str, dport: u16, state: &str) {
         let (sport, dport) = (sport.to_string(), dport.to_string());
         let out = Command::new("ip")
             .args(["netns", "exec", &self.name, "conntrack", "-I", "-p", "tcp"])
             .args(["-s", src, "-d", dst, "--sport", &sport, "--dport", &dport])
-            .args(["--state", "CLOSE", "-t", "60"])
+            .args(["--state", state, "-t", "60"])
             .output()
             .expect("run conntrack (conntrack-tools)");
         assert!(
@@ -519,6 +593,75 @@ async fn a_closed_active_flow_is_swept_in_the_background_and_its_next_open_skips
     assert_eq!(fw.stats().flows_forgotten, forgotten + 1);
     assert_eq!(fw.stats().flow_deletes_skipped, 1);
     fw.close(pinhole).await.expect("last close");
+}
+
+/// A pinhole's close is not the end of its data connection: a server that does not linger
+/// on close sends its 226 while the tail of the file is still in its send buffer, and a
+/// session can end while its transfer runs. The sweep must leave a flow that is still alive
+/// alone (its entry carries the DNAT to the client; without it the rest of the transfer is
+/// lost) and come back for it later; a flow that has finished is swept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_leaves_a_live_data_connection_alone_and_comes_back_for_it() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let fw = ns.start(T);
+    let live = active("203.0.113.2", "198.51.100.1", 40001, "10.0.0.2", 50000);
+    let done = active("203.0.113.2", "198.51.100.1", 40002, "10.0.0.2", 50002);
+    let trigger = passive("10.0.0.2", "203.0.113.2", 30000);
+    for p in [live, done] {
+        fw.open(p, LONG).await.expect("open");
+    }
+    ns.insert_flow("203.0.113.2", 20, "198.51.100.1", 40001, "ESTABLISHED");
+    ns.insert_flow("203.0.113.2", 20, "198.51.100.1", 40002, "TIME_WAIT");
+    for p in [live, done] {
+        fw.close(p).await.expect("close");
+    }
+    let tracked = |port: u16| {
+        let flows = ns.conntrack(&["-L", "-p", "tcp"]);
+        let found = flows.contains(&format!(
+            "src=203.0.113.2 dst=198.51.100.1 sport=20 dport={port} "
+        ));
+        (found, flows)
+    };
+    tokio::time::sleep(flows::SWEEP_AFTER + Duration::from_millis(100)).await;
+    fw.open(trigger, LONG).await.expect("open passive");
+    fw.close(trigger)
+        .await
+        .expect("close passive: sweeps what is due");
+    let (found, flows) = tracked(40001);
+    assert!(found, "the sweep removed a live data connection:\n{flows}");
+    let (found, flows) = tracked(40002);
+    assert!(!found, "the finished one was not swept:\n{flows}");
+    assert_eq!(fw.stats().flows_swept, 1);
+    assert_eq!(fw.stats().flow_sweeps_deferred, 1);
+    // Not swept, so its port's next holder still deletes inline; and once the connection
+    // has finished, a later sweep takes it.
+    ns.conntrack(&[
+        "-U",
+        "-p",
+        "tcp",
+        "-s",
+        "203.0.113.2",
+        "-d",
+        "198.51.100.1",
+        "--sport",
+        "20",
+        "--dport",
+        "40001",
+        "--state",
+        "TIME_WAIT",
+    ]);
+    tokio::time::sleep(flows::SWEEP_RETRY + Duration::from_millis(100)).await;
+    fw.open(trigger, LONG).await.expect("open passive");
+    fw.close(trigger)
+        .await
+        .expect("close passive: sweeps what is due");
+    let (found, flows) = tracked(40001);
+    assert!(!found, "not swept once finished:\n{flows}");
+    assert_eq!(fw.stats().flows_swept, 2);
+    fw.open(live, LONG).await.expect("reopen");
+    assert_eq!(fw.stats().flow_deletes_skipped, 1);
+    fw.close(live).await.expect("close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
