@@ -172,6 +172,18 @@ pub enum FirewallError {
         /// The set or map.
         set: String,
     },
+    /// The leased gateway port still carries a live data connection from this server (a
+    /// transfer whose session ended, or that outlived its 226); the pinhole was not opened.
+    #[error(
+        "gateway port {gateway} still carries a live data connection from {server}; lease \
+         another port"
+    )]
+    PortInUse {
+        /// The server's data address (port 20).
+        server: std::net::SocketAddr,
+        /// The gateway's address and the leased port.
+        gateway: std::net::SocketAddr,
+    },
     /// The pinhole mixes IPv4 and IPv6 addresses; no set can hold it.
     #[error("mixed address families in pinhole {0}: all its addresses must be IPv4 or all IPv6")]
     MixedFamilies(Pinhole),

@@ -229,6 +229,9 @@ pub struct FirewallStats {
     /// Active installs that skipped the conntrack delete because a sweep had already
     /// cleared their tuple since its last close.
     pub flow_deletes_skipped: u64,
+    /// Active installs refused because the leased gateway port's previous data connection
+    /// was still alive (the session leased another port).
+    pub ports_in_use: u64,
     /// Sweeps that found their data connection still alive after its pinhole closed (a
     /// server's 226 ahead of the data's tail, or a session that ended mid-transfer) and left
     /// it alone, to look again later.
@@ -250,6 +253,7 @@ struct Counters {
     flows_swept: AtomicU64,
     flow_deletes_skipped: AtomicU64,
     flow_sweeps_deferred: AtomicU64,
+    ports_in_use: AtomicU64,
     busy_retries: AtomicU64,
     hot_placements: AtomicU64,
 }
@@ -330,6 +334,7 @@ impl NftFirewall {
             flows_swept: c.flows_swept.load(Ordering::Relaxed),
             flow_deletes_skipped: c.flow_deletes_skipped.load(Ordering::Relaxed),
             flow_sweeps_deferred: c.flow_sweeps_deferred.load(Ordering::Relaxed),
+            ports_in_use: c.ports_in_use.load(Ordering::Relaxed),
             busy_retries: c.busy_retries.load(Ordering::Relaxed),
             hot_placements: c.hot_placements.load(Ordering::Relaxed),
         }
@@ -452,27 +457,42 @@ impl NftFirewall {
             Kind::Add { .. } => {
                 let hold = Hold::take(&self.inner.owners, &mut elements).await;
                 let hot = elements.iter().any(|e| owners::is_hot(e.set));
+                let undo = elements.clone();
                 let result = self.run_request(kind, pinhole, elements, None).await;
-                if result.is_ok() {
-                    hold.keep();
-                    if hot {
-                        Counters::add(&self.inner.counters.hot_placements, 1);
+                match &result {
+                    Ok(()) => {
+                        hold.keep();
+                        if hot {
+                            Counters::add(&self.inner.counters.hot_placements, 1);
+                        }
                     }
+                    // Added, then refused: the elements are in the kernel and held until
+                    // removed like any pinhole's.
+                    Err(FirewallError::PortInUse { .. }) => {
+                        hold.keep();
+                        if let Err(e) = self.remove(pinhole, undo).await {
+                            warn!(%pinhole, error = %e, "could not remove a refused pinhole");
+                        }
+                    }
+                    Err(_) => {}
                 }
                 result
             }
-            Kind::Remove => {
-                let removal = self.inner.owners.release(elements);
-                if removal.elements().is_empty() {
-                    debug!(%pinhole, "pinhole still held by another session; kept");
-                    Counters::add(&self.inner.counters.requests, 1);
-                    return Ok(());
-                }
-                let elements = removal.elements().to_vec();
-                self.run_request(kind, pinhole, elements, Some(removal))
-                    .await
-            }
+            Kind::Remove => self.remove(pinhole, elements).await,
         }
+    }
+
+    /// Removes the elements of `pinhole` that no other pinhole holds.
+    async fn remove(&self, pinhole: Pinhole, elements: Vec<Element>) -> Result<(), FirewallError> {
+        let removal = self.inner.owners.release(elements);
+        if removal.elements().is_empty() {
+            debug!(%pinhole, "pinhole still held by another session; kept");
+            Counters::add(&self.inner.counters.requests, 1);
+            return Ok(());
+        }
+        let elements = removal.elements().to_vec();
+        self.run_request(Kind::Remove, pinhole, elements, Some(removal))
+            .await
     }
 
     /// Runs one request: on the caller's own thread when a socket is free (one `sendmsg` and
@@ -649,6 +669,11 @@ fn elements(pinhole: &Pinhole, with_data: bool) -> Result<Vec<Element>, Firewall
 enum Part {
     Addr(IpAddr),
     Port(u16),
+}
+
+/// Whether a TCP connection in conntrack state `state` is over (nothing more to deliver).
+fn finished(state: u8) -> bool {
+    matches!(state, TCP_CONNTRACK_TIME_WAIT | TCP_CONNTRACK_CLOSE)
 }
 
 /// What conntrack holds on a data connection's tuple.
@@ -1332,9 +1357,13 @@ impl Backend {
             }
             (kind, outcome) => self.interpret(kind, &request.elements, outcome),
         };
-        if matches!(request.kind, Kind::Add { .. }) && result.is_ok() {
-            self.forget_stale_flow(&request.pinhole);
-        }
+        let result = match result {
+            Ok(()) if matches!(request.kind, Kind::Add { .. }) => {
+                // The elements stay in the kernel; `NftFirewall::submit` removes them.
+                self.check_stale_flow(&request.pinhole)
+            }
+            other => other,
+        };
         if let Err(error) = &result {
             debug!(pinhole = %request.pinhole, %error, "pinhole operation failed");
         }
@@ -1361,16 +1390,14 @@ impl Backend {
             let (src, dst) = flow;
             let finished = match self.flow_state(flow) {
                 Ok(FlowState::Gone) => Ok(()),
-                Ok(FlowState::Tcp(TCP_CONNTRACK_TIME_WAIT | TCP_CONNTRACK_CLOSE)) => {
-                    match self.delete_flow(flow) {
-                        Ok(0 | libc::ENOENT) => Ok(()),
-                        Ok(errno) => Err(format!(
-                            "conntrack refused to delete it: {}",
-                            std::io::Error::from_raw_os_error(errno)
-                        )),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
+                Ok(FlowState::Tcp(state)) if finished(state) => match self.delete_flow(flow) {
+                    Ok(0 | libc::ENOENT) => Ok(()),
+                    Ok(errno) => Err(format!(
+                        "conntrack refused to delete it: {}",
+                        std::io::Error::from_raw_os_error(errno)
+                    )),
+                    Err(e) => Err(e.to_string()),
+                },
                 Ok(FlowState::Tcp(state)) => {
                     debug!(%src, %dst, state, "data connection still alive after its pinhole closed; sweep deferred");
                     Counters::add(&self.counters.flow_sweeps_deferred, 1);
@@ -1428,11 +1455,15 @@ impl Backend {
 
     /// An active pinhole has just leased a gateway port: whatever conntrack still tracks on
     /// its data connection's tuple `server:20 -> gateway:port` belongs to an earlier holder
-    /// of the port (TIME_WAIT, or CLOSE after a reset, with its DNAT to that client), and a
-    /// reset one would take the new holder's SYN for itself and deliver the server's
-    /// connection to the previous client. It is removed before the rewritten PORT/EPRT is
-    /// released, so the port can be leased again at once. No entry (`ENOENT`) is the usual
-    /// case and fine.
+    /// of the port. A finished one (TIME_WAIT, or CLOSE after a reset, with its DNAT to that
+    /// client) would take the new holder's SYN for itself and deliver the server's
+    /// connection to the previous client: it is removed before the rewritten PORT/EPRT is
+    /// released, so the port can be leased again at once. A live one (a transfer whose
+    /// session ended, or whose server sent its 226 ahead of the data's tail; a transfer of a
+    /// daemon that ran before this one) is not touched: deleting it would lose the rest of
+    /// that transfer, and the server could not connect from port 20 on a 4-tuple still in use
+    /// anyway. The port is refused ([`FirewallError::PortInUse`]) and the session leases
+    /// another. No entry (`ENOENT`) is the usual case and fine.
     ///
     /// Not when the pinhole *closes*: the 226 that ends a transfer overtakes the client's
     /// FIN and last ACK on the data connection, and with the entry gone those are dropped
@@ -1441,31 +1472,52 @@ impl Backend {
     ///
     /// Skipped when a background sweep has cleared the tuple since its last close (see
     /// [`flows`]): that takes the conntrack round trip off the PORT's path.
-    fn forget_stale_flow(&mut self, pinhole: &Pinhole) {
+    fn check_stale_flow(&mut self, pinhole: &Pinhole) -> Result<(), FirewallError> {
         let Some(flow) = active_flow(pinhole) else {
-            return;
+            return Ok(());
         };
         if self.flows.claim(flow, ACK_WAIT) == Claim::AlreadySwept {
             Counters::add(&self.counters.flow_deletes_skipped, 1);
-            return;
+            return Ok(());
         }
         let (src, via) = flow;
-        match self.delete_flow(flow) {
-            Ok(0) => {
-                Counters::add(&self.counters.flows_forgotten, 1);
-                debug!(%src, dst = %via, "stale data connection removed from conntrack");
+        let state = self.flow_state(flow);
+        match state {
+            Ok(FlowState::Gone) => {}
+            Ok(FlowState::Tcp(state)) if !finished(state) => {
+                self.flows.alive(flow, Instant::now());
+                Counters::add(&self.counters.ports_in_use, 1);
+                debug!(%src, dst = %via, state, "leased gateway port still carries a live data connection; refused");
+                return Err(FirewallError::PortInUse {
+                    server: src,
+                    gateway: via,
+                });
             }
-            Ok(libc::ENOENT) => {}
-            Ok(errno) => debug!(
-                %src,
-                dst = %via,
-                error = %std::io::Error::from_raw_os_error(errno),
-                "conntrack refused to forget a data connection"
-            ),
-            Err(e) => {
-                debug!(%src, dst = %via, error = %e, "could not ask conntrack to forget a data connection")
+            // Finished, or conntrack could not say: delete, as a finished one must be.
+            _ => {
+                if let Err(e) = &state {
+                    debug!(%src, dst = %via, error = %e, "could not look up a data connection; deleting it");
+                }
+                match self.delete_flow(flow) {
+                    Ok(0) => {
+                        Counters::add(&self.counters.flows_forgotten, 1);
+                        debug!(%src, dst = %via, "stale data connection removed from conntrack");
+                    }
+                    Ok(libc::ENOENT) => {}
+                    Ok(errno) => debug!(
+                        %src,
+                        dst = %via,
+                        error = %std::io::Error::from_raw_os_error(errno),
+                        "conntrack refused to forget a data connection"
+                    ),
+                    Err(e) => {
+                        debug!(%src, dst = %via, error = %e, "could not ask conntrack to forget a data connection")
+                    }
+                }
             }
         }
+        self.flows.opened(flow);
+        Ok(())
     }
 
     /// The fallback for kernels without `DESTROYSETELEM` (< 6.3, which answer `EINVAL`):

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::config::{PasvAddressPolicy, TlsPolicy};
-use crate::firewall::{Firewall, Pinhole};
+use crate::firewall::{Firewall, FirewallError, Pinhole};
 use crate::ftp::{
     self, Command, EpsvArg, FrameError, Line, LineFramer, Reply, ReplyAssembler, ReplyEvent,
     Terminator,
@@ -97,6 +97,10 @@ enum Mask {
 
 /// Most commands a client may have in flight (pipelined) before we stop reading it.
 const MAX_IN_FLIGHT: usize = 64;
+
+/// Further gateway ports a PORT/EPRT tries when the firewall refuses one whose previous data
+/// connection is still running ([`FirewallError::PortInUse`]) before it answers `425`.
+const PORT_ATTEMPTS: usize = 3;
 
 /// How a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -493,17 +497,30 @@ impl<F: Firewall> Session<F> {
         if let Some(refusal) = self.make_room() {
             return Verdict::Answer(refusal);
         }
-        let leased = match self.topology.active_lease_owner(&self.ends) {
-            Some(owner) => match self.ports.allocate(owner) {
-                Some(port) => Some(port),
-                None => return Verdict::Answer(Refusal::PortsExhausted),
-            },
-            None => None,
+        let mut attempts = 0;
+        let plan = loop {
+            let leased = match self.topology.active_lease_owner(&self.ends) {
+                Some(owner) => match self.ports.allocate(owner) {
+                    Some(port) => Some(port),
+                    None => return Verdict::Answer(Refusal::PortsExhausted),
+                },
+                None => None,
+            };
+            let plan = self.topology.active(&self.ends, announced, leased);
+            match self.open(plan).await {
+                Ok(()) => break plan,
+                // The port's previous data connection is still running: take another.
+                Err(error @ FirewallError::PortInUse { .. }) if attempts < PORT_ATTEMPTS => {
+                    attempts += 1;
+                    info!(%error, attempts, "gateway port busy; leasing another");
+                }
+                Err(error) => {
+                    return Verdict::Answer(Refusal::Firewall {
+                        error: error.to_string(),
+                    });
+                }
+            }
         };
-        let plan = self.topology.active(&self.ends, announced, leased);
-        if let Err(refusal) = self.open(plan).await {
-            return Verdict::Answer(refusal);
-        }
         let bytes = match plan.announce {
             None => line.raw().to_vec(),
             Some(SocketAddr::V4(v4)) if !extended => ftp::render_port(v4),
@@ -730,8 +747,10 @@ impl<F: Firewall> Session<F> {
             None => None,
         };
         let plan = self.topology.passive(&self.ends, port, leased);
-        if let Err(refusal) = self.open(plan).await {
-            return self.refuse(&refusal);
+        if let Err(error) = self.open(plan).await {
+            return self.refuse(&Refusal::Firewall {
+                error: error.to_string(),
+            });
         }
         debug!(
             code,
@@ -775,7 +794,7 @@ impl<F: Firewall> Session<F> {
     }
 
     /// Opens the plan's pinhole; on failure its lease is returned.
-    async fn open(&mut self, plan: DataPlan) -> Result<(), Refusal> {
+    async fn open(&mut self, plan: DataPlan) -> Result<(), FirewallError> {
         let started = Instant::now();
         // Real-time from here until the line that waits for this pinhole is released (the
         // boost's own system calls count in the install latency). The boost is the thread's:
@@ -828,9 +847,7 @@ impl<F: Firewall> Session<F> {
                 if let Some((owner, port)) = plan.lease {
                     self.ports.release(owner, port);
                 }
-                Err(Refusal::Firewall {
-                    error: error.to_string(),
-                })
+                Err(error)
             }
         }
     }

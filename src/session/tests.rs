@@ -528,6 +528,52 @@ async fn firewall_failure_gets_425_and_the_session_survives() {
     );
 }
 
+fn port_in_use() -> FirewallError {
+    FirewallError::PortInUse {
+        server: "203.0.113.2:20".parse().expect("server"),
+        gateway: "203.0.113.1:40000".parse().expect("gateway"),
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_port_still_in_use_is_traded_for_another() {
+    let firewall = FakeFirewall::default();
+    firewall.fail_next_open_with(port_in_use());
+    firewall.fail_next_open_with(port_in_use());
+    let mut h = start_with(policy(), firewall);
+    h.greet().await;
+    h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
+    let forwarded = read_line(&mut h.server).await;
+    assert!(forwarded.starts_with("PORT 203,0,113,1,"), "{forwarded}");
+    assert_eq!(h.firewall.live().len(), 1);
+    assert_eq!(h.ports.leased(), 1, "the refused ports were not returned");
+}
+
+#[tokio::test]
+async fn a_port_that_stays_in_use_gets_425_after_a_few_ports() {
+    let firewall = FakeFirewall::default();
+    for _ in 0..=PORT_ATTEMPTS {
+        firewall.fail_next_open_with(port_in_use());
+    }
+    let mut h = start_with(policy(), firewall);
+    h.greet().await;
+    h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
+    let line = read_line(&mut h.client).await;
+    assert!(
+        line.starts_with("425 ") && line.contains("lease another port"),
+        "{line}"
+    );
+    assert_eq!(h.ports.leased(), 0);
+    assert!(h.firewall.live().is_empty());
+    // The next one gets a port.
+    h.client_says(b"PORT 10,0,0,2,195,81\r\n").await;
+    assert!(
+        read_line(&mut h.server)
+            .await
+            .starts_with("PORT 203,0,113,1,")
+    );
+}
+
 #[tokio::test]
 async fn pinholes_per_session_are_capped() {
     let mut h = start_with(

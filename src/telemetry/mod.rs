@@ -406,6 +406,8 @@ pub struct FirewallView {
     pub stale_flow_deletes_skipped: u64,
     /// Sweeps that found their data connection still alive and left it alone.
     pub stale_flow_sweeps_deferred: u64,
+    /// Active installs refused because the leased port's data connection was still alive.
+    pub ports_in_use: u64,
     /// Pinholes placed in the `_hot` twin sets (keys reused within seconds).
     pub hot_placements: u64,
 }
@@ -422,6 +424,7 @@ impl From<FirewallStats> for FirewallView {
             stale_flows_swept: s.flows_swept,
             stale_flow_deletes_skipped: s.flow_deletes_skipped,
             stale_flow_sweeps_deferred: s.flow_sweeps_deferred,
+            ports_in_use: s.ports_in_use,
             hot_placements: s.hot_placements,
         }
     }
@@ -550,7 +553,8 @@ pub fn render_status(snapshot: &serde_json::Value) -> String {
             out,
             "nftables: {} requests in {} transactions, {} EBUSY retries, {} pinholes in the \
              _hot sets, {} stale flows removed ({} swept ahead, {} sweeps deferred for a live \
-             connection; {} installs skipped the delete)",
+             connection; {} installs skipped the delete; {} leased ports refused, their data \
+             connection still alive)",
             num(&fw["requests"]),
             num(&fw["transactions"]),
             num(&fw["busy_retries"]),
@@ -558,7 +562,8 @@ pub fn render_status(snapshot: &serde_json::Value) -> String {
             num(&fw["stale_flows_removed"]),
             num(&fw["stale_flows_swept"]),
             num(&fw["stale_flow_sweeps_deferred"]),
-            num(&fw["stale_flow_deletes_skipped"])
+            num(&fw["stale_flow_deletes_skipped"]),
+            num(&fw["ports_in_use"])
         );
     }
     let rt = &snapshot["realtime"];
@@ -666,6 +671,7 @@ mod tests {
             flows_swept: 5,
             flow_deletes_skipped: 4,
             flow_sweeps_deferred: 2,
+            ports_in_use: 8,
             ..FirewallStats::default()
         }));
         let snap = telemetry.snapshot(Duration::from_secs(30));
@@ -676,7 +682,8 @@ mod tests {
             text.contains(
                 "nftables: 10 requests in 7 transactions, 2 EBUSY retries, 3 pinholes in the \
                  _hot sets, 1 stale flows removed (5 swept ahead, 2 sweeps deferred for a live \
-                 connection; 4 installs skipped the delete)"
+                 connection; 4 installs skipped the delete; 8 leased ports refused, their data \
+                 connection still alive)"
             ),
             "{text}"
         );

@@ -168,6 +168,11 @@ pub fn render(snapshot: &Snapshot, admitted: Option<Admitted>) -> String {
                 fw.stale_flow_sweeps_deferred.to_string(),
             ),
             (
+                "ftp_alg_nft_ports_in_use_total",
+                "Active installs refused because the leased gateway port's previous data connection was still alive (another port was leased).",
+                fw.ports_in_use.to_string(),
+            ),
+            (
                 "ftp_alg_nft_stale_flow_deletes_skipped_total",
                 "Active installs that needed no conntrack delete because a sweep had cleared their tuple.",
                 fw.stale_flow_deletes_skipped.to_string(),
@@ -246,6 +251,7 @@ mod tests {
             hot_placements: 2,
             flow_deletes_skipped: 6,
             flow_sweeps_deferred: 7,
+            ports_in_use: 9,
             ..FirewallStats::default()
         }));
         telemetry.set_realtime(RealtimeView {
@@ -281,6 +287,7 @@ mod tests {
             "ftp_alg_pinholes_hot_total 2",
             "ftp_alg_nft_stale_flow_deletes_skipped_total 6",
             "ftp_alg_nft_stale_flow_sweeps_deferred_total 7",
+            "ftp_alg_nft_ports_in_use_total 9",
             "# TYPE ftp_alg_nft_seconds_total counter",
             "# TYPE ftp_alg_realtime_priority gauge",
             "ftp_alg_realtime_priority 10",

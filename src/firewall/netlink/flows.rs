@@ -22,6 +22,11 @@
 //! still alive is left alone and looked at again [`SWEEP_RETRY`] later. Its entry carries the
 //! DNAT to the client: deleting it would lose the rest of the transfer.
 //!
+//! Where the next open has to act itself, it does the same: it asks conntrack first, deletes
+//! a finished flow, and refuses the port while the flow is alive (the server could not
+//! connect from port 20 on a 4-tuple still in use anyway, and the live transfer would lose
+//! its DNAT): the session leases another.
+//!
 //! Between the sweep and the next open no pinhole admits that tuple (the allocator leases a
 //! port to one holder per server), so no DNATed entry can reappear on it.
 
@@ -52,9 +57,11 @@ pub(super) type Flow = (SocketAddr, SocketAddr);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Closed; to be swept at this instant.
+    /// Leased: an open pinhole's port.
+    Open,
+    /// Closed (or found alive); to be swept at this instant.
     Due(Instant),
-    /// A sweep's conntrack delete is in flight.
+    /// A sweep, or an open's own check, is asking conntrack about it.
     Sweeping,
     /// Swept since its last close: conntrack held nothing on it (or no longer does).
     Clean,
@@ -96,8 +103,9 @@ impl Table {
 pub(super) enum Claim {
     /// A sweep since the last close removed it: nothing to do.
     AlreadySwept,
-    /// Delete it now.
-    Delete,
+    /// Look at it now (and delete it if finished), then report with [`StaleFlows::opened`]
+    /// or [`StaleFlows::alive`].
+    Check,
 }
 
 /// The sweep state of every recently closed active flow, shared by all sockets.
@@ -174,7 +182,8 @@ impl StaleFlows {
     /// the port's next open deletes inline, as without a sweep.
     pub(super) fn alive(&self, flow: Flow, now: Instant) {
         let mut table = self.lock();
-        if table.state.get(&flow) == Some(&State::Sweeping) {
+        // A sweep that outlived an open's wait must not undo the open.
+        if table.state.get(&flow) != Some(&State::Open) {
             let due = now + SWEEP_RETRY;
             table.state.insert(flow, State::Due(due));
             table.retries.push_back((due, flow));
@@ -187,9 +196,21 @@ impl StaleFlows {
         self.swept.notify_all();
     }
 
-    /// An active pinhole of `flow` is being opened: whether its stale entry must be deleted
-    /// now. A sweep of it in flight is waited for (at most `wait`). The flow's state is
-    /// consumed: the new holder's close starts it again.
+    /// `flow`'s port was leased (its open's check found nothing alive on it): its next
+    /// sweep comes after the new holder's close.
+    pub(super) fn opened(&self, flow: Flow) {
+        let mut table = self.lock();
+        if table.state.len() < MAX_TRACKED || table.state.contains_key(&flow) {
+            table.state.insert(flow, State::Open);
+        }
+        drop(table);
+        self.swept.notify_all();
+    }
+
+    /// An active pinhole of `flow` is being opened: whether conntrack must be asked about
+    /// it now. A sweep of it in flight is waited for (at most `wait`). A flow swept since its
+    /// last close is claimed as [`State::Open`]; any other is marked as being checked, and the
+    /// caller reports what it found.
     pub(super) fn claim(&self, flow: Flow, wait: Duration) -> Claim {
         let deadline = Instant::now() + wait;
         let mut table = self.lock();
@@ -203,10 +224,14 @@ impl StaleFlows {
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
-        match table.state.remove(&flow) {
-            Some(State::Clean) => Claim::AlreadySwept,
-            _ => Claim::Delete,
+        if table.state.get(&flow) == Some(&State::Clean) {
+            table.state.insert(flow, State::Open);
+            return Claim::AlreadySwept;
         }
+        if table.state.len() < MAX_TRACKED || table.state.contains_key(&flow) {
+            table.state.insert(flow, State::Sweeping);
+        }
+        Claim::Check
     }
 
     #[cfg(test)]
@@ -231,7 +256,7 @@ mod tests {
     #[test]
     fn a_flow_never_closed_is_deleted_inline() {
         let flows = StaleFlows::default();
-        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
     }
 
     #[test]
@@ -249,7 +274,7 @@ mod tests {
         flows.swept(flow(40001), true);
         assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::AlreadySwept);
         // Consumed: the next open (without a close and a sweep in between) deletes again.
-        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
     }
 
     #[test]
@@ -257,7 +282,7 @@ mod tests {
         let flows = StaleFlows::default();
         let t0 = Instant::now();
         flows.closed(flow(40001), t0);
-        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
         // The new holder's connection may exist by now: the earlier close's sweep must not
         // touch it.
         assert!(flows.take_due(t0 + 10 * SWEEP_AFTER, 8).is_empty());
@@ -268,7 +293,7 @@ mod tests {
         let flows = StaleFlows::default();
         let t0 = Instant::now();
         flows.closed(flow(40001), t0);
-        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
         let t1 = t0 + Duration::from_millis(500);
         flows.closed(flow(40001), t1);
         // The first close's entry is due but stale: the flow's connection closed at t1.
@@ -285,7 +310,7 @@ mod tests {
         let t1 = t0 + SWEEP_AFTER;
         flows.closed(flow(40001), t1);
         flows.swept(flow(40001), true);
-        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
     }
 
     #[test]
@@ -310,7 +335,7 @@ mod tests {
         assert_eq!(flows.take_due(t1 + SWEEP_RETRY, 8), vec![flow(40001)]);
         flows.alive(flow(40001), t1 + SWEEP_RETRY);
         // Still not proven clean: an open now deletes inline, and the retry is dropped.
-        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
         assert!(flows.take_due(t1 + 10 * SWEEP_RETRY, 8).is_empty());
     }
 
@@ -334,7 +359,7 @@ mod tests {
         flows.closed(flow(40001), t0);
         assert_eq!(flows.take_due(t0 + SWEEP_AFTER, 8), vec![flow(40001)]);
         flows.swept(flow(40001), false);
-        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
     }
 
     #[test]
@@ -380,11 +405,40 @@ mod tests {
         assert_eq!(flows.take_due(t0 + SWEEP_AFTER, 8), vec![flow(40001)]);
         assert_eq!(
             flows.claim(flow(40001), Duration::from_millis(5)),
-            Claim::Delete
+            Claim::Check
         );
-        // The late sweep result no longer applies.
+        // The late sweep's result does not outlive the open's own check.
         flows.swept(flow(40001), true);
-        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Delete);
+        flows.opened(flow(40001));
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
+    }
+
+    #[test]
+    fn an_open_that_finds_its_flow_alive_leaves_it_to_the_sweeps() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
+        flows.alive(flow(40001), t0);
+        assert!(flows.take_due(t0 + SWEEP_RETRY / 2, 8).is_empty());
+        assert_eq!(flows.take_due(t0 + SWEEP_RETRY, 8), vec![flow(40001)]);
+        flows.swept(flow(40001), true);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::AlreadySwept);
+    }
+
+    #[test]
+    fn a_leased_flow_is_not_swept_and_not_marked_clean_until_its_close() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
+        flows.opened(flow(40001));
+        // A sweep that ends late, or finds it alive, does not touch a leased flow.
+        flows.swept(flow(40001), true);
+        flows.alive(flow(40001), t0);
+        assert!(flows.take_due(t0 + 10 * SWEEP_RETRY, 8).is_empty());
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
+        flows.opened(flow(40001));
+        flows.closed(flow(40001), t0);
+        assert_eq!(flows.take_due(t0 + SWEEP_AFTER, 8), vec![flow(40001)]);
     }
 
     #[test]

@@ -664,6 +664,58 @@ async fn the_sweep_leaves_a_live_data_connection_alone_and_comes_back_for_it() {
     fw.close(live).await.expect("close");
 }
 
+/// A port whose previous data connection is still running (its session ended mid-transfer,
+/// or a daemon before this one leased it) is refused, untouched, and leaves nothing in the
+/// kernel; once that connection has finished, the port is leased and its entry deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_whose_data_connection_is_still_alive_is_refused_and_left_alone() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let fw = ns.start(T);
+    ns.insert_flow("203.0.113.2", 20, "198.51.100.1", 40001, "ESTABLISHED");
+    let pinhole = active("203.0.113.2", "198.51.100.1", 40001, "10.0.0.2", 50000);
+    let tracked = || {
+        ns.conntrack(&["-L", "-p", "tcp"])
+            .contains("src=203.0.113.2 dst=198.51.100.1 sport=20 dport=40001 ")
+    };
+    let refused = fw.open(pinhole, LONG).await;
+    assert!(
+        matches!(refused, Err(FirewallError::PortInUse { server, gateway })
+            if server.port() == 20 && gateway.port() == 40001),
+        "{refused:?}"
+    );
+    assert!(tracked(), "the live data connection was deleted");
+    for set in ["dnat_to", "dnat_once", "active_pin"] {
+        assert_eq!(ns.count(T, set), 0, "{set}: {}", ns.list(T, set));
+    }
+    assert_eq!(fw.stats().ports_in_use, 1);
+    // Another port of the same server is fine meanwhile.
+    let other = active("203.0.113.2", "198.51.100.1", 40002, "10.0.0.2", 50000);
+    fw.open(other, LONG).await.expect("another port");
+    fw.close(other).await.expect("close");
+    // Finished: leased, and its entry (with the old DNAT) removed first.
+    ns.conntrack(&[
+        "-U",
+        "-p",
+        "tcp",
+        "-s",
+        "203.0.113.2",
+        "-d",
+        "198.51.100.1",
+        "--sport",
+        "20",
+        "--dport",
+        "40001",
+        "--state",
+        "TIME_WAIT",
+    ]);
+    let forgotten = fw.stats().flows_forgotten;
+    fw.open(pinhole, LONG).await.expect("open once finished");
+    assert!(!tracked(), "the finished flow was left behind");
+    assert_eq!(fw.stats().flows_forgotten, forgotten + 1);
+    fw.close(pinhole).await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identical_pinhole_of_two_holders_stays_until_the_last_closes() {
     let Some(ns) = Netns::new() else { return };
