@@ -69,6 +69,8 @@ const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_DONE: u16 = 3;
 const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;
 // uapi: linux/netfilter/nfnetlink.h
@@ -137,6 +139,9 @@ const SEND_BUFFER: libc::c_int = 2 << 20;
 /// How long to wait for ACKs that were not queued when `sendmsg` returned (they always are on
 /// current kernels; this only bounds a wait that should never happen).
 const ACK_WAIT: Duration = Duration::from_secs(5);
+/// How long the dump of conntrack's flows at start may take (a table of a million entries
+/// takes a few seconds).
+const DUMP_LIMIT: Duration = Duration::from_secs(60);
 /// How long the thread polls its queue after a batch before it blocks. Waking a blocked
 /// thread and then the waiting task costs ~10 us, several times the kernel's ~1.5 us per
 /// transaction: polling halves the latency of back-to-back calls, for at most 50 us of CPU
@@ -372,6 +377,7 @@ impl NftFirewall {
                         .map(Mutex::new)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            learn_flows_at_start(&name, &thread_counters, &flows);
             Ok(Arc::new(pool))
         };
         let thread = std::thread::Builder::new()
@@ -849,8 +855,13 @@ fn ct_flow_msg(
 enum Reply {
     /// `NLMSG_ERROR`: an ACK (`errno == 0`) or an error (positive errno) for message `seq`.
     Ack { seq: u32, errno: i32 },
-    /// A conntrack entry (the answer to a `CT_GET`): its TCP state, when it has one.
-    Flow { seq: u32, tcp_state: Option<u8> },
+    /// A conntrack entry (the answer to a `CT_GET`, or one of a dump's): its TCP state, and
+    /// its original tuple if it is TCP.
+    Flow {
+        seq: u32,
+        tcp_state: Option<u8>,
+        tcp: Option<flows::Flow>,
+    },
     /// Anything else (e.g. the `NEWGEN` answer to `GETGEN`).
     Other { seq: u32, ty: u16 },
 }
@@ -861,6 +872,38 @@ fn ne_u32(bytes: &[u8], at: usize) -> Option<u32> {
 
 fn ne_u16(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// A conntrack tuple's `src -> dst` if it is TCP.
+fn tcp_tuple(tuple: &[u8]) -> Option<flows::Flow> {
+    let ip = find_attr(tuple, CTA_TUPLE_IP)?;
+    let proto = find_attr(tuple, CTA_TUPLE_PROTO)?;
+    if find_attr(proto, CTA_PROTO_NUM)?.first() != Some(&(libc::IPPROTO_TCP as u8)) {
+        return None;
+    }
+    let port = |ty| -> Option<u16> {
+        Some(u16::from_be_bytes(
+            find_attr(proto, ty)?.get(..2)?.try_into().ok()?,
+        ))
+    };
+    let addr = |v4, v6| -> Option<IpAddr> {
+        if let Some(a) = find_attr(ip, v4) {
+            let bytes: [u8; 4] = a.get(..4)?.try_into().ok()?;
+            return Some(IpAddr::from(bytes));
+        }
+        let bytes: [u8; 16] = find_attr(ip, v6)?.get(..16)?.try_into().ok()?;
+        Some(IpAddr::from(bytes))
+    };
+    Some((
+        std::net::SocketAddr::new(
+            addr(CTA_IP_V4_SRC, CTA_IP_V6_SRC)?,
+            port(CTA_PROTO_SRC_PORT)?,
+        ),
+        std::net::SocketAddr::new(
+            addr(CTA_IP_V4_DST, CTA_IP_V6_DST)?,
+            port(CTA_PROTO_DST_PORT)?,
+        ),
+    ))
 }
 
 /// The payload of the first attribute of type `ty` in `attrs` (a run of netlink
@@ -911,7 +954,12 @@ fn parse_replies(mut data: &[u8], out: &mut Vec<Reply>) -> Result<(), String> {
                 .and_then(|info| find_attr(info, CTA_PROTOINFO_TCP))
                 .and_then(|tcp| find_attr(tcp, CTA_PROTOINFO_TCP_STATE))
                 .and_then(|state| state.first().copied());
-            out.push(Reply::Flow { seq, tcp_state });
+            let tcp = find_attr(attrs, CTA_TUPLE_ORIG).and_then(tcp_tuple);
+            out.push(Reply::Flow {
+                seq,
+                tcp_state,
+                tcp,
+            });
         } else {
             out.push(Reply::Other { seq, ty });
         }
@@ -1427,7 +1475,9 @@ impl Backend {
         let mut answer = None;
         let lost = self.receive(|reply| {
             match reply {
-                Reply::Flow { seq: s, tcp_state } if s == seq => state = Some(tcp_state),
+                Reply::Flow {
+                    seq: s, tcp_state, ..
+                } if s == seq => state = Some(tcp_state),
                 Reply::Ack { seq: s, errno } if s == seq => answer = Some(errno),
                 _ => {}
             }
@@ -1441,6 +1491,59 @@ impl Backend {
             (None, Ok(())) => Err(FirewallError::Protocol(
                 "no answer to a conntrack lookup".into(),
             )),
+        }
+    }
+
+    /// Every TCP flow conntrack holds from source port 20 (one dump of the whole table, at
+    /// start): what a daemon before this one may have left on the gateway ports. `None`
+    /// when there are more than `max`.
+    fn port20_flows(&mut self, max: usize) -> Result<Option<Vec<flows::Flow>>, FirewallError> {
+        let seq = bump(&mut self.seq);
+        self.tx.clear();
+        let start = msg_start(
+            &mut self.tx,
+            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            NFPROTO_UNSPEC,
+            0,
+        );
+        msg_end(&mut self.tx, start);
+        self.send()
+            .map_err(|e| FirewallError::io("send to the kernel", &e))?;
+        let mut found = Vec::new();
+        let mut too_many = false;
+        let mut end: Option<i32> = None;
+        let deadline = Instant::now() + DUMP_LIMIT;
+        while end.is_none() && Instant::now() < deadline {
+            self.receive(|reply| {
+                match reply {
+                    Reply::Flow {
+                        seq: s,
+                        tcp: Some(flow),
+                        ..
+                    } if s == seq && flow.0.port() == FTP_DATA_PORT => {
+                        if found.len() < max {
+                            found.push(flow);
+                        } else {
+                            too_many = true;
+                        }
+                    }
+                    Reply::Other { seq: s, ty } if s == seq && ty == NLMSG_DONE => end = Some(0),
+                    Reply::Ack { seq: s, errno } if s == seq => end = Some(errno),
+                    _ => {}
+                }
+                end.is_some()
+            })?;
+        }
+        match end {
+            Some(0) if too_many => Ok(None),
+            Some(0) => Ok(Some(found)),
+            Some(errno) => Err(kernel_error("list conntrack's flows", errno)),
+            None => Err(FirewallError::Protocol(format!(
+                "conntrack's flow list did not end within {} s",
+                DUMP_LIMIT.as_secs()
+            ))),
         }
     }
 
@@ -1675,6 +1778,36 @@ fn spin_recv(queue: &mpsc::Receiver<Request>) -> Option<Request> {
 }
 
 /// The next sequence number.
+/// Reads what conntrack holds from port 20 before the first pinhole (see [`flows`]): with
+/// that known, a port's first lease needs no conntrack round trip. On a socket of its own,
+/// closed after it (the dump's replies never mix with a transaction's).
+fn learn_flows_at_start(table: &str, counters: &Arc<Counters>, flows: &Arc<StaleFlows>) {
+    let started = Instant::now();
+    let found = Backend::open(table.to_owned(), counters.clone(), flows.clone())
+        .and_then(|mut backend| backend.port20_flows(flows::MAX_TRACKED / 2));
+    match found {
+        Ok(Some(found)) => {
+            let n = found.len();
+            flows.known_at_start(&found, Instant::now());
+            info!(
+                flows = n,
+                millis = started.elapsed().as_millis() as u64,
+                "conntrack read at start: data connections from port 20 to look at; first \
+                 leases of the other ports need no conntrack round trip"
+            );
+        }
+        Ok(None) => info!(
+            "conntrack holds too many flows from port 20 to track; every first lease of a \
+             port asks conntrack about it"
+        ),
+        Err(e) => warn!(
+            error = %e,
+            "could not read conntrack's flows at start; every first lease of a port asks \
+             conntrack about it"
+        ),
+    }
+}
+
 fn bump(seq: &mut u32) -> u32 {
     *seq = seq.wrapping_add(1);
     *seq

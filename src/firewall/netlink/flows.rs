@@ -27,6 +27,13 @@
 //! connect from port 20 on a 4-tuple still in use anyway, and the live transfer would lose
 //! its DNAT): the session leases another.
 //!
+//! What conntrack held from port 20 before the first pinhole is read once at start (one dump:
+//! a daemon before this one may have left stale entries, or transfers still running): those
+//! flows are swept like closed ones, and every other flow is then known to be clean, so a
+//! port's first lease needs no conntrack round trip either. That knowledge holds as long as
+//! every flow that is not clean is tracked; the first one that cannot be (the table full)
+//! ends it, and unknown flows are asked about again.
+//!
 //! Between the sweep and the next open no pinhole admits that tuple (the allocator leases a
 //! port to one holder per server), so no DNATed entry can reappear on it.
 
@@ -50,7 +57,7 @@ pub(super) const SWEEP_PER_CALL: usize = 2;
 
 /// Flows tracked at most; past it, `Clean` ones are forgotten (their next opens delete
 /// inline) and new closes are not tracked until there is room.
-const MAX_TRACKED: usize = 65_536;
+pub(super) const MAX_TRACKED: usize = 65_536;
 
 /// A data connection's original tuple: (server:20, gateway:port).
 pub(super) type Flow = (SocketAddr, SocketAddr);
@@ -74,6 +81,10 @@ struct Table {
     queue: VecDeque<(Instant, Flow)>,
     /// (due, flow) of flows found alive, in the order they were found (so in due order).
     retries: VecDeque<(Instant, Flow)>,
+    /// Every flow conntrack may hold on a gateway port is in `state`: read at start
+    /// ([`StaleFlows::known_at_start`]) and tracked since. A flow not in `state` is then
+    /// clean. Lost for good when a flow that is not clean could not be tracked.
+    exhaustive: bool,
 }
 
 impl Table {
@@ -120,14 +131,43 @@ impl StaleFlows {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The flows conntrack held from port 20 before the first pinhole (`now`): each is
+    /// swept like a closed one, and any other flow is known to be clean. (A daemon before
+    /// this one may have left stale entries, or transfers still running, on its ports.)
+    pub(super) fn known_at_start(&self, found: &[Flow], now: Instant) {
+        let mut table = self.lock();
+        if table.state.len() + found.len() > MAX_TRACKED {
+            return;
+        }
+        let Table { state, queue, .. } = &mut *table;
+        for &flow in found {
+            if let std::collections::hash_map::Entry::Vacant(entry) = state.entry(flow) {
+                entry.insert(State::Due(now));
+                queue.push_front((now, flow));
+            }
+        }
+        table.exhaustive = true;
+    }
+
+    /// Whether `flow` can be tracked: there is room, once `Clean` flows are forgotten. A
+    /// flow that cannot be tracked ends the exhaustive knowledge.
+    fn room_for(table: &mut Table, flow: Flow) -> bool {
+        if table.state.len() < MAX_TRACKED || table.state.contains_key(&flow) {
+            return true;
+        }
+        table.state.retain(|_, state| *state != State::Clean);
+        if table.state.len() < MAX_TRACKED {
+            return true;
+        }
+        table.exhaustive = false;
+        false
+    }
+
     /// The pinhole of `flow` closed at `now`: sweep it [`SWEEP_AFTER`] later.
     pub(super) fn closed(&self, flow: Flow, now: Instant) {
         let mut table = self.lock();
-        if table.state.len() >= MAX_TRACKED && !table.state.contains_key(&flow) {
-            table.state.retain(|_, state| *state != State::Clean);
-            if table.state.len() >= MAX_TRACKED {
-                return;
-            }
+        if !Self::room_for(&mut table, flow) {
+            return;
         }
         // A sweep in flight now belongs to an earlier close: `swept` will find `Due` and
         // leave it, so this close gets a sweep of its own.
@@ -149,6 +189,7 @@ impl StaleFlows {
             state,
             queue,
             retries,
+            ..
         } = &mut *table;
         let mut due_now = Vec::new();
         // Fresh closes first: a flow found alive has waited long already and can wait on.
@@ -170,7 +211,10 @@ impl StaleFlows {
             if clean {
                 table.state.insert(flow, State::Clean);
             } else {
-                table.state.remove(&flow);
+                // Not forgotten (that would make it clean): a later sweep tries again.
+                let due = Instant::now() + SWEEP_RETRY;
+                table.state.insert(flow, State::Due(due));
+                table.retries.push_back((due, flow));
             }
         }
         drop(table);
@@ -200,7 +244,7 @@ impl StaleFlows {
     /// sweep comes after the new holder's close.
     pub(super) fn opened(&self, flow: Flow) {
         let mut table = self.lock();
-        if table.state.len() < MAX_TRACKED || table.state.contains_key(&flow) {
+        if Self::room_for(&mut table, flow) {
             table.state.insert(flow, State::Open);
         }
         drop(table);
@@ -224,13 +268,19 @@ impl StaleFlows {
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
-        if table.state.get(&flow) == Some(&State::Clean) {
+        let clean = match table.state.get(&flow) {
+            Some(State::Clean) => true,
+            None => table.exhaustive,
+            Some(_) => false,
+        };
+        if !Self::room_for(&mut table, flow) {
+            return Claim::Check;
+        }
+        if clean {
             table.state.insert(flow, State::Open);
             return Claim::AlreadySwept;
         }
-        if table.state.len() < MAX_TRACKED || table.state.contains_key(&flow) {
-            table.state.insert(flow, State::Sweeping);
-        }
+        table.state.insert(flow, State::Sweeping);
         Claim::Check
     }
 
@@ -439,6 +489,56 @@ mod tests {
         flows.opened(flow(40001));
         flows.closed(flow(40001), t0);
         assert_eq!(flows.take_due(t0 + SWEEP_AFTER, 8), vec![flow(40001)]);
+    }
+
+    #[test]
+    fn once_conntrack_was_read_at_start_an_unknown_flow_is_clean_and_a_listed_one_is_checked() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        flows.known_at_start(&[flow(40001)], t0);
+        assert_eq!(flows.claim(flow(40002), NO_WAIT), Claim::AlreadySwept);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
+        flows.opened(flow(40001));
+        // A leased flow is not clean, whatever the start said.
+        assert_eq!(flows.claim(flow(40002), NO_WAIT), Claim::Check);
+        // The listed flows are swept like closed ones.
+        let flows = StaleFlows::default();
+        flows.known_at_start(&[flow(40001), flow(40003)], t0);
+        let mut due = flows.take_due(t0, 8);
+        due.sort_unstable();
+        assert_eq!(due, vec![flow(40001), flow(40003)]);
+        flows.swept(flow(40001), true);
+        flows.swept(flow(40003), false);
+        assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::AlreadySwept);
+        // A failed sweep keeps it (forgetting it would make it clean) and tries again.
+        assert_eq!(
+            flows.take_due(Instant::now() + SWEEP_RETRY, 8),
+            vec![flow(40003)]
+        );
+    }
+
+    #[test]
+    fn a_flow_that_cannot_be_tracked_ends_the_knowledge_from_the_start() {
+        let flows = StaleFlows::default();
+        let t0 = Instant::now();
+        flows.known_at_start(&[], t0);
+        let gateway: std::net::IpAddr = "198.51.100.1".parse().expect("gateway");
+        let server = |i: usize| {
+            SocketAddr::new(
+                std::net::IpAddr::V4(std::net::Ipv4Addr::from(0xcb00_7100 + i as u32)),
+                20,
+            )
+        };
+        for i in 0..MAX_TRACKED - 1 {
+            flows.closed((server(i), SocketAddr::new(gateway, 40001)), t0);
+        }
+        assert_eq!(flows.claim(flow(40007), NO_WAIT), Claim::AlreadySwept);
+        assert_eq!(flows.tracked(), MAX_TRACKED);
+        // Full of flows that are not clean: this close is not tracked, so nothing unknown
+        // can be taken for clean any more.
+        flows.closed(flow(40002), t0);
+        assert_eq!(flows.claim(flow(40002), NO_WAIT), Claim::Check);
+        assert_eq!(flows.claim(flow(40005), NO_WAIT), Claim::Check);
     }
 
     #[test]

@@ -242,16 +242,42 @@ fn a_conntrack_entry_reply_gives_its_tcp_state() {
     ]
     .concat();
     let info = nla(CTA_PROTOINFO_TCP | NLA_F_NESTED, &tcp);
+    let tuple = |proto: u8| {
+        [
+            nla(
+                CTA_TUPLE_IP | NLA_F_NESTED,
+                &[
+                    nla(CTA_IP_V4_SRC, &[203, 0, 113, 2]),
+                    nla(CTA_IP_V4_DST, &[198, 51, 100, 1]),
+                ]
+                .concat(),
+            ),
+            nla(
+                CTA_TUPLE_PROTO | NLA_F_NESTED,
+                &[
+                    nla(CTA_PROTO_NUM, &[proto]),
+                    nla(CTA_PROTO_SRC_PORT, &20u16.to_be_bytes()),
+                    nla(CTA_PROTO_DST_PORT, &40001u16.to_be_bytes()),
+                ]
+                .concat(),
+            ),
+        ]
+        .concat()
+    };
     let attrs = [
-        nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &nla(CTA_TUPLE_IP, &[0; 8])),
+        nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple(6)),
         nla(3, &0u32.to_be_bytes()), // CTA_STATUS
         nla(CTA_PROTOINFO | NLA_F_NESTED, &info),
     ]
     .concat();
     let mut data = ct_entry(9, &attrs);
     data.extend(ack(9, 0, 0));
-    // No protocol info at all, and a truncated attribute: no state, not a panic.
-    data.extend(ct_entry(10, &nla(3, &[0; 4])));
+    // No protocol info at all (a UDP entry), and a truncated attribute: no state, no
+    // tuple, not a panic.
+    data.extend(ct_entry(
+        10,
+        &nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple(17)),
+    ));
     let mut broken = nla(CTA_PROTOINFO | NLA_F_NESTED, &info);
     broken[..2].copy_from_slice(&200u16.to_ne_bytes());
     data.extend(ct_entry(11, &broken));
@@ -262,16 +288,23 @@ fn a_conntrack_entry_reply_gives_its_tcp_state() {
         vec![
             Reply::Flow {
                 seq: 9,
-                tcp_state: Some(3)
+                tcp_state: Some(3),
+                tcp: Some((
+                    "203.0.113.2:20".parse().expect("src"),
+                    "198.51.100.1:40001".parse().expect("dst")
+                )),
             },
             Reply::Ack { seq: 9, errno: 0 },
+            // UDP: no TCP tuple.
             Reply::Flow {
                 seq: 10,
-                tcp_state: None
+                tcp_state: None,
+                tcp: None,
             },
             Reply::Flow {
                 seq: 11,
-                tcp_state: None
+                tcp_state: None,
+                tcp: None,
             },
         ]
     );
@@ -500,13 +533,14 @@ impl Netns {
 async fn opening_an_active_pinhole_forgets_the_stale_port_20_flow_of_its_gateway_port() {
     let Some(ns) = Netns::new() else { return };
     ns.load(T, 1024);
-    let fw = ns.start(T);
-    // The reset data connection of the port's previous holder, and bystanders that must stay:
-    // another gateway port, another source port, another server.
+    // The reset data connection of the port's previous holder (under a daemon that ran
+    // before this one), and bystanders that must stay: another gateway port, another source
+    // port, another server.
     ns.insert_closed_flow("203.0.113.2", 20, "198.51.100.1", 40001);
-    ns.insert_closed_flow("203.0.113.2", 20, "198.51.100.1", 40002);
     ns.insert_closed_flow("203.0.113.2", 33000, "198.51.100.1", 40001);
     ns.insert_closed_flow("203.0.113.9", 20, "198.51.100.1", 40001);
+    let fw = ns.start(T);
+    ns.insert_closed_flow("203.0.113.2", 20, "198.51.100.1", 40002);
     let before = fw.stats().flows_forgotten;
     let pinhole = active("203.0.113.2", "198.51.100.1", 40001, "10.0.0.2", 50000);
     fw.open(pinhole, LONG).await.expect("open");
@@ -579,8 +613,9 @@ async fn a_closed_active_flow_is_swept_in_the_background_and_its_next_open_skips
     assert_eq!(fw.stats().flows_swept, 1);
     // The port's next holder: no delete on its path.
     let forgotten = fw.stats().flows_forgotten;
+    let skipped = fw.stats().flow_deletes_skipped;
     fw.open(pinhole, LONG).await.expect("reopen");
-    assert_eq!(fw.stats().flow_deletes_skipped, 1);
+    assert_eq!(fw.stats().flow_deletes_skipped, skipped + 1);
     assert_eq!(fw.stats().flows_forgotten, forgotten);
     // And only once: without a close and a sweep in between, the open after it deletes.
     fw.close(pinhole).await.expect("close again");
@@ -591,7 +626,7 @@ async fn a_closed_active_flow_is_swept_in_the_background_and_its_next_open_skips
         "an open before the sweep left the stale flow"
     );
     assert_eq!(fw.stats().flows_forgotten, forgotten + 1);
-    assert_eq!(fw.stats().flow_deletes_skipped, 1);
+    assert_eq!(fw.stats().flow_deletes_skipped, skipped + 1);
     fw.close(pinhole).await.expect("last close");
 }
 
@@ -659,8 +694,9 @@ async fn the_sweep_leaves_a_live_data_connection_alone_and_comes_back_for_it() {
     let (found, flows) = tracked(40001);
     assert!(!found, "not swept once finished:\n{flows}");
     assert_eq!(fw.stats().flows_swept, 2);
+    let skipped = fw.stats().flow_deletes_skipped;
     fw.open(live, LONG).await.expect("reopen");
-    assert_eq!(fw.stats().flow_deletes_skipped, 1);
+    assert_eq!(fw.stats().flow_deletes_skipped, skipped + 1);
     fw.close(live).await.expect("close");
 }
 
@@ -671,8 +707,9 @@ async fn the_sweep_leaves_a_live_data_connection_alone_and_comes_back_for_it() {
 async fn a_port_whose_data_connection_is_still_alive_is_refused_and_left_alone() {
     let Some(ns) = Netns::new() else { return };
     ns.load(T, 1024);
-    let fw = ns.start(T);
+    // A transfer of the daemon that ran before this one, still running.
     ns.insert_flow("203.0.113.2", 20, "198.51.100.1", 40001, "ESTABLISHED");
+    let fw = ns.start(T);
     let pinhole = active("203.0.113.2", "198.51.100.1", 40001, "10.0.0.2", 50000);
     let tracked = || {
         ns.conntrack(&["-L", "-p", "tcp"])
@@ -714,6 +751,47 @@ async fn a_port_whose_data_connection_is_still_alive_is_refused_and_left_alone()
     assert!(!tracked(), "the finished flow was left behind");
     assert_eq!(fw.stats().flows_forgotten, forgotten + 1);
     fw.close(pinhole).await.expect("close");
+}
+
+/// What conntrack held from port 20 when the backend started is read once: a port with
+/// nothing on it is leased without a conntrack round trip, one with a finished flow has it
+/// deleted first, one with a running transfer is refused; flows from other ports are not
+/// taken for data connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_read_at_start_decide_which_first_leases_need_conntrack() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    ns.insert_flow("203.0.113.2", 20, "198.51.100.1", 40001, "TIME_WAIT");
+    ns.insert_flow("203.0.113.2", 20, "198.51.100.1", 40003, "ESTABLISHED");
+    ns.insert_flow("203.0.113.2", 33000, "198.51.100.1", 40004, "TIME_WAIT");
+    let fw = ns.start(T);
+    let port = |p| active("203.0.113.2", "198.51.100.1", p, "10.0.0.2", 50000);
+    let tracked = |p: u16| {
+        ns.conntrack(&["-L", "-p", "tcp"])
+            .contains(&format!("dst=198.51.100.1 sport=20 dport={p} "))
+    };
+    // Nothing was there: no round trip.
+    fw.open(port(40002), LONG).await.expect("open a clean port");
+    assert_eq!(fw.stats().flow_deletes_skipped, 1);
+    // A finished flow of a daemon before this one: deleted before the PORT goes out.
+    fw.open(port(40001), LONG)
+        .await
+        .expect("open a port with a stale flow");
+    assert!(!tracked(40001), "the stale flow was left");
+    assert_eq!(fw.stats().flows_forgotten, 1);
+    // A running one: refused and kept.
+    let refused = fw.open(port(40003), LONG).await;
+    assert!(
+        matches!(refused, Err(FirewallError::PortInUse { .. })),
+        "{refused:?}"
+    );
+    assert!(tracked(40003));
+    // Not from port 20: not a data connection of ours; its port leases without a look.
+    fw.open(port(40004), LONG).await.expect("open");
+    assert_eq!(fw.stats().flow_deletes_skipped, 2);
+    for p in [40001, 40002, 40004] {
+        fw.close(port(p)).await.expect("close");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
