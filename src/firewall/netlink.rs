@@ -190,7 +190,12 @@ fn active_flow(pinhole: &Pinhole) -> Option<flows::Flow> {
     let (Direction::Active, Some(via)) = (pinhole.direction, pinhole.via) else {
         return None;
     };
-    Some((std::net::SocketAddr::new(pinhole.from, FTP_DATA_PORT), via))
+    // Canonical, as conntrack (and its dump at start) names them: a v4-mapped address of
+    // a dual-stack socket is the IPv4 flow.
+    Some((
+        std::net::SocketAddr::new(pinhole.from.to_canonical(), FTP_DATA_PORT),
+        std::net::SocketAddr::new(via.ip().to_canonical(), via.port()),
+    ))
 }
 
 /// The most caller sockets (a bound on the sockets a large machine keeps open).

@@ -311,6 +311,26 @@ fn a_conntrack_entry_reply_gives_its_tcp_state() {
 }
 
 #[test]
+fn an_active_flow_is_named_as_conntrack_names_it() {
+    let mapped = active(
+        "::ffff:203.0.113.2",
+        "::ffff:198.51.100.1",
+        40001,
+        "10.0.0.2",
+        50000,
+    );
+    let plain = active("203.0.113.2", "198.51.100.1", 40001, "10.0.0.2", 50000);
+    let flow = active_flow(&plain).expect("a leased port");
+    assert_eq!(active_flow(&mapped), Some(flow));
+    assert_eq!(flow.0.to_string(), "203.0.113.2:20");
+    assert_eq!(flow.1.to_string(), "198.51.100.1:40001");
+    assert_eq!(
+        active_flow(&passive("10.0.0.2", "203.0.113.2", 30000)),
+        None
+    );
+}
+
+#[test]
 fn malformed_replies_are_errors_not_panics() {
     let good = ack(1, 0, 0);
     let cases: Vec<Vec<u8>> = vec![
