@@ -1441,7 +1441,14 @@ impl Backend {
     fn sweep(&mut self, now: Instant) {
         for flow in self.flows.take_due(now, SWEEP_PER_CALL) {
             let (src, dst) = flow;
-            let finished = match self.flow_state(flow) {
+            let state = if self.flows.finished_at_start(flow) {
+                // Found finished at start, untouched since: only a new SYN could revive it,
+                // and none can come before its port is leased (which asks again).
+                Ok(FlowState::Tcp(TCP_CONNTRACK_TIME_WAIT))
+            } else {
+                self.flow_state(flow)
+            };
+            let finished = match state {
                 Ok(FlowState::Gone) => Ok(()),
                 Ok(FlowState::Tcp(state)) if finished(state) => match self.delete_flow(flow) {
                     Ok(0 | libc::ENOENT) => Ok(()),
@@ -1502,7 +1509,11 @@ impl Backend {
     /// Every TCP flow conntrack holds from source port 20 (one dump of the whole table, at
     /// start): what a daemon before this one may have left on the gateway ports. `None`
     /// when there are more than `max`.
-    fn port20_flows(&mut self, max: usize) -> Result<Option<Vec<flows::Flow>>, FirewallError> {
+    /// Each with whether it has finished.
+    fn port20_flows(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<Vec<(flows::Flow, bool)>>, FirewallError> {
         let seq = bump(&mut self.seq);
         self.tx.clear();
         let start = msg_start(
@@ -1526,10 +1537,10 @@ impl Backend {
                     Reply::Flow {
                         seq: s,
                         tcp: Some(flow),
-                        ..
+                        tcp_state,
                     } if s == seq && flow.0.port() == FTP_DATA_PORT => {
                         if found.len() < max {
-                            found.push(flow);
+                            found.push((flow, tcp_state.is_some_and(finished)));
                         } else {
                             too_many = true;
                         }

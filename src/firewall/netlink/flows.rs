@@ -37,7 +37,7 @@
 //! Between the sweep and the next open no pinhole admits that tuple (the allocator leases a
 //! port to one holder per server), so no DNATed entry can reappear on it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -85,6 +85,9 @@ struct Table {
     /// ([`StaleFlows::known_at_start`]) and tracked since. A flow not in `state` is then
     /// clean. Lost for good when a flow that is not clean could not be tracked.
     exhaustive: bool,
+    /// Flows the dump at start found finished (TIME_WAIT, CLOSE) and that nothing has
+    /// touched since: their sweep needs no lookup, only the delete.
+    finished_at_start: HashSet<Flow>,
 }
 
 impl Table {
@@ -134,19 +137,34 @@ impl StaleFlows {
     /// The flows conntrack held from port 20 before the first pinhole (`now`): each is
     /// swept like a closed one, and any other flow is known to be clean. (A daemon before
     /// this one may have left stale entries, or transfers still running, on its ports.)
-    pub(super) fn known_at_start(&self, found: &[Flow], now: Instant) {
+    /// `found`: each flow, and whether conntrack said it had finished.
+    pub(super) fn known_at_start(&self, found: &[(Flow, bool)], now: Instant) {
         let mut table = self.lock();
         if table.state.len() + found.len() > MAX_TRACKED {
             return;
         }
-        let Table { state, queue, .. } = &mut *table;
-        for &flow in found {
+        let Table {
+            state,
+            queue,
+            finished_at_start,
+            ..
+        } = &mut *table;
+        for &(flow, finished) in found {
             if let std::collections::hash_map::Entry::Vacant(entry) = state.entry(flow) {
                 entry.insert(State::Due(now));
                 queue.push_front((now, flow));
+                if finished {
+                    finished_at_start.insert(flow);
+                }
             }
         }
         table.exhaustive = true;
+    }
+
+    /// Whether the dump at start found `flow` finished and nothing has touched it since (a
+    /// sweep can delete it without asking). Asked once.
+    pub(super) fn finished_at_start(&self, flow: Flow) -> bool {
+        self.lock().finished_at_start.remove(&flow)
     }
 
     /// Whether `flow` can be tracked: there is room, once `Clean` flows are forgotten. A
@@ -169,6 +187,7 @@ impl StaleFlows {
         if !Self::room_for(&mut table, flow) {
             return;
         }
+        table.finished_at_start.remove(&flow);
         // A sweep in flight now belongs to an earlier close: `swept` will find `Due` and
         // leave it, so this close gets a sweep of its own.
         let due = now + SWEEP_AFTER;
@@ -268,6 +287,7 @@ impl StaleFlows {
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
+        table.finished_at_start.remove(&flow);
         let clean = match table.state.get(&flow) {
             Some(State::Clean) => true,
             None => table.exhaustive,
@@ -495,7 +515,7 @@ mod tests {
     fn once_conntrack_was_read_at_start_an_unknown_flow_is_clean_and_a_listed_one_is_checked() {
         let flows = StaleFlows::default();
         let t0 = Instant::now();
-        flows.known_at_start(&[flow(40001)], t0);
+        flows.known_at_start(&[(flow(40001), false)], t0);
         assert_eq!(flows.claim(flow(40002), NO_WAIT), Claim::AlreadySwept);
         assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
         flows.opened(flow(40001));
@@ -503,10 +523,14 @@ mod tests {
         assert_eq!(flows.claim(flow(40002), NO_WAIT), Claim::Check);
         // The listed flows are swept like closed ones.
         let flows = StaleFlows::default();
-        flows.known_at_start(&[flow(40001), flow(40003)], t0);
+        flows.known_at_start(&[(flow(40001), true), (flow(40003), false)], t0);
         let mut due = flows.take_due(t0, 8);
         due.sort_unstable();
         assert_eq!(due, vec![flow(40001), flow(40003)]);
+        // What the dump said finished needs no second look, once.
+        assert!(flows.finished_at_start(flow(40001)));
+        assert!(!flows.finished_at_start(flow(40001)));
+        assert!(!flows.finished_at_start(flow(40003)));
         flows.swept(flow(40001), true);
         flows.swept(flow(40003), false);
         assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::AlreadySwept);

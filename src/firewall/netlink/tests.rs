@@ -784,6 +784,7 @@ async fn flows_read_at_start_decide_which_first_leases_need_conntrack() {
     ns.insert_flow("203.0.113.2", 20, "198.51.100.1", 40001, "TIME_WAIT");
     ns.insert_flow("203.0.113.2", 20, "198.51.100.1", 40003, "ESTABLISHED");
     ns.insert_flow("203.0.113.2", 33000, "198.51.100.1", 40004, "TIME_WAIT");
+    ns.insert_flow("203.0.113.2", 20, "198.51.100.1", 40005, "TIME_WAIT");
     let fw = ns.start(T);
     let port = |p| active("203.0.113.2", "198.51.100.1", p, "10.0.0.2", 50000);
     let tracked = |p: u16| {
@@ -812,6 +813,11 @@ async fn flows_read_at_start_decide_which_first_leases_need_conntrack() {
     for p in [40001, 40002, 40004] {
         fw.close(port(p)).await.expect("close");
     }
+    // The closes swept what the start found and nobody leased: the finished flow is gone,
+    // the running one is still there.
+    assert!(!tracked(40005), "a stale flow found at start was never swept");
+    assert!(tracked(40003), "a running transfer found at start was swept");
+    assert_eq!(fw.stats().flows_swept, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
