@@ -815,8 +815,14 @@ async fn flows_read_at_start_decide_which_first_leases_need_conntrack() {
     }
     // The closes swept what the start found and nobody leased: the finished flow is gone,
     // the running one is still there.
-    assert!(!tracked(40005), "a stale flow found at start was never swept");
-    assert!(tracked(40003), "a running transfer found at start was swept");
+    assert!(
+        !tracked(40005),
+        "a stale flow found at start was never swept"
+    );
+    assert!(
+        tracked(40003),
+        "a running transfer found at start was swept"
+    );
     assert_eq!(fw.stats().flows_swept, 1);
 }
 
