@@ -468,7 +468,6 @@ impl NftFirewall {
             Kind::Add { .. } => {
                 let hold = Hold::take(&self.inner.owners, &mut elements).await;
                 let hot = elements.iter().any(|e| owners::is_hot(e.set));
-                let undo = elements.clone();
                 let result = self.run_request(kind, pinhole, elements, None).await;
                 match &result {
                     Ok(()) => {
@@ -481,6 +480,7 @@ impl NftFirewall {
                     // removed like any pinhole's.
                     Err(FirewallError::PortInUse { .. }) => {
                         hold.keep();
+                        let undo = self::elements(&pinhole, false)?;
                         if let Err(e) = self.remove(pinhole, undo).await {
                             warn!(%pinhole, error = %e, "could not remove a refused pinhole");
                         }
@@ -1077,14 +1077,27 @@ impl Backend {
     /// Sends the one message in `tx` (sequence `seq`) and waits for its ACK: the errno the
     /// kernel answered (0 for success). `what` names the request in errors.
     fn ask(&mut self, seq: u32, what: &str) -> Result<i32, FirewallError> {
+        self.ask_with(seq, what, |_| {})
+    }
+
+    /// [`Backend::ask`], handing every other reply to `seq` (e.g. a conntrack entry, which
+    /// comes before the ACK) to `on_reply`.
+    fn ask_with(
+        &mut self,
+        seq: u32,
+        what: &str,
+        mut on_reply: impl FnMut(Reply),
+    ) -> Result<i32, FirewallError> {
         self.send()
             .map_err(|e| FirewallError::io("send to the kernel", &e))?;
         let mut answer = None;
         let lost = self.receive(|reply| {
-            if let Reply::Ack { seq: s, errno } = reply
-                && s == seq
-            {
-                answer = Some(errno);
+            match reply {
+                Reply::Ack { seq: s, errno } if s == seq => answer = Some(errno),
+                Reply::Flow { seq: s, .. } | Reply::Other { seq: s, .. } if s == seq => {
+                    on_reply(reply);
+                }
+                _ => {}
             }
             answer.is_some()
         });
@@ -1481,28 +1494,16 @@ impl Backend {
         let seq = bump(&mut self.seq);
         self.tx.clear();
         ct_flow_msg(&mut self.tx, IPCTNL_MSG_CT_GET, seq, flow.0, flow.1);
-        self.send()
-            .map_err(|e| FirewallError::io("send to the kernel", &e))?;
         let mut state = None;
-        let mut answer = None;
-        let lost = self.receive(|reply| {
-            match reply {
-                Reply::Flow {
-                    seq: s, tcp_state, ..
-                } if s == seq => state = Some(tcp_state),
-                Reply::Ack { seq: s, errno } if s == seq => answer = Some(errno),
-                _ => {}
+        let errno = self.ask_with(seq, "a conntrack lookup", |reply| {
+            if let Reply::Flow { tcp_state, .. } = reply {
+                state = tcp_state;
             }
-            answer.is_some()
-        });
-        match (answer, lost) {
-            (Some(libc::ENOENT), _) => Ok(FlowState::Gone),
-            (Some(0), _) => Ok(state.flatten().map_or(FlowState::Unknown, FlowState::Tcp)),
-            (Some(errno), _) => Err(kernel_error("look up a data connection", errno)),
-            (None, Err(e)) => Err(e),
-            (None, Ok(())) => Err(FirewallError::Protocol(
-                "no answer to a conntrack lookup".into(),
-            )),
+        })?;
+        match errno {
+            libc::ENOENT => Ok(FlowState::Gone),
+            0 => Ok(state.map_or(FlowState::Unknown, FlowState::Tcp)),
+            errno => Err(kernel_error("look up a data connection", errno)),
         }
     }
 

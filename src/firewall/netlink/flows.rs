@@ -10,9 +10,9 @@
 //!
 //! So a close marks its flow as due for a sweep [`SWEEP_AFTER`] later; later closes sweep
 //! what is due (a few at a time, off the critical path: after the 226 was relayed); and the
-//! next open of the same flow skips its own delete **only** when a sweep has run since the
-//! flow's last close. Whatever cannot be proven (never seen since start, not yet due, a
-//! failed sweep, the table full) takes the inline delete as before. A sweep in flight is
+//! next open of the same flow skips its own look at conntrack **only** when a sweep has run
+//! since the flow's last close. Whatever cannot be proven (not yet due, a failed sweep, the
+//! table full) is checked inline, on the install's path. A sweep in flight is
 //! waited for, so it can never land after the new holder's connection exists.
 //!
 //! A close is not the end of the data connection: a server that does not linger on close
@@ -52,7 +52,7 @@ pub(super) const SWEEP_AFTER: Duration = Duration::from_secs(1);
 pub(super) const SWEEP_RETRY: Duration = Duration::from_secs(5);
 
 /// Flows swept per close at most (each is one conntrack round trip). In a steady state each
-/// close makes one flow due, so two keep up; a burst falls back to inline deletes.
+/// close makes one flow due, so two keep up; a burst falls back to inline checks.
 pub(super) const SWEEP_PER_CALL: usize = 2;
 
 /// Flows tracked at most; past it, `Clean` ones are forgotten (their next opens delete
@@ -242,7 +242,7 @@ impl StaleFlows {
 
     /// The sweep of `flow` found its connection still alive (see the module's doc): left
     /// alone, and due again [`SWEEP_RETRY`] after `now`. Until a sweep finds it finished,
-    /// the port's next open deletes inline, as without a sweep.
+    /// the port's next open checks it inline (and is refused while it lives).
     pub(super) fn alive(&self, flow: Flow, now: Instant) {
         let mut table = self.lock();
         // A sweep that outlived an open's wait must not undo the open.
@@ -324,7 +324,7 @@ mod tests {
     const NO_WAIT: Duration = Duration::ZERO;
 
     #[test]
-    fn a_flow_never_closed_is_deleted_inline() {
+    fn a_flow_never_closed_is_checked_inline() {
         let flows = StaleFlows::default();
         assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
     }
@@ -343,12 +343,12 @@ mod tests {
         assert_eq!(flows.take_due(t0 + SWEEP_AFTER, 8), vec![flow(40001)]);
         flows.swept(flow(40001), true);
         assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::AlreadySwept);
-        // Consumed: the next open (without a close and a sweep in between) deletes again.
+        // Consumed: the next open (without a close and a sweep in between) checks again.
         assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
     }
 
     #[test]
-    fn an_open_before_the_sweep_deletes_inline_and_the_old_sweep_is_dropped() {
+    fn an_open_before_the_sweep_checks_inline_and_the_old_sweep_is_dropped() {
         let flows = StaleFlows::default();
         let t0 = Instant::now();
         flows.closed(flow(40001), t0);
@@ -383,14 +383,20 @@ mod tests {
         assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
     }
 
-    #[test]
-    fn a_flow_found_alive_is_looked_at_again_later_and_deleted_inline_meanwhile() {
+    /// Flow 40001, closed and then found alive by its sweep at the returned instant.
+    fn found_alive() -> (StaleFlows, Instant) {
         let flows = StaleFlows::default();
         let t0 = Instant::now();
         flows.closed(flow(40001), t0);
         let t1 = t0 + SWEEP_AFTER;
         assert_eq!(flows.take_due(t1, 8), vec![flow(40001)]);
         flows.alive(flow(40001), t1);
+        (flows, t1)
+    }
+
+    #[test]
+    fn a_flow_found_alive_is_looked_at_again_later_and_checked_inline_meanwhile() {
+        let (flows, t1) = found_alive();
         assert!(flows.take_due(t1, 8).is_empty());
         assert!(
             flows
@@ -404,19 +410,14 @@ mod tests {
         flows.swept(flow(40002), true);
         assert_eq!(flows.take_due(t1 + SWEEP_RETRY, 8), vec![flow(40001)]);
         flows.alive(flow(40001), t1 + SWEEP_RETRY);
-        // Still not proven clean: an open now deletes inline, and the retry is dropped.
+        // Still not proven clean: an open now checks inline, and the retry is dropped.
         assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::Check);
         assert!(flows.take_due(t1 + 10 * SWEEP_RETRY, 8).is_empty());
     }
 
     #[test]
     fn a_flow_found_alive_then_finished_is_swept() {
-        let flows = StaleFlows::default();
-        let t0 = Instant::now();
-        flows.closed(flow(40001), t0);
-        let t1 = t0 + SWEEP_AFTER;
-        assert_eq!(flows.take_due(t1, 8), vec![flow(40001)]);
-        flows.alive(flow(40001), t1);
+        let (flows, t1) = found_alive();
         assert_eq!(flows.take_due(t1 + SWEEP_RETRY, 8), vec![flow(40001)]);
         flows.swept(flow(40001), true);
         assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::AlreadySwept);
@@ -468,7 +469,7 @@ mod tests {
     }
 
     #[test]
-    fn an_open_that_gives_up_waiting_deletes_inline() {
+    fn an_open_that_gives_up_waiting_checks_inline() {
         let flows = StaleFlows::default();
         let t0 = Instant::now();
         flows.closed(flow(40001), t0);

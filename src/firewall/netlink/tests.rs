@@ -534,16 +534,26 @@ impl Netns {
     /// A conntrack entry for TCP `src:sport -> dst:dport` in `state` (conntrack's names:
     /// ESTABLISHED, TIME_WAIT, ...).
     fn insert_flow(&self, src: &str, sport: u16, dst: &str, dport: u16, state: &str) {
+        self.flow_op("-I", src, sport, dst, dport, state);
+    }
+
+    /// Moves the TCP entry `src:sport -> dst:dport` to `state` (a connection that finished).
+    fn set_flow_state(&self, src: &str, sport: u16, dst: &str, dport: u16, state: &str) {
+        self.flow_op("-U", src, sport, dst, dport, state);
+    }
+
+    /// `conntrack OP` (insert or update) on one TCP entry, which must succeed.
+    fn flow_op(&self, op: &str, src: &str, sport: u16, dst: &str, dport: u16, state: &str) {
         let (sport, dport) = (sport.to_string(), dport.to_string());
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "conntrack", "-I", "-p", "tcp"])
+            .args(["netns", "exec", &self.name, "conntrack", op, "-p", "tcp"])
             .args(["-s", src, "-d", dst, "--sport", &sport, "--dport", &dport])
             .args(["--state", state, "-t", "60"])
             .output()
             .expect("run conntrack (conntrack-tools)");
         assert!(
             out.status.success(),
-            "conntrack -I: {}",
+            "conntrack {op}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -689,23 +699,9 @@ async fn the_sweep_leaves_a_live_data_connection_alone_and_comes_back_for_it() {
     assert!(!found, "the finished one was not swept:\n{flows}");
     assert_eq!(fw.stats().flows_swept, 1);
     assert_eq!(fw.stats().flow_sweeps_deferred, 1);
-    // Not swept, so its port's next holder still deletes inline; and once the connection
+    // Not swept, so its port's next holder still checks inline; and once the connection
     // has finished, a later sweep takes it.
-    ns.conntrack(&[
-        "-U",
-        "-p",
-        "tcp",
-        "-s",
-        "203.0.113.2",
-        "-d",
-        "198.51.100.1",
-        "--sport",
-        "20",
-        "--dport",
-        "40001",
-        "--state",
-        "TIME_WAIT",
-    ]);
+    ns.set_flow_state("203.0.113.2", 20, "198.51.100.1", 40001, "TIME_WAIT");
     tokio::time::sleep(flows::SWEEP_RETRY + Duration::from_millis(100)).await;
     fw.open(trigger, LONG).await.expect("open passive");
     fw.close(trigger)
@@ -751,21 +747,7 @@ async fn a_port_whose_data_connection_is_still_alive_is_refused_and_left_alone()
     fw.open(other, LONG).await.expect("another port");
     fw.close(other).await.expect("close");
     // Finished: leased, and its entry (with the old DNAT) removed first.
-    ns.conntrack(&[
-        "-U",
-        "-p",
-        "tcp",
-        "-s",
-        "203.0.113.2",
-        "-d",
-        "198.51.100.1",
-        "--sport",
-        "20",
-        "--dport",
-        "40001",
-        "--state",
-        "TIME_WAIT",
-    ]);
+    ns.set_flow_state("203.0.113.2", 20, "198.51.100.1", 40001, "TIME_WAIT");
     let forgotten = fw.stats().flows_forgotten;
     fw.open(pinhole, LONG).await.expect("open once finished");
     assert!(!tracked(), "the finished flow was left behind");
