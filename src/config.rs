@@ -91,6 +91,10 @@ pub enum RealtimeScope {
 /// the kernel's own real-time threads and anything an admin raised on purpose come first.
 pub const AUTO_REALTIME_PRIORITY: u8 = 10;
 
+/// Longest idle or connect timeout accepted (7 days): far beyond any FTP use, and far from
+/// the clock arithmetic's limits.
+const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
 /// `runtime.realtime_priority`: `"auto"` or a number (`0` = off, `1`-`99` a `SCHED_FIFO`
 /// priority).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -643,11 +647,18 @@ impl Config {
                 "must be 64..=65536 bytes (RFC 959 lines are short; 2048 is plenty)",
             ));
         }
-        if self.limits.idle_timeout_secs == 0 {
-            return Err(invalid("limits.idle_timeout_secs", "must be at least 1"));
+        if !(1..=MAX_TIMEOUT_SECS).contains(&self.limits.idle_timeout_secs) {
+            return Err(invalid(
+                "limits.idle_timeout_secs",
+                "must be 1..=604800 seconds (7 days); a session with a running transfer is \
+                 never cut by it",
+            ));
         }
-        if self.limits.connect_timeout_secs == 0 {
-            return Err(invalid("limits.connect_timeout_secs", "must be at least 1"));
+        if !(1..=MAX_TIMEOUT_SECS).contains(&self.limits.connect_timeout_secs) {
+            return Err(invalid(
+                "limits.connect_timeout_secs",
+                "must be 1..=604800 seconds (7 days)",
+            ));
         }
         if self.nftables.table.is_empty()
             || self.nftables.table.len() > 32
@@ -815,7 +826,7 @@ mod tests {
     }
 
     #[test]
-    fn gc_interval_and_busy_poll_are_bounded() {
+    fn timeouts_gc_interval_and_busy_poll_are_bounded() {
         let valid = |f: &dyn Fn(&mut Config)| {
             let mut config = Config {
                 lan_interfaces: vec!["eth1".into()],
@@ -826,6 +837,14 @@ mod tests {
             config.validate().map(|_| ()).map_err(|e| e.to_string())
         };
         assert!(valid(&|_| {}).is_ok());
+        // "Never time out" written as a huge number would overflow the session's clock.
+        for bad in [0, MAX_TIMEOUT_SECS + 1, u64::MAX] {
+            let err = valid(&|c| c.limits.idle_timeout_secs = bad).unwrap_err();
+            assert!(err.contains("limits.idle_timeout_secs"), "{err}");
+            let err = valid(&|c| c.limits.connect_timeout_secs = bad).unwrap_err();
+            assert!(err.contains("limits.connect_timeout_secs"), "{err}");
+        }
+        assert!(valid(&|c| c.limits.idle_timeout_secs = MAX_TIMEOUT_SECS).is_ok());
         assert!(valid(&|c| c.nftables.gc_interval_ms = 1000).is_ok());
         for bad in [0, 9, 60_001] {
             let err = valid(&|c| c.nftables.gc_interval_ms = bad).unwrap_err();

@@ -10,7 +10,8 @@
 //!   occur in valid telnet, so an LF after an IAC still ends the line; the dangling IAC is then
 //!   dropped by [`Line::text`]. An `IAC SB` left open at the end of a line is closed by it.
 //! - A line longer than `max_line` bytes (terminator included) is reported once as
-//!   [`FrameError::TooLong`]; its bytes up to and including its LF are dropped, then framing
+//!   [`FrameError::TooLong`] with its first `max_line - 2` bytes (room for a CR LF, so a
+//!   caller can pass it on cut); the rest up to and including its LF is dropped, then framing
 //!   resumes with the next line. The incomplete line held is always shorter than `max_line`.
 
 use std::collections::VecDeque;
@@ -159,11 +160,14 @@ fn end_of_subnegotiation(input: &[u8], from: usize) -> usize {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FrameError {
-    /// The line exceeded the limit; its bytes were dropped.
+    /// The line exceeded the limit; its bytes were dropped but for its head.
     #[error("line too long (limit {max} bytes)")]
     TooLong {
         /// The limit, terminator included.
         max: usize,
+        /// The line's first `max - 2` bytes (never its LF): with a CR LF added, the line cut
+        /// to the limit.
+        head: Vec<u8>,
     },
 }
 
@@ -215,7 +219,7 @@ impl LineFramer {
             let Some(at) = newline else {
                 if self.partial.len() + rest.len() >= self.max_line {
                     // Even the LF still to come would not fit: report now, drop the rest later.
-                    self.reject_partial(rest.len());
+                    self.reject_partial(rest);
                     self.discarding = true;
                 } else {
                     self.partial.extend_from_slice(rest);
@@ -224,7 +228,7 @@ impl LineFramer {
             };
             let (piece, tail) = rest.split_at(at + 1);
             if self.partial.len() + piece.len() > self.max_line {
-                self.reject_partial(piece.len());
+                self.reject_partial(piece);
             } else {
                 let mut raw = std::mem::take(&mut self.partial);
                 raw.extend_from_slice(piece);
@@ -234,12 +238,20 @@ impl LineFramer {
         }
     }
 
-    /// Drops the incomplete line plus `more` bytes of it and queues one `TooLong`.
-    fn reject_partial(&mut self, more: usize) {
-        self.discard(self.partial.len() + more);
-        self.partial = Vec::new();
-        self.ready
-            .push_back(Err(FrameError::TooLong { max: self.max_line }));
+    /// Drops the incomplete line plus `more` of it and queues one `TooLong` with its head.
+    fn reject_partial(&mut self, more: &[u8]) {
+        self.discard(self.partial.len() + more.len());
+        let mut head = std::mem::take(&mut self.partial);
+        let keep = self.max_line.saturating_sub(2);
+        if head.len() < keep {
+            let wanted = (keep - head.len()).min(more.len());
+            head.extend_from_slice(more.get(..wanted).unwrap_or_default());
+        }
+        head.truncate(keep);
+        self.ready.push_back(Err(FrameError::TooLong {
+            max: self.max_line,
+            head,
+        }));
     }
 
     fn discard(&mut self, count: usize) {
@@ -363,7 +375,13 @@ mod tests {
         f.push(b"NOOP\r\nPASV\n");
         assert_eq!(
             drain(&mut f),
-            vec![Err(FrameError::TooLong { max: 5 }), Ok(b"PASV\n".to_vec())]
+            vec![
+                Err(FrameError::TooLong {
+                    max: 5,
+                    head: b"NOO".to_vec()
+                }),
+                Ok(b"PASV\n".to_vec())
+            ]
         );
         assert_eq!(f.discarded_bytes(), 6);
     }
@@ -372,7 +390,13 @@ mod tests {
     fn over_long_line_is_reported_once_and_its_tail_discarded() {
         let mut f = LineFramer::new(8);
         f.push(b"AAAAAAAAAA");
-        assert_eq!(drain(&mut f), vec![Err(FrameError::TooLong { max: 8 })]);
+        assert_eq!(
+            drain(&mut f),
+            vec![Err(FrameError::TooLong {
+                max: 8,
+                head: b"AAAAAA".to_vec()
+            })]
+        );
         assert_eq!(f.buffered(), 0);
         f.push(b"BBBBBBBBBBBBBBBBBBBB");
         f.push(b"PORT 1,2,3,4,5,6");
@@ -387,9 +411,32 @@ mod tests {
     fn incomplete_line_reaching_max_is_rejected_before_its_lf() {
         let mut f = LineFramer::new(4);
         f.push(b"ABCD");
-        assert_eq!(drain(&mut f), vec![Err(FrameError::TooLong { max: 4 })]);
+        assert_eq!(
+            drain(&mut f),
+            vec![Err(FrameError::TooLong {
+                max: 4,
+                head: b"AB".to_vec()
+            })]
+        );
         f.push(b"\nOK\n");
         assert_eq!(drain(&mut f), vec![Ok(b"OK\n".to_vec())]);
+    }
+
+    #[test]
+    fn the_head_of_an_over_long_line_spans_reads_and_leaves_room_for_crlf() {
+        let mut f = LineFramer::new(10);
+        f.push(b"257 \"/ab");
+        f.push(b"cdefghij\"\r\n226 ok\r\n");
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Err(FrameError::TooLong {
+                    max: 10,
+                    head: b"257 \"/ab".to_vec()
+                }),
+                Ok(b"226 ok\r\n".to_vec())
+            ]
+        );
     }
 
     #[test]
@@ -409,8 +456,14 @@ mod tests {
         assert_eq!(
             drain(&mut f),
             vec![
-                Err(FrameError::TooLong { max: 0 }),
-                Err(FrameError::TooLong { max: 0 })
+                Err(FrameError::TooLong {
+                    max: 0,
+                    head: Vec::new()
+                }),
+                Err(FrameError::TooLong {
+                    max: 0,
+                    head: Vec::new()
+                })
             ]
         );
     }

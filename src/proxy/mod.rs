@@ -298,8 +298,8 @@ async fn handle<F: Firewall>(
         refuse(client, "Lost the connection to the FTP server").await;
         return;
     };
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
+    control_socket_options(&client);
+    control_socket_options(&upstream);
     let ends = Endpoints {
         client: peer,
         client_facing: if topology == Topology::Reverse {
@@ -356,6 +356,18 @@ enum Source {
     Transparent(IpAddr),
 }
 
+/// A control connection's socket: lines go out at once (`TCP_NODELAY`), and urgent data stays
+/// in the stream (`SO_OOBINLINE`). A client's ABOR comes as `IAC IP`, then `IAC DM` sent
+/// urgent (RFC 959 4.1.3); by default the kernel takes that DM byte out of the stream, and
+/// `IAC IP IAC ABOR` is left, which reads as `BOR` to the ALG's command policy and to the
+/// server's telnet decoding alike. Best effort: a socket refusing either still works.
+fn control_socket_options(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = SockRef::from(stream).set_out_of_band_inline(true) {
+        debug!(error = %e, "cannot keep urgent data inline (SO_OOBINLINE)");
+    }
+}
+
 /// The destination the client meant before the redirect (SO_ORIGINAL_DST).
 fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
     let sock = SockRef::from(stream);
@@ -407,4 +419,31 @@ async fn refuse(mut client: TcpStream, text: &str) {
         debug!(error = %e, "could not send 421");
     }
     let _ = client.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn an_abor_sent_with_urgent_data_reaches_the_session_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        control_socket_options(&accepted);
+        // What BSD ftp and lftp send: IAC IP, then IAC DM with the DM urgent, then ABOR.
+        let sock = SockRef::from(&client);
+        sock.send(b"\xff\xf4\xff").unwrap();
+        sock.send_out_of_band(b"\xf2").unwrap();
+        sock.send(b"ABOR\r\n").unwrap();
+        let mut got = vec![0u8; 10];
+        tokio::time::timeout(Duration::from_secs(2), accepted.read_exact(&mut got))
+            .await
+            .expect("the urgent byte went missing")
+            .unwrap();
+        assert_eq!(got, b"\xff\xf4\xff\xf2ABOR\r\n");
+        let line = crate::ftp::Line::from_raw(got);
+        assert_eq!(line.text(), b"ABOR");
+    }
 }

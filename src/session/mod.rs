@@ -63,12 +63,14 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Whether the command policy lets `verb` (upper case) through.
-    fn permits(&self, verb: &[u8]) -> bool {
+    /// Whether the command policy lets `verb` (upper case) through. The deny list refuses any
+    /// verb (`PORT` and `EPRT` on it make a passive-only gateway); the allow list never
+    /// refuses the data-channel commands (`data_command`), which the ALG itself checks.
+    fn permits(&self, verb: &[u8], data_command: bool) -> bool {
         if self.deny.iter().any(|v| v == verb) {
             return false;
         }
-        self.allow.is_empty() || self.allow.iter().any(|v| v == verb)
+        data_command || self.allow.is_empty() || self.allow.iter().any(|v| v == verb)
     }
 }
 
@@ -78,6 +80,13 @@ impl Policy {
 enum Pending {
     Pasv,
     Epsv,
+    /// `EPSV ALL`: once the server accepts it, only EPSV may follow.
+    EpsvAll,
+    /// PORT/EPRT whose pinhole has this sequence number (see [`Held::seq`]).
+    Active(u64),
+    /// A reply the ALG wrote itself, waiting in [`Session::local_replies`] for the server's
+    /// replies to the commands before it, so that a pipelining client reads them in order.
+    Local,
     /// ABOR may be answered by 426 and then 226.
     Abor,
     /// SYST, whose answer may be masked.
@@ -140,6 +149,10 @@ pub struct Session<F> {
     masking: Option<Mask>,
     epsv_all: bool,
     pinholes: Vec<Held>,
+    /// Sequence number of the next pinhole opened.
+    next_seq: u64,
+    /// The ALG's own replies queued behind commands still in flight (see [`Pending::Local`]).
+    local_replies: VecDeque<Vec<u8>>,
     telemetry: Option<Arc<SessionEntry>>,
     /// When the last complete line arrived from either side.
     last_line: tokio::time::Instant,
@@ -155,7 +168,12 @@ struct Held {
     pinhole: Pinhole,
     opened: Instant,
     lease: Option<(IpAddr, u16)>,
-    /// A transfer started after it was opened: its data connection is that transfer's.
+    /// The session's count of pinholes when it was opened: orders them.
+    seq: u64,
+    /// The server took the data address it belongs to: the 227/229 it answered, or the
+    /// reply to its PORT/EPRT. Only then can a transfer command use it.
+    confirmed: bool,
+    /// A transfer started after it was confirmed: its data connection is that transfer's.
     used: bool,
 }
 
@@ -186,6 +204,8 @@ impl<F: Firewall> Session<F> {
             transfer_running: false,
             masking: None,
             pinholes: Vec::new(),
+            next_seq: 0,
+            local_replies: VecDeque::new(),
             boost: None,
         }
     }
@@ -278,7 +298,12 @@ impl<F: Firewall> Session<F> {
             // Idle is measured from the last complete line: bytes that never finish a line
             // (a slowloris trickle) do not keep a session alive.
             let idle = self.policy.idle_timeout;
-            let deadline = self.last_line + idle;
+            // A Policy built outside the validated config could name an idle timeout past the
+            // clock's end: that means "never".
+            let deadline = self
+                .last_line
+                .checked_add(idle)
+                .unwrap_or_else(|| self.last_line + Duration::from_secs(365 * 24 * 3600));
             let read_client = client_open
                 && self.in_flight.len() < MAX_IN_FLIGHT
                 && self.in_flight.back() != Some(&Pending::Auth);
@@ -372,22 +397,31 @@ impl<F: Firewall> Session<F> {
     {
         while let Some(framed) = self.client_lines.next_line() {
             self.last_line = tokio::time::Instant::now();
+            let first = !std::mem::replace(&mut self.client_spoke, true);
             let line = match framed {
                 Ok(line) => line,
-                Err(FrameError::TooLong { max }) => {
+                // No FTP client opens with a line this long; an HTTP request might, to get
+                // past the check below with its request line dropped.
+                Err(FrameError::TooLong { .. }) if first => {
+                    let reply = self.refuse(&Refusal::NotFtp);
+                    client_w.write_all(&reply).await?;
+                    return Err(std::io::Error::other(
+                        "an over-long first line on the FTP control port",
+                    ));
+                }
+                Err(FrameError::TooLong { max, .. }) => {
                     warn!(max, "client sent an over-long line; dropped");
-                    client_w
-                        .write_all(&ftp::render_reply(
-                            500,
-                            &format!("Command line too long (limit {max} bytes); dropped"),
-                        ))
-                        .await?;
+                    let reply = ftp::render_reply(
+                        500,
+                        &format!("Command line too long (limit {max} bytes); dropped"),
+                    );
+                    self.answer(client_w, reply).await?;
                     continue;
                 }
             };
             // NAT slipstreaming: a browser made to POST to an FTP port would have the body's
             // lines (a PORT) taken for commands. An FTP session never starts like HTTP.
-            if !std::mem::replace(&mut self.client_spoke, true) && looks_like_http(&line.text()) {
+            if first && looks_like_http(&line.text()) {
                 let reply = self.refuse(&Refusal::NotFtp);
                 client_w.write_all(&reply).await?;
                 return Err(std::io::Error::other(
@@ -401,11 +435,42 @@ impl<F: Firewall> Session<F> {
                 }
                 Verdict::Answer(refusal) => {
                     let reply = self.refuse(&refusal);
-                    client_w.write_all(&reply).await?;
+                    self.answer(client_w, reply).await?;
                 }
             }
             // The PORT/EPRT that waited for its pinhole is out.
             self.boost = None;
+        }
+        Ok(())
+    }
+
+    /// Sends a reply of the ALG's own: at once when the client waits for nothing else, else
+    /// behind the server's replies to the commands sent before it.
+    async fn answer<CW>(&mut self, client_w: &mut CW, reply: Vec<u8>) -> std::io::Result<()>
+    where
+        CW: AsyncWrite + Unpin,
+    {
+        if self.greeted && self.in_flight.is_empty() && !self.replies.in_multiline() {
+            return client_w.write_all(&reply).await;
+        }
+        self.in_flight.push_back(Pending::Local);
+        self.local_replies.push_back(reply);
+        Ok(())
+    }
+
+    /// Sends the ALG's own replies whose turn has come (see [`Session::answer`]).
+    async fn flush_local<CW>(&mut self, client_w: &mut CW) -> std::io::Result<()>
+    where
+        CW: AsyncWrite + Unpin,
+    {
+        if !self.greeted || self.replies.in_multiline() {
+            return Ok(());
+        }
+        while self.in_flight.front() == Some(&Pending::Local) {
+            self.in_flight.pop_front();
+            if let Some(reply) = self.local_replies.pop_front() {
+                client_w.write_all(&reply).await?;
+            }
         }
         Ok(())
     }
@@ -419,29 +484,23 @@ impl<F: Firewall> Session<F> {
             Err(e) => return Verdict::Answer(Refusal::Malformed { verb, error: e }),
         };
         let is_data_command = !matches!(command, Command::Other | Command::Auth(_));
-        if !is_data_command && !verb.is_empty() && !self.policy.permits(&verb) {
+        if !verb.is_empty() && !self.policy.permits(&verb, is_data_command) {
             return Verdict::Answer(Refusal::Denied { verb });
         }
         if is_data_command && line.terminator() == Terminator::BareLf {
             return Verdict::Answer(Refusal::BareLf { verb });
         }
         match command {
-            Command::Port(announced) => {
-                self.on_active(line, SocketAddr::V4(announced), false).await
-            }
-            Command::Eprt(announced) => self.on_active(line, announced, true).await,
+            Command::Port(announced) => self.on_active(SocketAddr::V4(announced), false).await,
+            Command::Eprt(announced) => self.on_active(announced, true).await,
             Command::Pasv if self.epsv_all => Verdict::Answer(Refusal::EpsvAll { verb: "PASV" }),
             Command::Pasv if !self.ends.client.is_ipv4() => {
                 Verdict::Answer(Refusal::Ipv4Only { verb: "PASV" })
             }
             Command::Pasv => Verdict::Forward(line.raw().to_vec(), Pending::Pasv),
-            Command::Epsv(arg) => {
-                if arg == EpsvArg::All {
-                    // RFC 2428: from now on only EPSV; we refuse the others ourselves.
-                    self.epsv_all = true;
-                }
-                Verdict::Forward(line.raw().to_vec(), Pending::Epsv)
-            }
+            // RFC 2428: once the server accepts it, only EPSV; we refuse the others ourselves.
+            Command::Epsv(EpsvArg::All) => Verdict::Forward(line.raw().to_vec(), Pending::EpsvAll),
+            Command::Epsv(_) => Verdict::Forward(line.raw().to_vec(), Pending::Epsv),
             Command::Lprt | Command::Lpsv => Verdict::Answer(Refusal::LongAddress { verb }),
             Command::Auth(_) => match self.policy.tls {
                 TlsPolicy::Refuse => Verdict::Answer(Refusal::Tls),
@@ -462,7 +521,7 @@ impl<F: Firewall> Session<F> {
 
     /// PORT/EPRT: check, lease a port where the topology needs one, open the pinhole, and
     /// only then release the (rewritten) command.
-    async fn on_active(&mut self, line: &Line, announced: SocketAddr, extended: bool) -> Verdict {
+    async fn on_active(&mut self, announced: SocketAddr, extended: bool) -> Verdict {
         let verb = if extended { "EPRT" } else { "PORT" };
         if self.epsv_all {
             return Verdict::Answer(Refusal::EpsvAll { verb });
@@ -494,11 +553,11 @@ impl<F: Firewall> Session<F> {
                 port: announced.port(),
             });
         }
-        if let Some(refusal) = self.make_room() {
+        if let Some(refusal) = self.make_room().await {
             return Verdict::Answer(refusal);
         }
         let mut attempts = 0;
-        let plan = loop {
+        let (plan, seq) = loop {
             let leased = match self.topology.active_lease_owner(&self.ends) {
                 Some(owner) => match self.ports.allocate(owner) {
                     Some(port) => Some(port),
@@ -507,8 +566,8 @@ impl<F: Firewall> Session<F> {
                 None => None,
             };
             let plan = self.topology.active(&self.ends, announced, leased);
-            match self.open(plan).await {
-                Ok(()) => break plan,
+            match self.open(plan, false).await {
+                Ok(seq) => break (plan, seq),
                 // The port's previous data connection is still running: take another.
                 Err(error @ FirewallError::PortInUse { .. }) if attempts < PORT_ATTEMPTS => {
                     attempts += 1;
@@ -521,10 +580,11 @@ impl<F: Firewall> Session<F> {
                 }
             }
         };
-        let bytes = match plan.announce {
-            None => line.raw().to_vec(),
-            Some(SocketAddr::V4(v4)) if !extended => ftp::render_port(v4),
-            Some(public) => ftp::render_eprt(public),
+        // Always written anew, also when the address stays: the server reads exactly what
+        // was checked (no leading zeros a server might read as octal, no telnet bytes).
+        let bytes = match plan.announce.unwrap_or(announced) {
+            SocketAddr::V4(v4) if !extended => ftp::render_port(v4),
+            target => ftp::render_eprt(target),
         };
         // One line per transfer is for debugging; the session's end sums them up.
         debug!(
@@ -534,7 +594,7 @@ impl<F: Firewall> Session<F> {
             pinhole = %plan.pinhole,
             "active data channel: pinhole open, command released"
         );
-        Verdict::Forward(bytes, Pending::Other)
+        Verdict::Forward(bytes, Pending::Active(seq))
     }
 
     /// Handles every complete line the server has sent; `Ok(true)` when the server accepted
@@ -547,15 +607,16 @@ impl<F: Firewall> Session<F> {
             self.last_line = tokio::time::Instant::now();
             let line = match framed {
                 Ok(line) => line,
-                Err(FrameError::TooLong { max }) => {
-                    warn!(max, "server sent an over-long reply line; dropped");
-                    client_w
-                        .write_all(&ftp::render_reply(
-                            451,
-                            &format!("ftp-alg: the server's reply line exceeded {max} bytes and was dropped"),
-                        ))
-                        .await?;
-                    continue;
+                // Cut, not dropped: its first bytes (code and separator) place it in its
+                // reply, so the replies stay matched to the commands they answer.
+                Err(FrameError::TooLong { max, head }) => {
+                    warn!(
+                        max,
+                        "server sent an over-long reply line; forwarded cut to the limit"
+                    );
+                    let mut raw = head;
+                    raw.extend_from_slice(b"\r\n");
+                    Line::from_raw(raw)
                 }
             };
             let starts_reply = !self.replies.in_multiline();
@@ -566,6 +627,11 @@ impl<F: Firewall> Session<F> {
                     client_w
                         .write_all(&ftp::render_reply(451, &format!("ftp-alg: {e}")))
                         .await?;
+                    if !self.replies.in_multiline() {
+                        // That was the refused reply's last line: it answered its command.
+                        self.track_reply(Some(451));
+                        self.flush_local(client_w).await?;
+                    }
                     continue;
                 }
             };
@@ -595,6 +661,7 @@ impl<F: Firewall> Session<F> {
                     if answered == Some(Pending::Auth) && code == Some(234) {
                         return Ok(true);
                     }
+                    self.on_answered(answered, code).await;
                 }
                 ReplyEvent::Complete(reply) => {
                     let expected = self.track_reply(reply.code());
@@ -607,23 +674,34 @@ impl<F: Firewall> Session<F> {
             if !self.transfer_running {
                 self.release_used().await;
             }
+            self.flush_local(client_w).await?;
         }
         Ok(false)
+    }
+
+    /// What the server's answer to a PORT/EPRT or `EPSV ALL` settles.
+    async fn on_answered(&mut self, answered: Option<Pending>, code: Option<u16>) {
+        let accepted = code.is_some_and(|code| (200..300).contains(&code));
+        match answered {
+            Some(Pending::Active(seq)) if accepted => {
+                // RFC 959: a new data address replaces the one before.
+                self.release_where(|held| !held.used && held.confirmed)
+                    .await;
+                for held in self.pinholes.iter_mut().filter(|held| held.seq == seq) {
+                    held.confirmed = true;
+                }
+            }
+            // The server refused the address: nothing will connect through its pinhole.
+            Some(Pending::Active(seq)) => self.release_where(|held| held.seq == seq).await,
+            Some(Pending::EpsvAll) if accepted => self.epsv_all = true,
+            _ => {}
+        }
     }
 
     /// Closes the pinholes of transfers that have ended (consumed, or never used by a
     /// transfer that is over), so a session can run any number of transfers.
     async fn release_used(&mut self) {
-        if !self.pinholes.iter().any(|held| held.used) {
-            return;
-        }
-        let (done, pending): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.pinholes)
-            .into_iter()
-            .partition(|held| held.used);
-        self.pinholes = pending;
-        for held in done {
-            self.release(held).await;
-        }
+        self.release_where(|held| held.used).await;
     }
 
     /// Removes one pinhole from the kernel (a no-op if its connection consumed it) and
@@ -655,8 +733,10 @@ impl<F: Firewall> Session<F> {
         if code < 200 {
             if (100..200).contains(&code) && self.greeted {
                 self.transfer_running = true;
-                // Each PASV/PORT serves one transfer: the pinholes open now belong to it.
-                for held in &mut self.pinholes {
+                // Each PASV/PORT serves one transfer: the pinholes the server has taken now
+                // belong to it (not a PORT pipelined behind it that the server has yet to
+                // read).
+                for held in self.pinholes.iter_mut().filter(|held| held.confirmed) {
                     held.used = true;
                 }
             }
@@ -690,6 +770,11 @@ impl<F: Firewall> Session<F> {
             );
             return reply.raw();
         }
+        // RFC 959: a new data address replaces the one before, which the server no longer
+        // serves: the pinholes it confirmed and no transfer used end here. (Not a PORT
+        // pipelined behind this PASV: the server has yet to read it.)
+        self.release_where(|held| !held.used && held.confirmed)
+            .await;
         let server = self.ends.server.ip();
         let (announced_ip, port) = if code == Some(227) {
             match ftp::parse_227(reply) {
@@ -736,7 +821,7 @@ impl<F: Firewall> Session<F> {
         if port < 1024 {
             return self.refuse(&Refusal::PrivilegedPassivePort { port });
         }
-        if let Some(refusal) = self.make_room() {
+        if let Some(refusal) = self.make_room().await {
             return self.refuse(&refusal);
         }
         let leased = match self.topology.passive_lease_owner(&self.ends) {
@@ -747,7 +832,7 @@ impl<F: Firewall> Session<F> {
             None => None,
         };
         let plan = self.topology.passive(&self.ends, port, leased);
-        if let Err(error) = self.open(plan).await {
+        if let Err(error) = self.open(plan, true).await {
             return self.refuse(&Refusal::Firewall {
                 error: error.to_string(),
             });
@@ -771,30 +856,46 @@ impl<F: Firewall> Session<F> {
         }
     }
 
-    /// Forgets pinholes the kernel has expired by now and refuses when still at the limit.
-    fn make_room(&mut self) -> Option<Refusal> {
+    /// Releases pinholes the kernel has expired by now and refuses when still at the limit.
+    /// An expired pinhole is still closed through the firewall: the kernel element is gone,
+    /// but the firewall counts the sessions holding each element, and that count must drop.
+    async fn make_room(&mut self) -> Option<Refusal> {
         let timeout = self.policy.pinhole_timeout;
-        let ports = &self.ports;
-        let telemetry = &self.telemetry;
-        self.pinholes.retain(|held| {
-            let live = held.opened.elapsed() < timeout;
-            if !live {
-                if let Some((owner, port)) = held.lease {
-                    ports.release(owner, port);
-                }
-                if let Some(entry) = telemetry {
-                    entry.pinhole_closed(&held.pinhole);
-                }
+        if self
+            .pinholes
+            .iter()
+            .any(|held| held.opened.elapsed() >= timeout)
+        {
+            let (expired, live): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.pinholes)
+                .into_iter()
+                .partition(|held| held.opened.elapsed() >= timeout);
+            self.pinholes = live;
+            for held in expired {
+                self.release(held).await;
             }
-            live
-        });
+        }
         (self.pinholes.len() >= self.policy.max_pinholes).then_some(Refusal::TooManyPinholes {
             max: self.policy.max_pinholes,
         })
     }
 
-    /// Opens the plan's pinhole; on failure its lease is returned.
-    async fn open(&mut self, plan: DataPlan) -> Result<(), FirewallError> {
+    /// Closes the held pinholes `gone` picks.
+    async fn release_where(&mut self, gone: impl Fn(&Held) -> bool) {
+        if !self.pinholes.iter().any(&gone) {
+            return;
+        }
+        let (done, kept): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.pinholes)
+            .into_iter()
+            .partition(|held| gone(held));
+        self.pinholes = kept;
+        for held in done {
+            self.release(held).await;
+        }
+    }
+
+    /// Opens the plan's pinhole and returns its [`Held::seq`]; on failure its lease is
+    /// returned. `confirmed`: the server already named this data address (a 227/229).
+    async fn open(&mut self, plan: DataPlan, confirmed: bool) -> Result<u64, FirewallError> {
         let started = Instant::now();
         // Real-time from here until the line that waits for this pinhole is released (the
         // boost's own system calls count in the install latency). The boost is the thread's:
@@ -835,13 +936,17 @@ impl<F: Firewall> Session<F> {
                 if let Some(entry) = &self.telemetry {
                     entry.pinhole_opened(plan.pinhole, latency);
                 }
+                let seq = self.next_seq;
+                self.next_seq += 1;
                 self.pinholes.push(Held {
                     pinhole: plan.pinhole,
                     opened: Instant::now(),
                     lease: plan.lease,
+                    seq,
+                    confirmed,
                     used: false,
                 });
-                Ok(())
+                Ok(seq)
             }
             Err(error) => {
                 if let Some((owner, port)) = plan.lease {
@@ -859,18 +964,21 @@ impl<F: Firewall> Session<F> {
     }
 }
 
-/// Whether a line is an HTTP request line (`METHOD target HTTP/1.x`, a standard method).
+/// Whether a line is an HTTP request line: `METHOD target HTTP/n…`, whatever the method
+/// (`fetch()` lets a page send custom ones, such as `NOOP`).
 fn looks_like_http(text: &[u8]) -> bool {
-    const METHODS: [&[u8]; 9] = [
-        b"GET", b"POST", b"PUT", b"HEAD", b"OPTIONS", b"DELETE", b"PATCH", b"CONNECT", b"TRACE",
-    ];
-    let text = text.trim_ascii_end();
-    let method = text.split(|b| *b == b' ').next().unwrap_or_default();
-    let Some(last_space) = text.iter().rposition(|b| *b == b' ') else {
+    let mut words = text
+        .trim_ascii()
+        .split(|b| *b == b' ')
+        .filter(|w| !w.is_empty());
+    let (Some(_method), Some(_target), Some(version), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
         return false;
     };
-    let version = &text[last_space + 1..];
-    METHODS.contains(&method) && version.len() >= 6 && version[..5].eq_ignore_ascii_case(b"HTTP/")
+    version.len() >= 6
+        && version.get(..5).is_some_and(|v| v == b"HTTP/")
+        && version.get(5).is_some_and(u8::is_ascii_digit)
 }
 
 /// The stand-in for a masked reply: same code, neutral text.

@@ -478,6 +478,10 @@ async fn port_ended_by_a_bare_lf_is_refused() {
 async fn over_long_line_gets_500_and_is_not_forwarded() {
     let mut h = start();
     h.greet().await;
+    h.client_says(b"NOOP\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"200 ok\r\n").await;
+    read_line(&mut h.client).await;
     let mut long = b"SITE ".to_vec();
     long.extend(std::iter::repeat_n(b'a', 2000));
     long.extend(b"\r\nNOOP\r\n");
@@ -590,9 +594,18 @@ async fn pinholes_per_session_are_capped() {
         read_line(&mut h.server).await;
     }
     h.client_says(b"EPRT |1|10.0.0.2|50003|\r\n").await;
+    assert_eq!(h.firewall.live().len(), 2);
+    // The refusal waits for the replies to the two EPRTs before it (a pipelining client
+    // reads every reply in order); the second one's 200 replaces the first's address.
+    assert_silent(&mut h.client).await;
+    h.server_says(b"200 ok\r\n200 ok\r\n").await;
+    assert_eq!(read_line(&mut h.client).await, "200 ok\r\n");
+    assert_eq!(read_line(&mut h.client).await, "200 ok\r\n");
     let line = read_line(&mut h.client).await;
     assert!(line.starts_with("425 "), "{line}");
-    assert_eq!(h.firewall.live().len(), 2);
+    let live = h.firewall.live();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].to, "10.0.0.2:50002".parse().unwrap());
 }
 
 #[tokio::test(start_paused = true)]
@@ -712,6 +725,8 @@ async fn an_allow_list_refuses_everything_else_but_data_commands_still_work() {
     h.greet().await;
     h.client_says(b"USER a\r\nMKD x\r\nPASV\r\n").await;
     assert_eq!(read_line(&mut h.server).await, "USER a\r\n");
+    h.server_says(b"331 password\r\n").await;
+    assert_eq!(read_line(&mut h.client).await, "331 password\r\n");
     assert!(read_line(&mut h.client).await.starts_with("502 MKD"));
     assert_eq!(read_line(&mut h.server).await, "PASV\r\n");
 }
@@ -788,18 +803,23 @@ async fn ipv6_routed_eprt_and_epsv_open_pinholes_and_rewrite_nothing() {
     assert_eq!(read_line(&mut h.server).await, eprt);
     h.server_says(b"200 ok\r\n").await;
     read_line(&mut h.client).await;
+    let live = h.firewall.live();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].to, "[2001:db8:1::2]:50001".parse().unwrap());
+    assert_eq!(live[0].via, None);
     h.client_says(b"EPSV\r\n").await;
     read_line(&mut h.server).await;
     let reply = "229 Entering Extended Passive Mode (|||30001|)\r\n";
     h.server_says(reply.as_bytes()).await;
     assert_eq!(read_line(&mut h.client).await, reply);
-    let live = h.firewall.live();
-    assert_eq!(live.len(), 2);
-    assert_eq!(live[0].to, "[2001:db8:1::2]:50001".parse().unwrap());
-    assert_eq!(live[0].via, None);
+    // The passive address replaces the active one, which no transfer used.
     assert_eq!(
-        live[1],
-        Pinhole::passive(ip("2001:db8:1::2"), ip("2001:db8:2::2"), 30001)
+        h.firewall.live(),
+        [Pinhole::passive(
+            ip("2001:db8:1::2"),
+            ip("2001:db8:2::2"),
+            30001
+        )]
     );
 }
 
@@ -827,6 +847,8 @@ async fn after_epsv_all_other_data_commands_are_refused() {
     h.greet().await;
     h.client_says(b"EPSV ALL\r\n").await;
     assert_eq!(read_line(&mut h.server).await, "EPSV ALL\r\n");
+    h.server_says(b"200 EPSV ALL ok\r\n").await;
+    read_line(&mut h.client).await;
     h.client_says(b"PASV\r\nPORT 10,0,0,2,195,80\r\n").await;
     for _ in 0..2 {
         let line = read_line(&mut h.client).await;
@@ -836,6 +858,18 @@ async fn after_epsv_all_other_data_commands_are_refused() {
         );
     }
     assert!(h.firewall.live().is_empty());
+}
+
+#[tokio::test]
+async fn epsv_all_that_the_server_refuses_leaves_the_other_data_commands_alone() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"EPSV ALL\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"500 Unknown command\r\n").await;
+    read_line(&mut h.client).await;
+    h.client_says(b"PASV\r\n").await;
+    assert_eq!(read_line(&mut h.server).await, "PASV\r\n");
 }
 
 #[tokio::test]
@@ -871,7 +905,9 @@ async fn reverse_mode_publishes_passive_replies_on_the_public_address() {
     h.server_says(b"229 Entering Extended Passive Mode (|||30001|)\r\n")
         .await;
     let line = read_line(&mut h.client).await;
-    let mapped = h.firewall.live()[1].via.expect("DNAT").port();
+    let live = h.firewall.live();
+    assert_eq!(live.len(), 1, "the 227's pinhole is replaced: {live:?}");
+    let mapped = live[0].via.expect("DNAT").port();
     assert_eq!(
         line,
         format!("229 Entering Extended Passive Mode (|||{mapped}|)\r\n")
@@ -1053,6 +1089,8 @@ async fn an_http_request_on_the_control_port_is_closed_and_its_body_never_acted_
 fn ftp_lines_are_not_mistaken_for_http() {
     assert!(looks_like_http(b"GET / HTTP/1.1"));
     assert!(looks_like_http(b"POST /x HTTP/1.0 "));
+    assert!(looks_like_http(b"NOOP / HTTP/1.1"));
+    assert!(looks_like_http(b"QUUX http://x/ HTTP/2"));
     for line in [
         &b"USER anonymous"[..],
         b"USER HTTP/1.1",
@@ -1061,5 +1099,230 @@ fn ftp_lines_are_not_mistaken_for_http() {
         b"PASV",
     ] {
         assert!(!looks_like_http(line), "{}", String::from_utf8_lossy(line));
+    }
+}
+
+mod lifecycle {
+    //! Pinholes end when the server stops serving their address, and the ALG's own replies
+    //! keep their place among the server's.
+
+    use super::*;
+
+    fn v4_routed() -> (Topology, Endpoints) {
+        (
+            Topology::Routed,
+            Endpoints {
+                client: CLIENT.parse().unwrap(),
+                client_facing: SERVER.parse().unwrap(),
+                server: SERVER.parse().unwrap(),
+                upstream_local: CLIENT.parse().unwrap(),
+            },
+        )
+    }
+
+    async fn exchange(h: &mut Harness, command: &[u8], reply: &[u8]) -> String {
+        h.client_says(command).await;
+        read_line(&mut h.server).await;
+        h.server_says(reply).await;
+        read_line(&mut h.client).await
+    }
+
+    #[tokio::test]
+    async fn a_new_passive_address_closes_the_one_a_failed_transfer_left() {
+        let mut h = start();
+        h.greet().await;
+        exchange(&mut h, b"PASV\r\n", b"227 ok (203,0,113,2,117,48)\r\n").await;
+        exchange(&mut h, b"NLST\r\n", b"450 No files found\r\n").await;
+        assert_eq!(h.firewall.live().len(), 1);
+        exchange(&mut h, b"PASV\r\n", b"227 ok (203,0,113,2,117,49)\r\n").await;
+        let live = h.firewall.live();
+        assert_eq!(live.len(), 1, "{live:?}");
+        assert_eq!(live[0].to.port(), 30001);
+        assert_eq!(h.firewall.closed().len(), 1);
+        // Any number of failed transfers never reaches the per-session cap.
+        for _ in 0..10 {
+            exchange(&mut h, b"RETR x\r\n", b"550 No such file\r\n").await;
+            let reply = exchange(&mut h, b"PASV\r\n", b"227 ok (203,0,113,2,117,48)\r\n").await;
+            assert!(reply.starts_with("227 "), "{reply}");
+        }
+        assert_eq!(h.firewall.live().len(), 1);
+        assert_eq!(h.firewall.closed().len(), 11);
+    }
+
+    #[tokio::test]
+    async fn a_port_the_server_refuses_closes_its_pinhole_and_one_it_takes_replaces_the_last() {
+        let mut h = start();
+        h.greet().await;
+        let reply = exchange(&mut h, b"PORT 10,0,0,2,195,80\r\n", b"500 Illegal PORT\r\n").await;
+        assert!(reply.starts_with("500 "), "{reply}");
+        assert!(h.firewall.live().is_empty());
+        assert_eq!(h.ports.leased(), 0);
+        exchange(&mut h, b"PORT 10,0,0,2,195,81\r\n", b"200 ok\r\n").await;
+        exchange(&mut h, b"PORT 10,0,0,2,195,82\r\n", b"200 ok\r\n").await;
+        let live = h.firewall.live();
+        assert_eq!(live.len(), 1, "{live:?}");
+        assert_eq!(live[0].to.port(), 50002);
+        assert_eq!(h.ports.leased(), 1);
+    }
+
+    #[tokio::test]
+    async fn pipelined_transfers_keep_the_pinhole_of_the_next_one() {
+        let mut h = start();
+        h.greet().await;
+        h.client_says(b"PORT 10,0,0,2,195,80\r\nRETR a\r\nPORT 10,0,0,2,195,81\r\nRETR b\r\n")
+            .await;
+        for _ in 0..4 {
+            read_line(&mut h.server).await;
+        }
+        assert_eq!(h.firewall.live().len(), 2);
+        // The first transfer runs and ends before the server reads the second PORT.
+        h.server_says(b"200 ok\r\n150 here\r\n226 done\r\n").await;
+        for _ in 0..3 {
+            read_line(&mut h.client).await;
+        }
+        let live = h.firewall.live();
+        assert_eq!(live.len(), 1, "{live:?}");
+        assert_eq!(live[0].to.port(), 50001);
+        h.server_says(b"200 ok\r\n150 here\r\n226 done\r\n").await;
+        for _ in 0..3 {
+            read_line(&mut h.client).await;
+        }
+        assert!(h.firewall.live().is_empty());
+    }
+
+    #[tokio::test]
+    async fn expired_pinholes_are_closed_through_the_firewall_when_forgotten() {
+        let mut h = start_with(
+            Policy {
+                pinhole_timeout: Duration::from_millis(50),
+                ..policy()
+            },
+            FakeFirewall::default(),
+        );
+        h.greet().await;
+        exchange(&mut h, b"PASV\r\n", b"227 ok (203,0,113,2,117,48)\r\n").await;
+        exchange(&mut h, b"RETR a\r\n", b"150 here\r\n").await;
+        // The transfer's reply never came; the next data command finds the pinhole expired.
+        h.server_says(b"426 broken\r\n").await;
+        read_line(&mut h.client).await;
+        exchange(&mut h, b"RETR b\r\n", b"150 here\r\n").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
+        read_line(&mut h.server).await;
+        let closed = h.firewall.closed();
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        assert_eq!(closed[0].to.port(), 30000);
+    }
+
+    #[tokio::test]
+    async fn the_algs_own_replies_wait_for_the_server_replies_before_them() {
+        let mut h = start();
+        h.greet().await;
+        h.client_says(b"TYPE I\r\nPORT 10,0,0,9,195,80\r\nNOOP\r\n")
+            .await;
+        assert_eq!(read_line(&mut h.server).await, "TYPE I\r\n");
+        assert_eq!(read_line(&mut h.server).await, "NOOP\r\n");
+        assert_silent(&mut h.client).await;
+        h.server_says(b"200 Switching to Binary mode.\r\n").await;
+        assert_eq!(
+            read_line(&mut h.client).await,
+            "200 Switching to Binary mode.\r\n"
+        );
+        let refusal = read_line(&mut h.client).await;
+        assert!(refusal.starts_with("501 "), "{refusal}");
+        h.server_says(b"200 NOOP ok.\r\n").await;
+        assert_eq!(read_line(&mut h.client).await, "200 NOOP ok.\r\n");
+    }
+
+    #[tokio::test]
+    async fn an_over_long_reply_line_is_cut_and_the_replies_stay_matched() {
+        let mut h = start();
+        h.greet().await;
+        h.client_says(b"PWD\r\n").await;
+        read_line(&mut h.server).await;
+        let mut long = b"257 \"/".to_vec();
+        long.extend(std::iter::repeat_n(b'd', 3000));
+        long.extend(b"\" is the current directory\r\n");
+        h.server_says(&long).await;
+        let cut = read_line(&mut h.client).await;
+        assert_eq!(cut.len(), 512);
+        assert!(
+            cut.starts_with("257 \"/ddd") && cut.ends_with("ddd\r\n"),
+            "{cut}"
+        );
+        // The same inside a multi-line reply: its end is still found.
+        h.client_says(b"STAT\r\n").await;
+        read_line(&mut h.server).await;
+        let mut multi = b"211-status\r\n ".to_vec();
+        multi.extend(std::iter::repeat_n(b'x', 3000));
+        multi.extend(b"\r\n211 End\r\n");
+        h.server_says(&multi).await;
+        for _ in 0..3 {
+            read_line(&mut h.client).await;
+        }
+        let reply = exchange(&mut h, b"PASV\r\n", b"227 ok (203,0,113,2,117,48)\r\n").await;
+        // Taken as the PASV's answer (an unsolicited 227 would open nothing).
+        assert!(reply.starts_with("227 "), "{reply}");
+        assert_eq!(h.firewall.live().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_deny_list_also_refuses_data_commands() {
+        let mut h = start_with(
+            Policy {
+                deny: vec![b"PORT".to_vec(), b"EPRT".to_vec()],
+                allow: vec![b"USER".to_vec()],
+                ..policy()
+            },
+            FakeFirewall::default(),
+        );
+        h.greet().await;
+        h.client_says(b"PORT 10,0,0,2,195,80\r\neprt |1|10.0.0.2|50001|\r\n")
+            .await;
+        assert!(read_line(&mut h.client).await.starts_with("502 PORT"));
+        assert!(read_line(&mut h.client).await.starts_with("502 EPRT"));
+        // The allow list does not refuse the data commands it does not name.
+        h.client_says(b"PASV\r\n").await;
+        assert_eq!(read_line(&mut h.server).await, "PASV\r\n");
+        assert!(h.firewall.live().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_routed_port_is_forwarded_as_checked() {
+        let (topology, ends) = v4_routed();
+        let mut h = start_topology(topology, ends, policy(), FakeFirewall::default());
+        h.greet().await;
+        h.client_says(b"PORT 010,0,0,002,195,080\r\nEPRT |1|10.0.0.2|50001|\r\n")
+            .await;
+        assert_eq!(read_line(&mut h.server).await, "PORT 10,0,0,2,195,80\r\n");
+        assert_eq!(
+            read_line(&mut h.server).await,
+            "EPRT |1|10.0.0.2|50001|\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_that_opens_like_http_is_closed() {
+        for first in [
+            b"NOOP / HTTP/1.1\r\n".to_vec(),
+            [
+                b"GET /".to_vec(),
+                vec![b'a'; 3000],
+                b" HTTP/1.1\r\n".to_vec(),
+            ]
+            .concat(),
+        ] {
+            let mut h = start();
+            h.greet().await;
+            h.client_says(&first).await;
+            h.client_says(b"Host: x\r\n\r\nPORT 10,0,0,2,195,80\r\n")
+                .await;
+            let reply = read_line(&mut h.client).await;
+            assert!(reply.starts_with("421 "), "{reply}");
+            assert!(h.firewall.live().is_empty());
+            let mut forwarded = Vec::new();
+            h.server.read_to_end(&mut forwarded).await.unwrap();
+            assert!(forwarded.is_empty(), "{forwarded:?}");
+        }
     }
 }
