@@ -395,7 +395,10 @@ fn with_policy_rewrite_a_hostile_227_is_rewritten_to_the_server_and_only_the_ser
         })
         .collect();
     let mut ctl = login(&lab);
-    for &(ip, port) in &cases {
+    // Each 227 is rewritten and its pinhole names the client and the server, nothing else.
+    // A new 227 replaces the address before it (RFC 959), so each case has its own session.
+    let mut sessions = Vec::new();
+    for (n, &(ip, port)) in cases.iter().enumerate() {
         next.push(pasv_reply(ip, port));
         let reply = ctl.cmd("PASV").expect("PASV");
         assert_eq!(reply.code, 227, "{}", context(&alg, &ctl));
@@ -405,21 +408,18 @@ fn with_policy_rewrite_a_hostile_227_is_rewritten_to_the_server_and_only_the_ser
             "the 227 naming {ip} must be rewritten to the server: {}",
             reply.text
         );
+        let so_far: Vec<String> = cases[..=n]
+            .iter()
+            .map(|&(_, p)| passive_element(p))
+            .collect();
+        assert_eq!(set(&lab, "set", "passive_pin"), so_far);
+        assert_eq!(pinholes(&lab).len(), n + 1, "{:#?}", pinholes(&lab));
+        // Keep one pinhole per case open, each in a session of its own, for the path checks.
+        if sessions.len() + 1 < cases.len() {
+            sessions.push(std::mem::replace(&mut ctl, login(&lab)));
+        }
     }
-    // Low ports stay refused under rewrite.
-    for (verb, answer) in [
-        ("PASV", pasv_reply(THIRD_HOST_IP, 80)),
-        ("PASV", pasv_reply(SERVER_IP, 22)),
-        (
-            "EPSV",
-            b"229 Entering Extended Passive Mode (|||1023|)\r\n".to_vec(),
-        ),
-    ] {
-        next.push(answer);
-        let reply = ctl.cmd(verb).expect(verb);
-        assert_eq!(reply.code, 425, "{}", context(&alg, &ctl));
-    }
-    // Every pinhole names the client and the server; nothing else is in any set or map.
+    sessions.push(ctl);
     let expected: Vec<String> = cases.iter().map(|&(_, p)| passive_element(p)).collect();
     assert_eq!(set(&lab, "set", "passive_pin"), expected);
     assert_eq!(pinholes(&lab).len(), cases.len(), "{:#?}", pinholes(&lab));
@@ -472,6 +472,21 @@ fn with_policy_rewrite_a_hostile_227_is_rewritten_to_the_server_and_only_the_ser
         assert_eq!(peer.ip(), IpAddr::V4(GATEWAY_WAN_IP), "masqueraded client");
     }
     assert_eq!(admitted(&lab), (cases.len() as u64, 0));
+    assert!(pinholes(&lab).is_empty(), "{:#?}", pinholes(&lab));
+    // Low ports stay refused under rewrite.
+    let ctl = sessions.last_mut().expect("a session");
+    for (verb, answer) in [
+        ("PASV", pasv_reply(THIRD_HOST_IP, 80)),
+        ("PASV", pasv_reply(SERVER_IP, 22)),
+        (
+            "EPSV",
+            b"229 Entering Extended Passive Mode (|||1023|)\r\n".to_vec(),
+        ),
+    ] {
+        next.push(answer);
+        let reply = ctl.cmd(verb).expect(verb);
+        assert_eq!(reply.code, 425, "{}", context(&alg, ctl));
+    }
     assert!(pinholes(&lab).is_empty(), "{:#?}", pinholes(&lab));
 }
 
@@ -649,6 +664,8 @@ fn a_port_split_across_segments_at_every_byte_boundary_is_acted_on_exactly_once(
     let reply = ctl.read_reply(REPLY_TIMEOUT).expect("reply");
     assert_eq!(reply.code, 200, "{}", context(&alg, &ctl));
     expected.push(active_element(200 * 256 + 10));
+    // One pinhole per command, none for a fragment; each PORT replaces the one before.
+    assert_eq!(set(&lab, "set", "active_pin"), expected);
 
     // Each boundary on its own: the command in two segments split at k.
     for k in 1..line.len() {
@@ -658,15 +675,14 @@ fn a_port_split_across_segments_at_every_byte_boundary_is_acted_on_exactly_once(
             .expect("sending");
         let reply = ctl.read_reply(REPLY_TIMEOUT).expect("reply");
         assert_eq!(reply.code, 200, "split at {k}: {}", context(&alg, &ctl));
-        expected.push(active_element(200 * 256 + p2));
+        let expected = [active_element(200 * 256 + p2)];
+        assert_eq!(
+            set(&lab, "set", "active_pin"),
+            expected,
+            "split at {k}: one pinhole per command, none for a fragment\n{}",
+            alg.output()
+        );
     }
-    expected.sort();
-    assert_eq!(
-        set(&lab, "set", "active_pin"),
-        expected,
-        "one pinhole per command, none for a fragment\n{}",
-        alg.output()
-    );
     let forwarded = data_commands_received(&server);
     assert_eq!(forwarded.len(), line.len(), "{forwarded:?}");
     let mut ports: Vec<u16> = forwarded
@@ -718,13 +734,14 @@ fn pipelined_commands_are_each_acted_on_once_and_replies_pair_with_their_command
         "{received:?}"
     );
     assert_eq!(received[4], "NOOP");
-    assert_eq!(
-        set(&lab, "set", "active_pin"),
-        vec![active_element(51201), active_element(51202)]
-    );
-    assert_eq!(
-        set(&lab, "set", "passive_pin"),
-        vec![passive_element(PASV_PORT)]
+    // Each data address replaced the one before it, in the server's order: the EPRT's is
+    // left (the PORT's and the PASV's were each opened, then replaced).
+    assert_eq!(set(&lab, "set", "active_pin"), vec![active_element(51202)]);
+    assert!(set(&lab, "set", "passive_pin").is_empty());
+    let log = alg.output();
+    assert!(
+        log.contains("=> 10.0.0.2:51201") && log.contains(&format!(":{PASV_PORT}")),
+        "the PORT's and the PASV's pinholes were opened: {log}"
     );
 
     // Pipelined NOOP and PASV, the NOOP answered by a 227: only the PASV's own answer
@@ -743,10 +760,11 @@ fn pipelined_commands_are_each_acted_on_once_and_replies_pair_with_their_command
     );
     assert_eq!(
         set(&lab, "set", "passive_pin"),
-        vec![passive_element(PASV_PORT), passive_element(30602)],
+        vec![passive_element(30602)],
         "{}",
         alg.output()
     );
+    assert!(set(&lab, "set", "active_pin").is_empty());
     let log = log_when(&alg, |log| log.contains("unsolicited 227/229"));
     assert!(log.contains("unsolicited 227/229"), "{log}");
 }
@@ -853,17 +871,18 @@ fn telnet_iac_sequences_cannot_smuggle_a_port() {
         .raw_cmd(b"\xff\xf4\xff\xf2PORT 10,0,0,2,200,1\r\n")
         .expect("reply");
     assert_eq!(reply.code, 200, "{}", context(&alg, &ctl));
-    // An IAC inside a 227's address is refused.
-    next.push(b"227 Entering Passive Mode (203,0,113,2,\xff\xf1119,36)\r\n".to_vec());
-    assert_eq!(ctl.cmd("PASV").expect("PASV").code, 425);
-
     assert_eq!(
         set(&lab, "set", "active_pin"),
         vec![active_element(51201)],
         "only the Synch-prefixed PORT is a PORT\n{}",
         alg.output()
     );
+    // An IAC inside a 227's address is refused (and the server's new passive address
+    // replaced the PORT's).
+    next.push(b"227 Entering Passive Mode (203,0,113,2,\xff\xf1119,36)\r\n".to_vec());
+    assert_eq!(ctl.cmd("PASV").expect("PASV").code, 425);
     assert!(set(&lab, "set", "passive_pin").is_empty());
+    assert!(set(&lab, "set", "active_pin").is_empty());
     let received = received_lines(&server);
     for line in forwarded {
         assert!(received.iter().any(|r| r == line), "{line:?} not forwarded");
@@ -1161,12 +1180,14 @@ fn a_pending_pinhole_goes_with_its_session_and_expires_on_its_own() {
 
     // A session that ends takes its pending pinholes (passive, and active with its DNAT
     // mapping) along, long before they would expire.
-    let mut ctl = login(&lab);
-    assert_eq!(ctl.cmd("PASV").expect("PASV").code, 227);
-    assert_eq!(ctl.cmd("PORT 10,0,0,2,200,1").expect("PORT").code, 200);
+    // (One each in two sessions: a new data address replaces the one before.)
+    let mut passive = login(&lab);
+    assert_eq!(passive.cmd("PASV").expect("PASV").code, 227);
+    let mut active = login(&lab);
+    assert_eq!(active.cmd("PORT 10,0,0,2,200,1").expect("PORT").code, 200);
     assert_eq!(pinholes(&lab).len(), 4, "{:#?}", pinholes(&lab));
     let ended = Instant::now();
-    drop(ctl);
+    drop((passive, active));
     common::assert_pinholes_drained(&lab, &alg);
     assert!(
         ended.elapsed() < Duration::from_millis(1500),
@@ -1205,26 +1226,26 @@ fn an_exhausted_active_port_pool_gets_425_and_is_given_back_when_the_hog_leaves(
         .ip(&["addr", "add", "10.0.0.3/24", "dev", "eth0"])
         .expect("second client address");
     let _server = scripted(&lab, |_| None);
-    // Ten gateway ports for active mode; one client may hold 2 sessions x 8 pending.
+    // Two gateway ports for active mode, each held by a session of one client (a new PORT
+    // replaces a session's last one, so a session holds one pending lease at a time).
     // No quarantine: this test is about the pool itself (the quarantine has its own test).
     let alg = start_alg_tuned(
         &lab.gateway,
-        |o| o.active_ports = (40000, 40009),
+        |o| o.active_ports = (40000, 40001),
         &["--active-port-quarantine", "0"],
     );
     let mut hogs = [login(&lab), login(&lab)];
-    let mut granted = 0;
     for (n, hog) in hogs.iter_mut().enumerate() {
         for k in 0..5u16 {
             let reply = hog
                 .cmd(&port_command(CLIENT_IP, 52000 + 10 * n as u16 + k))
                 .expect("PORT");
             assert_eq!(reply.code, 200, "{}", reply.text);
-            granted += 1;
         }
     }
-    assert_eq!(granted, 10);
-    assert_eq!(set(&lab, "set", "dnat_once").len(), 10);
+    // (A gateway port leased again within seconds goes to the sets' hot twins.)
+    let leased = set(&lab, "set", "dnat_once").len() + set(&lab, "set", "dnat_once_hot").len();
+    assert_eq!(leased, 2, "{}", alg.output());
     // Another client now gets a clear 425 for active mode (passive still works).
     let mut other = Control::login(&lab.client, control_addr(), "other", "secret").expect("login");
     let mut other_from_3 = {
@@ -1689,22 +1710,26 @@ fn max_pinholes_per_session_is_enforced_with_425() {
     let (_server, next) = scripted_with_queue(&lab, &["PASV"]);
     let alg = start_alg(&lab.gateway, &["--max-pinholes", "2"]);
     let mut ctl = login(&lab);
-    for port in [30501u16, 30502] {
-        next.push(pasv_reply(SERVER_IP, port));
-        assert_eq!(ctl.cmd("PASV").expect("PASV").code, 227, "{}", alg.output());
-    }
-    next.push(pasv_reply(SERVER_IP, 30503));
-    let reply = ctl.cmd("PASV").expect("PASV");
-    assert_eq!(reply.code, 425, "{}", reply.text);
-    assert!(reply.text.contains("2 already pending"), "{}", reply.text);
-    let reply = ctl.cmd("PORT 10,0,0,2,200,1").expect("PORT");
-    assert_eq!(reply.code, 425, "{}", reply.text);
-    assert_eq!(
-        set(&lab, "set", "passive_pin"),
-        vec![passive_element(30501), passive_element(30502)]
+    // A new data address replaces the one before, so pinholes pile up only while the server
+    // has yet to answer: data commands pipelined in one segment.
+    ctl.send(
+        b"PORT 10,0,0,2,200,1\r\nEPRT |1|10.0.0.2|51202|\r\nPORT 10,0,0,2,200,3\r\nEPRT |1|10.0.0.2|51204|\r\n",
+    )
+    .expect("pipelined");
+    let replies: Vec<_> = (0..4)
+        .map(|_| ctl.read_reply(REPLY_TIMEOUT).expect("reply"))
+        .collect();
+    let codes: Vec<u16> = replies.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [200, 200, 425, 425], "{}", context(&alg, &ctl));
+    assert!(
+        replies[2].text.contains("2 already pending"),
+        "{}",
+        replies[2].text
     );
-    assert!(set(&lab, "set", "active_pin").is_empty());
+    assert_eq!(set(&lab, "set", "active_pin"), vec![active_element(51202)]);
+    assert!(set(&lab, "set", "passive_pin").is_empty());
     assert_eq!(refusals_logged(&alg, "already pending", 2), 2);
+    drop(next);
 }
 
 #[test]

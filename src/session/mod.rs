@@ -497,10 +497,16 @@ impl<F: Firewall> Session<F> {
             Command::Pasv if !self.ends.client.is_ipv4() => {
                 Verdict::Answer(Refusal::Ipv4Only { verb: "PASV" })
             }
-            Command::Pasv => Verdict::Forward(line.raw().to_vec(), Pending::Pasv),
+            Command::Pasv => {
+                self.release_superseded().await;
+                Verdict::Forward(line.raw().to_vec(), Pending::Pasv)
+            }
             // RFC 2428: once the server accepts it, only EPSV; we refuse the others ourselves.
             Command::Epsv(EpsvArg::All) => Verdict::Forward(line.raw().to_vec(), Pending::EpsvAll),
-            Command::Epsv(_) => Verdict::Forward(line.raw().to_vec(), Pending::Epsv),
+            Command::Epsv(_) => {
+                self.release_superseded().await;
+                Verdict::Forward(line.raw().to_vec(), Pending::Epsv)
+            }
             Command::Lprt | Command::Lpsv => Verdict::Answer(Refusal::LongAddress { verb }),
             Command::Auth(_) => match self.policy.tls {
                 TlsPolicy::Refuse => Verdict::Answer(Refusal::Tls),
@@ -553,6 +559,7 @@ impl<F: Firewall> Session<F> {
                 port: announced.port(),
             });
         }
+        self.release_superseded().await;
         if let Some(refusal) = self.make_room().await {
             return Verdict::Answer(refusal);
         }
@@ -648,6 +655,8 @@ impl<F: Firewall> Session<F> {
                     } else {
                         None
                     };
+                    // Before the reply goes out: the client's next command may rely on it.
+                    self.on_answered(answered, code).await;
                     match self.masking {
                         None => client_w.write_all(line.raw()).await?,
                         Some(mask) if completes => {
@@ -661,7 +670,6 @@ impl<F: Firewall> Session<F> {
                     if answered == Some(Pending::Auth) && code == Some(234) {
                         return Ok(true);
                     }
-                    self.on_answered(answered, code).await;
                 }
                 ReplyEvent::Complete(reply) => {
                     let expected = self.track_reply(reply.code());
@@ -877,6 +885,18 @@ impl<F: Firewall> Session<F> {
         (self.pinholes.len() >= self.policy.max_pinholes).then_some(Refusal::TooManyPinholes {
             max: self.policy.max_pinholes,
         })
+    }
+
+    /// A new PORT/EPRT/PASV/EPSV with nothing else in flight: the server will replace its
+    /// data address before it reads anything else, so the pinholes it confirmed that no
+    /// transfer used end now (their port leases too, before this command needs one). With
+    /// commands in flight (a transfer command pipelined ahead) they wait for the server's
+    /// answer (see [`Session::on_answered`]).
+    async fn release_superseded(&mut self) {
+        if self.in_flight.is_empty() {
+            self.release_where(|held| !held.used && held.confirmed)
+                .await;
+        }
     }
 
     /// Closes the held pinholes `gone` picks.
