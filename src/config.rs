@@ -562,6 +562,28 @@ impl Config {
                 "must be an IPv6 address with the same port as `listen`, e.g. \"[::]:2121\" (the redirect names one port)",
             ));
         }
+        // An IPv4-mapped IPv6 address carries IPv4 traffic, but its pinholes would go into the
+        // IPv6 sets, where no IPv4 data connection ever matches: transfers would fail quietly.
+        let mapped = |ip: IpAddr| matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+        let addresses = self
+            .wan_address
+            .map(|ip| ("wan_address", ip))
+            .into_iter()
+            .chain(self.listen6.map(|a| ("listen6", a.ip())))
+            .chain(self.reverse.iter().flat_map(|published| {
+                [
+                    ("reverse.listen", published.listen.ip()),
+                    ("reverse.backend", published.backend.ip()),
+                ]
+            }));
+        for (key, ip) in addresses {
+            if mapped(ip) {
+                return Err(invalid(
+                    key,
+                    format!("{ip} is an IPv4-mapped IPv6 address; write the IPv4 address itself"),
+                ));
+            }
+        }
         for (i, published) in self.reverse.iter().enumerate() {
             if published.listen.is_ipv4() != published.backend.is_ipv4() {
                 return Err(invalid(
@@ -607,6 +629,20 @@ impl Config {
             ));
         }
         let active_ports = parse_port_range(&self.active.port_range)?;
+        // The gateway's own listeners must not be handed out as data ports.
+        let own = std::iter::once(self.listen.port())
+            .chain(self.reverse.iter().map(|published| published.listen.port()));
+        for port in own {
+            if active_ports.contains(&port) {
+                return Err(invalid(
+                    "active.port_range",
+                    format!(
+                        "includes {port}, a port ftp-alg listens on; pick a range clear of \
+                         `listen` and the reverse listeners (default 40000-49999)"
+                    ),
+                ));
+            }
+        }
         if self.pinhole.timeout_secs == 0 || self.pinhole.timeout_secs > 3600 {
             return Err(invalid("pinhole.timeout_secs", "must be 1..=3600 seconds"));
         }
@@ -845,6 +881,17 @@ mod tests {
             assert!(err.contains("limits.connect_timeout_secs"), "{err}");
         }
         assert!(valid(&|c| c.limits.idle_timeout_secs = MAX_TIMEOUT_SECS).is_ok());
+        let err =
+            valid(&|c| c.wan_address = Some("::ffff:192.0.2.1".parse().unwrap())).unwrap_err();
+        assert!(
+            err.contains("wan_address") && err.contains("IPv4-mapped"),
+            "{err}"
+        );
+        let err = valid(&|c| c.active.port_range = "2000-3000".into()).unwrap_err();
+        assert!(
+            err.contains("active.port_range") && err.contains("2121"),
+            "{err}"
+        );
         assert!(valid(&|c| c.nftables.gc_interval_ms = 1000).is_ok());
         for bad in [0, 9, 60_001] {
             let err = valid(&|c| c.nftables.gc_interval_ms = bad).unwrap_err();

@@ -254,6 +254,29 @@ fn status_metrics_reload_and_drain_work_on_a_live_daemon() {
         "exited before the session ended"
     );
     assert!(alg.output().contains("no longer accepting"));
+    // A new connection meanwhile gets a clear 421, not a reset.
+    let refused = lab
+        .client
+        .run_in(|| -> Result<String, String> {
+            use std::io::BufRead;
+            let stream =
+                std::net::TcpStream::connect_timeout(&server_addr().into(), Duration::from_secs(5))
+                    .map_err(|e| e.to_string())?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            std::io::BufReader::new(stream)
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?;
+            Ok(line)
+        })
+        .expect("client thread")
+        .unwrap_or_else(|e| panic!("during the drain: {e}\n{}", alg.output()));
+    assert!(
+        refused.starts_with("421 ") && refused.contains("restarting"),
+        "{refused}"
+    );
     to_client.send("quit").unwrap();
     client
         .join()

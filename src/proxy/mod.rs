@@ -144,15 +144,22 @@ pub async fn serve<F: Firewall>(
             shutdown.clone(),
         ));
     }
-    while loops.join_next().await.is_some() {}
+    let mut stopping = shutdown.clone();
+    while !*stopping.borrow_and_update() {
+        if stopping.changed().await.is_err() {
+            break;
+        }
+    }
     let max = u32::try_from(shared.settings.max_sessions).unwrap_or(u32::MAX);
     let running = max as usize - shared.slots.available_permits().min(max as usize);
     info!(
         sessions = running,
         "no longer accepting; waiting for sessions to end"
     );
-    // Every session holds a permit: all permits back means all sessions ended.
+    // Every session holds a permit: all permits back means all sessions ended. Until then
+    // the listeners answer new connections with a 421 (dropping `loops` closes them).
     let _ = shared.slots.acquire_many(max).await;
+    drop(loops);
 }
 
 async fn accept_loop<F: Firewall>(
@@ -164,7 +171,7 @@ async fn accept_loop<F: Firewall>(
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         };
         let (client, peer) = match accepted {
             Ok(pair) => pair,
@@ -234,6 +241,25 @@ async fn accept_loop<F: Firewall>(
             }
             .instrument(span),
         );
+    }
+    draining(&listener).await;
+}
+
+/// While running sessions drain: a new connection gets `421` at once instead of a reset
+/// (the intercept rule still points here until the table goes).
+async fn draining(listener: &TcpListener) {
+    let reply = ftp::render_reply(
+        421,
+        "The FTP gateway is restarting; try again in a few seconds",
+    );
+    loop {
+        match listener.accept().await {
+            // A fresh socket's send buffer is empty: the line always fits, nothing waits.
+            Ok((client, _)) => {
+                let _ = client.try_write(&reply);
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }
 

@@ -104,6 +104,9 @@ enum Mask {
     Syst,
 }
 
+/// How long a parting `421` may wait for a peer that does not read.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Most commands a client may have in flight (pipelined) before we stop reading it.
 const MAX_IN_FLIGHT: usize = 64;
 
@@ -324,7 +327,7 @@ impl<F: Firewall> Session<F> {
                         entry.from_client(n);
                     }
                     self.client_lines.push(&client_buf[..n]);
-                    self.drain_client(client_w, server_w).await
+                    bounded(idle, self.drain_client(client_w, server_w)).await
                 }
                 Step::Server(Ok(0)) => {
                     let _ = client_w.shutdown().await;
@@ -335,7 +338,7 @@ impl<F: Firewall> Session<F> {
                         entry.from_server(n);
                     }
                     self.server_lines.push(&server_buf[..n]);
-                    match self.drain_server(client_w).await {
+                    match bounded(idle, self.drain_server(client_w)).await {
                         Ok(true) => return Stop::Passthrough,
                         Ok(false) => Ok(()),
                         Err(e) => Err(e),
@@ -353,19 +356,19 @@ impl<F: Firewall> Session<F> {
                         continue;
                     }
                     info!(timeout_s = idle.as_secs(), "idle timeout; closing session");
-                    let _ = client_w
-                        .write_all(&ftp::render_reply(
-                            421,
-                            "Idle timeout: closing control connection",
-                        ))
-                        .await;
+                    let reply = ftp::render_reply(421, "Idle timeout: closing control connection");
+                    let _ = bounded(GOODBYE_TIMEOUT, client_w.write_all(&reply)).await;
                     return Stop::Ended(Ending::IdleTimeout);
                 }
             };
             // Whatever the lines handled, no boost outlives them.
             self.boost = None;
             if let Err(e) = result {
-                debug!(error = %e, "control connection write failed");
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    info!(error = %e, "peer stopped reading");
+                } else {
+                    debug!(error = %e, "control connection write failed");
+                }
                 return Stop::Ended(if client_open {
                     Ending::IoError
                 } else {
@@ -982,6 +985,24 @@ impl<F: Firewall> Session<F> {
             self.release(held).await;
         }
     }
+}
+
+/// Runs a step that writes to a peer, for at most `limit`: a peer that stops reading (a full
+/// receive window, answered zero-window probes) would otherwise hold its session, and the
+/// session's slots, past every timeout.
+async fn bounded<T>(
+    limit: Duration,
+    step: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, step).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "a peer read nothing for {} s; closing the session",
+                limit.as_secs()
+            ),
+        ))
+    })
 }
 
 /// Whether a line is an HTTP request line: `METHOD target HTTP/n…`, whatever the method

@@ -1326,3 +1326,38 @@ mod lifecycle {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_loses_its_session_after_the_idle_timeout() {
+    let mut h = start_with(
+        Policy {
+            idle_timeout: Duration::from_secs(5),
+            ..policy()
+        },
+        FakeFirewall::default(),
+    );
+    h.greet().await;
+    // The server streams a long reply; the client reads none of it, so the session's writes
+    // to the client fill its buffer and block.
+    let mut server = h.server;
+    let flood = tokio::spawn(async move {
+        let _ = server.write_all(b"211-status\r\n").await;
+        for _ in 0..100_000 {
+            if server
+                .write_all(b" xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n")
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        server
+    });
+    let ending = tokio::time::timeout(Duration::from_secs(60), h.session)
+        .await
+        .expect("the session outlived a client that reads nothing")
+        .unwrap();
+    assert_eq!(ending, Ending::IoError);
+    drop(h.client);
+    flood.abort();
+}
