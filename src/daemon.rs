@@ -213,7 +213,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     ) {
         Ok(shards) => shards,
         Err(e) => {
-            firewall.retire();
+            firewall.retire().await;
             let _ = table.remove();
             if let Some(routing) = routing {
                 routing.remove();
@@ -329,7 +329,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     background.abort_all();
     // Sessions still running after the grace period end with their threads.
     drop(shards);
-    firewall.retire();
+    firewall.retire().await;
     if let Some(routing) = routing {
         routing.remove();
     }

@@ -45,9 +45,15 @@ impl<F: Firewall> Healing<F> {
         &self.inner
     }
 
-    /// From now on the table is being removed on purpose: never reinstall it again.
-    pub fn retire(&self) {
+    /// From now on the table is being removed on purpose: never reinstall it again. Returns
+    /// once no reinstall is running (up to 10 s), so that none can put the table (and its
+    /// redirect to a listener about to close) back after the daemon removed it.
+    pub async fn retire(&self) {
         self.retired.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.reinstalling.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Reinstalls the table unless a reinstall is already running or we are shutting down.
@@ -83,9 +89,15 @@ impl<F: Firewall> Healing<F> {
         loop {
             ticks.tick().await;
             let table = self.table.table.clone();
+            let before = self.reinstalls();
+            let busy = self.reinstalling.load(Ordering::Acquire);
             let exists =
                 tokio::task::spawn_blocking(move || super::netlink::table_exists(&table)).await;
-            if matches!(exists, Ok(Ok(false))) {
+            // A "missing" answer is stale when a reinstall ran meanwhile; installing again
+            // over the live table would drop every pinhole added since, whose PORT or 227 is
+            // already out.
+            let stale = busy || self.reinstalls() != before;
+            if matches!(exists, Ok(Ok(false))) && !stale {
                 self.reinstall();
             }
         }

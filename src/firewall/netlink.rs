@@ -1454,7 +1454,7 @@ impl Backend {
     fn sweep(&mut self, now: Instant) {
         for flow in self.flows.take_due(now, SWEEP_PER_CALL) {
             let (src, dst) = flow;
-            let state = if self.flows.finished_at_start(flow) {
+            let state = if self.flows.finished_at_start(flow, now) {
                 // Found finished at start, untouched since: only a new SYN could revive it,
                 // and none can come before its port is leased (which asks again).
                 Ok(FlowState::Tcp(TCP_CONNTRACK_TIME_WAIT))

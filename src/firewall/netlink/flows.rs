@@ -37,7 +37,7 @@
 //! Between the sweep and the next open no pinhole admits that tuple (the allocator leases a
 //! port to one holder per server), so no DNATed entry can reappear on it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -54,6 +54,11 @@ pub(super) const SWEEP_RETRY: Duration = Duration::from_secs(5);
 /// Flows swept per close at most (each is one conntrack round trip). In a steady state each
 /// close makes one flow due, so two keep up; a burst falls back to inline checks.
 pub(super) const SWEEP_PER_CALL: usize = 2;
+
+/// How long the start dump's "finished" stands for a flow: conntrack's TIME_WAIT lifetime.
+/// Later the entry has expired, and its tuple may belong to a new connection (a server:20 to
+/// a host the gateway only routes), which must be asked about, not deleted blind.
+pub(super) const FINISHED_HINT: Duration = Duration::from_secs(120);
 
 /// Flows tracked at most; past it, `Clean` ones are forgotten (their next opens delete
 /// inline) and new closes are not tracked until there is room.
@@ -86,8 +91,9 @@ struct Table {
     /// clean. Lost for good when a flow that is not clean could not be tracked.
     exhaustive: bool,
     /// Flows the dump at start found finished (TIME_WAIT, CLOSE) and that nothing has
-    /// touched since: their sweep needs no lookup, only the delete.
-    finished_at_start: HashSet<Flow>,
+    /// touched since, with the dump's time: their sweep needs no lookup, only the delete,
+    /// within [`FINISHED_HINT`] of the dump.
+    finished_at_start: HashMap<Flow, Instant>,
 }
 
 impl Table {
@@ -154,17 +160,21 @@ impl StaleFlows {
                 entry.insert(State::Due(now));
                 queue.push_front((now, flow));
                 if finished {
-                    finished_at_start.insert(flow);
+                    finished_at_start.insert(flow, now);
                 }
             }
         }
         table.exhaustive = true;
     }
 
-    /// Whether the dump at start found `flow` finished and nothing has touched it since (a
-    /// sweep can delete it without asking). Asked once.
-    pub(super) fn finished_at_start(&self, flow: Flow) -> bool {
-        self.lock().finished_at_start.remove(&flow)
+    /// Whether the dump at start found `flow` finished, nothing has touched it since, and
+    /// that is less than [`FINISHED_HINT`] ago at `now` (a sweep can delete it without
+    /// asking). Asked once.
+    pub(super) fn finished_at_start(&self, flow: Flow, now: Instant) -> bool {
+        self.lock()
+            .finished_at_start
+            .remove(&flow)
+            .is_some_and(|at| now.saturating_duration_since(at) < FINISHED_HINT)
     }
 
     /// Whether `flow` can be tracked: there is room, once `Clean` flows are forgotten. A
@@ -529,9 +539,13 @@ mod tests {
         due.sort_unstable();
         assert_eq!(due, vec![flow(40001), flow(40003)]);
         // What the dump said finished needs no second look, once.
-        assert!(flows.finished_at_start(flow(40001)));
-        assert!(!flows.finished_at_start(flow(40001)));
-        assert!(!flows.finished_at_start(flow(40003)));
+        assert!(flows.finished_at_start(flow(40001), t0));
+        assert!(!flows.finished_at_start(flow(40001), t0));
+        assert!(!flows.finished_at_start(flow(40003), t0));
+        // ... and only while it may still be that flow.
+        let later = StaleFlows::default();
+        later.known_at_start(&[(flow(40005), true)], t0);
+        assert!(!later.finished_at_start(flow(40005), t0 + FINISHED_HINT));
         flows.swept(flow(40001), true);
         flows.swept(flow(40003), false);
         assert_eq!(flows.claim(flow(40001), NO_WAIT), Claim::AlreadySwept);
