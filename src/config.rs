@@ -390,6 +390,9 @@ pub struct Limits {
     pub max_sessions_per_client: usize,
     /// New sessions per second one client address may open (burst of the same size).
     pub new_sessions_per_second_per_client: u32,
+    /// For the per-client limits, IPv6 clients count per prefix of this length: one host
+    /// can take any address of its /64.
+    pub client_prefix_v6: u8,
     /// Longest accepted control line in bytes, terminator included.
     pub max_line: usize,
     /// Seconds a control connection may sit idle (never while a data channel is alive).
@@ -488,6 +491,7 @@ impl Default for Limits {
             max_sessions: 4096,
             max_sessions_per_client: 64,
             new_sessions_per_second_per_client: 20,
+            client_prefix_v6: 64,
             max_line: 2048,
             idle_timeout_secs: 900,
             connect_timeout_secs: 10,
@@ -681,6 +685,13 @@ impl Config {
             return Err(invalid(
                 "limits.max_line",
                 "must be 64..=65536 bytes (RFC 959 lines are short; 2048 is plenty)",
+            ));
+        }
+        if !(32..=128).contains(&self.limits.client_prefix_v6) {
+            return Err(invalid(
+                "limits.client_prefix_v6",
+                "must be 32..=128: the IPv6 prefix one client counts as (64: a host can use \
+                 any address of its /64; 128: per address)",
             ));
         }
         if !(1..=MAX_TIMEOUT_SECS).contains(&self.limits.idle_timeout_secs) {
@@ -881,6 +892,10 @@ mod tests {
             assert!(err.contains("limits.connect_timeout_secs"), "{err}");
         }
         assert!(valid(&|c| c.limits.idle_timeout_secs = MAX_TIMEOUT_SECS).is_ok());
+        for bad in [0, 31, 129] {
+            let err = valid(&|c| c.limits.client_prefix_v6 = bad).unwrap_err();
+            assert!(err.contains("limits.client_prefix_v6"), "{err}");
+        }
         let err =
             valid(&|c| c.wan_address = Some("::ffff:192.0.2.1".parse().unwrap())).unwrap_err();
         assert!(

@@ -227,6 +227,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         max_sessions,
         max_sessions_per_client: c.limits.max_sessions_per_client,
         new_sessions_per_second_per_client: c.limits.new_sessions_per_second_per_client,
+        client_prefix_v6: c.limits.client_prefix_v6,
         connect_timeout: settings.connect_timeout(),
         upstream_source,
         policy: policy_rx,
@@ -376,7 +377,8 @@ fn apply_reload(
             o.limits.max_sessions != n.limits.max_sessions
                 || o.limits.max_sessions_per_client != n.limits.max_sessions_per_client
                 || o.limits.new_sessions_per_second_per_client
-                    != n.limits.new_sessions_per_second_per_client,
+                    != n.limits.new_sessions_per_second_per_client
+                || o.limits.client_prefix_v6 != n.limits.client_prefix_v6,
         ),
         (
             "limits.connect_timeout_secs",

@@ -1,4 +1,5 @@
-//! Per-client admission: concurrent sessions and new sessions per second, per client address.
+//! Per-client admission: concurrent sessions and new sessions per second, per client address
+//! (an IPv6 client per prefix, a /64 by default: one host may use any address of its /64).
 //!
 //! One hostile or broken client must not take the gateway's session slots from everyone
 //! else. The state is one small entry per recently active client address; [`ClientLimiter::prune`]
@@ -6,7 +7,7 @@
 //! number of clients.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -33,6 +34,7 @@ struct Client {
 pub struct ClientLimiter {
     max_concurrent: usize,
     per_second: u32,
+    prefix_v6: u8,
     clients: Mutex<HashMap<IpAddr, Client>>,
 }
 
@@ -44,17 +46,19 @@ pub struct Admission {
 }
 
 impl ClientLimiter {
-    /// A limiter with the given per-address limits.
-    pub fn new(max_concurrent: usize, per_second: u32) -> Self {
+    /// A limiter with the given per-client limits; IPv6 clients count per `prefix_v6` bits.
+    pub fn new(max_concurrent: usize, per_second: u32, prefix_v6: u8) -> Self {
         Self {
             max_concurrent,
             per_second,
+            prefix_v6: prefix_v6.min(128),
             clients: Mutex::new(HashMap::new()),
         }
     }
 
     /// Admits a new session from `client` at `now`, or says why not.
     pub fn admit(self: &Arc<Self>, client: IpAddr, now: Instant) -> Result<Admission, Rejection> {
+        let client = self.key(client);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         let rate = f64::from(self.per_second);
         let entry = clients.entry(client).or_insert(Client {
@@ -77,6 +81,19 @@ impl ClientLimiter {
             limiter: self.clone(),
             client,
         })
+    }
+
+    /// What a client counts as: its IPv4 address (also when IPv4-mapped), or its IPv6
+    /// prefix.
+    fn key(&self, client: IpAddr) -> IpAddr {
+        match client.to_canonical() {
+            IpAddr::V6(v6) => {
+                let bits = u32::from(self.prefix_v6);
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+            v4 => v4,
+        }
     }
 
     /// Client addresses currently tracked.
@@ -121,7 +138,7 @@ mod tests {
 
     #[test]
     fn concurrent_sessions_per_client_are_capped_and_released() {
-        let limiter = Arc::new(ClientLimiter::new(2, 100));
+        let limiter = Arc::new(ClientLimiter::new(2, 100, 64));
         let now = Instant::now();
         let a = limiter.admit(addr("10.0.0.2"), now).unwrap();
         let _b = limiter.admit(addr("10.0.0.2"), now).unwrap();
@@ -137,7 +154,7 @@ mod tests {
 
     #[test]
     fn new_sessions_per_second_are_rate_limited_and_refill() {
-        let limiter = Arc::new(ClientLimiter::new(1000, 3));
+        let limiter = Arc::new(ClientLimiter::new(1000, 3, 64));
         let start = Instant::now();
         let held: Vec<_> = (0..3)
             .map(|_| limiter.admit(addr("10.0.0.2"), start).unwrap())
@@ -153,7 +170,7 @@ mod tests {
 
     #[test]
     fn closing_sessions_does_not_reset_the_rate_limit() {
-        let limiter = Arc::new(ClientLimiter::new(1000, 2));
+        let limiter = Arc::new(ClientLimiter::new(1000, 2, 64));
         let now = Instant::now();
         for _ in 0..2 {
             drop(limiter.admit(addr("10.0.0.2"), now).unwrap());
@@ -167,12 +184,35 @@ mod tests {
 
     #[test]
     fn idle_clients_are_forgotten_once_their_bucket_is_full() {
-        let limiter = Arc::new(ClientLimiter::new(4, 4));
+        let limiter = Arc::new(ClientLimiter::new(4, 4, 64));
         let now = Instant::now();
         drop(limiter.admit(addr("10.0.0.2"), now).unwrap());
         limiter.prune(now);
         assert_eq!(limiter.tracked(), 1);
         limiter.prune(now + Duration::from_secs(1));
         assert_eq!(limiter.tracked(), 0);
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_per_prefix_and_an_ipv4_mapped_one_as_ipv4() {
+        let limiter = Arc::new(ClientLimiter::new(2, 100, 64));
+        let now = Instant::now();
+        let _a = limiter.admit(addr("2001:db8:1:2::1"), now).unwrap();
+        let _b = limiter.admit(addr("2001:db8:1:2:ffff::9"), now).unwrap();
+        // A third address of the same /64 is the same host.
+        assert_eq!(
+            limiter.admit(addr("2001:db8:1:2::abcd"), now).unwrap_err(),
+            Rejection::Concurrent(2)
+        );
+        // The next /64 is another client.
+        assert!(limiter.admit(addr("2001:db8:1:3::1"), now).is_ok());
+        let _c = limiter.admit(addr("10.0.0.2"), now).unwrap();
+        let _d = limiter.admit(addr("::ffff:10.0.0.2"), now).unwrap();
+        assert!(limiter.admit(addr("10.0.0.2"), now).is_err());
+        // Per address when asked.
+        let exact = Arc::new(ClientLimiter::new(1, 100, 128));
+        let _e = exact.admit(addr("2001:db8::1"), now).unwrap();
+        assert!(exact.admit(addr("2001:db8::2"), now).is_ok());
+        assert!(exact.admit(addr("2001:db8::1"), now).is_err());
     }
 }

@@ -68,6 +68,8 @@ pub struct ProxySettings {
     pub max_sessions_per_client: usize,
     /// New sessions per second per client address.
     pub new_sessions_per_second_per_client: u32,
+    /// IPv6 clients count per prefix of this length.
+    pub client_prefix_v6: u8,
     /// Timeout for connecting to the server.
     pub connect_timeout: Duration,
     /// Source address for intercepted IPv4 upstream connections (the WAN address), if fixed.
@@ -129,6 +131,7 @@ pub async fn serve<F: Firewall>(
         limiter: Arc::new(ClientLimiter::new(
             settings.max_sessions_per_client,
             settings.new_sessions_per_second_per_client,
+            settings.client_prefix_v6,
         )),
         settings,
         firewall,
