@@ -230,6 +230,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         client_prefix_v6: c.limits.client_prefix_v6,
         connect_timeout: settings.connect_timeout(),
         upstream_source,
+        wan_interface: c.wan_interface.clone().filter(|_| c.wan_address.is_none()),
         policy: policy_rx,
         telemetry: telemetry.clone(),
         threads: shards.spawner(),

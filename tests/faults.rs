@@ -214,3 +214,48 @@ fn a_transfer_longer_than_the_idle_timeout_keeps_its_control_connection() {
     drop(server);
     assert_clean_shutdown(&lab, alg);
 }
+
+#[test]
+fn a_renumbered_wan_address_is_picked_up_by_the_next_session() {
+    require_lab!("vsftpd");
+    let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");
+    let server = Vsftpd::start(&lab.server).expect("vsftpd");
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    server.put_file("f.bin", &payload).expect("file");
+    // The lab's daemon reads its source address from --wan-interface wan0.
+    let alg = AlgDaemon::start(&lab.gateway, &AlgOptions::new(alg_binary())).expect("ftp-alg");
+    let fetch = || {
+        lab.client
+            .run_in(|| -> Result<Vec<u8>, String> {
+                let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
+                ftp.login(FTP_USER, FTP_PASSWORD)
+                    .map_err(|e| e.to_string())?;
+                let data = ftp
+                    .retr(DataMode::Pasv, "f.bin")
+                    .map_err(|e| format!("{e}\n{}", ftp.transcript()))?;
+                let _ = ftp.command("QUIT");
+                Ok(data)
+            })
+            .expect("client thread")
+    };
+    assert_eq!(fetch().expect("before"), payload);
+    // A DHCP or PPPoE renumbering: the old address goes, a new one comes.
+    lab.gateway
+        .ip(&["addr", "del", "203.0.113.1/24", "dev", "wan0"])
+        .expect("removing the old WAN address");
+    lab.gateway
+        .ip(&["addr", "add", "203.0.113.9/24", "dev", "wan0"])
+        .expect("adding the new WAN address");
+    let after = fetch().unwrap_or_else(|e| panic!("after renumbering: {e}\n{}", alg.output()));
+    assert_eq!(after, payload);
+    let log = alg.output();
+    assert!(
+        log.contains("the WAN address changed") && log.contains("203.0.113.9"),
+        "{log}"
+    );
+    let sessions = server.log_text();
+    assert!(
+        sessions.contains("203.0.113.9"),
+        "the server saw the new address: {sessions}"
+    );
+}

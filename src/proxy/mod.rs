@@ -74,6 +74,9 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Source address for intercepted IPv4 upstream connections (the WAN address), if fixed.
     pub upstream_source: Option<IpAddr>,
+    /// The interface `upstream_source` was read from (`wan_interface` without
+    /// `wan_address`): read again when that address is gone (a DHCP or PPPoE renumbering).
+    pub wan_interface: Option<String>,
     /// Per-session policy; a new value (SIGHUP) applies to sessions started after it.
     pub policy: watch::Receiver<Arc<Policy>>,
     /// Live sessions and counters.
@@ -115,6 +118,40 @@ struct Shared<F> {
     slots: Arc<Semaphore>,
     limiter: Arc<ClientLimiter>,
     next_id: AtomicU64,
+    /// The current upstream source (see [`ProxySettings::wan_interface`]).
+    upstream_source: std::sync::Mutex<Option<IpAddr>>,
+}
+
+impl<F> Shared<F> {
+    fn upstream_source(&self) -> Option<IpAddr> {
+        *self
+            .upstream_source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The WAN interface's address now, if it changed since it was last read: the bind to
+    /// the old one failed.
+    fn renumbered(&self) -> Option<IpAddr> {
+        let name = self.settings.wan_interface.as_deref()?;
+        let now = match interfaces::first_address(name, false) {
+            Ok(now) => now,
+            Err(e) => {
+                warn!(interface = name, error = %e, "the WAN interface has no IPv4 address now");
+                return None;
+            }
+        };
+        let mut current = self
+            .upstream_source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *current == Some(now) {
+            return None;
+        }
+        info!(interface = name, old = ?*current, new = %now, "the WAN address changed; using the new one");
+        *current = Some(now);
+        Some(now)
+    }
 }
 
 /// Accepts on every listener until `shutdown` turns true, then waits for the running
@@ -126,6 +163,7 @@ pub async fn serve<F: Firewall>(
     ports: Arc<PortAllocator>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let settings_source = settings.upstream_source;
     let shared = Arc::new(Shared {
         slots: Arc::new(Semaphore::new(settings.max_sessions)),
         limiter: Arc::new(ClientLimiter::new(
@@ -137,6 +175,7 @@ pub async fn serve<F: Firewall>(
         firewall,
         ports,
         next_id: AtomicU64::new(1),
+        upstream_source: std::sync::Mutex::new(settings_source),
     });
     let mut loops = tokio::task::JoinSet::new();
     for (listener, service) in listeners {
@@ -301,13 +340,24 @@ async fn handle<F: Firewall>(
     let source = match topology {
         Topology::Routed => Some(Source::Transparent(peer.ip())),
         Topology::ClientNat => shared
-            .settings
-            .upstream_source
+            .upstream_source()
             .filter(|ip| ip.is_ipv4() == server.is_ipv4())
             .map(Source::Bind),
         Topology::Reverse => None,
     };
-    let upstream = match connect(server, source, shared.settings.connect_timeout).await {
+    let mut connected = connect(server, source, shared.settings.connect_timeout).await;
+    if let (Err(e), Some(Source::Bind(_))) = (&connected, source)
+        && e.kind() == std::io::ErrorKind::AddrNotAvailable
+        && let Some(now) = shared.renumbered()
+    {
+        connected = connect(
+            server,
+            Some(Source::Bind(now)),
+            shared.settings.connect_timeout,
+        )
+        .await;
+    }
+    let upstream = match connected {
         Ok(upstream) => upstream,
         Err(e) => {
             shared
