@@ -485,7 +485,16 @@ impl NftFirewall {
                             warn!(%pinhole, error = %e, "could not remove a refused pinhole");
                         }
                     }
-                    Err(_) => {}
+                    Err(_) => {
+                        // Undone now: an element a closed co-holder left for this add to keep
+                        // is nobody's any more, and goes with this removal.
+                        drop(hold);
+                        if self.inner.owners.has_orphans()
+                            && let Err(e) = self.remove(pinhole, Vec::new()).await
+                        {
+                            warn!(%pinhole, error = %e, "could not remove an orphaned element");
+                        }
+                    }
                 }
                 result
             }

@@ -69,8 +69,16 @@ pub(super) fn is_hot(set: &str) -> bool {
 
 #[derive(Debug, Default)]
 struct Holders {
-    /// Open pinholes that hold the element.
+    /// Open pinholes that hold the element, and holds whose add is not answered yet.
     count: u32,
+    /// Of `count`, the holds whose add is not answered yet.
+    pending: u32,
+    /// The element is in the kernel from a holder that has closed, and only holds whose
+    /// add is not answered yet remain: if they all fail, nobody owns it, and it must be
+    /// removed all the same (an orphan).
+    orphaned: bool,
+    /// Queued in [`State::orphans`].
+    queued: bool,
     /// Whether the element is (or, for a removal in flight, was) in its set's hot twin.
     hot: bool,
     /// Removals of the element sent (or about to be) and not yet answered.
@@ -87,6 +95,9 @@ struct State {
     in_main: HashMap<Id, Instant>,
     /// `in_main`'s entries in the order they were stamped, for pruning.
     stamps: VecDeque<(Instant, Id)>,
+    /// Elements left in the kernel by a closed holder whose co-holders' adds all failed:
+    /// the next close removes them ([`Owners::release`]).
+    orphans: Vec<(Id, Element)>,
 }
 
 impl State {
@@ -158,10 +169,13 @@ impl Owners {
             let twin = hot_twin(element.set);
             let reused = twin.is_some() && state.recently_in_main(&id, now);
             let holders = state.holders.entry(id.clone()).or_default();
-            if holders.count == 0 {
+            // An orphan is still in the kernel where it was placed: its new holder adds it
+            // there, and owns that copy.
+            if holders.count == 0 && !holders.orphaned {
                 holders.hot = reused;
             }
             holders.count += 1;
+            holders.pending += 1;
             let hot = holders.hot;
             if holders.removing > 0 {
                 let (tx, rx) = oneshot::channel();
@@ -177,24 +191,51 @@ impl Owners {
         waits
     }
 
-    /// Undoes a [`Owners::hold`] whose add failed or was given up.
+    /// Undoes a [`Owners::hold`] whose add failed or was given up. An element that a closed
+    /// holder left in the kernel for this add to keep becomes an orphan: the next close
+    /// removes it.
     pub(super) fn unhold(&self, elements: &[Element]) {
         let mut state = self.state();
         for element in elements {
             let id = main_id(element);
-            if let Some(holders) = state.holders.get_mut(&id) {
-                holders.count = holders.count.saturating_sub(1);
-                if holders.count == 0 && holders.removing == 0 {
-                    state.holders.remove(&id);
+            let Some(holders) = state.holders.get_mut(&id) else {
+                continue;
+            };
+            holders.count = holders.count.saturating_sub(1);
+            holders.pending = holders.pending.saturating_sub(1);
+            if holders.count > 0 {
+                continue;
+            }
+            if holders.orphaned {
+                if !std::mem::replace(&mut holders.queued, true) {
+                    state.orphans.push((id, element.clone()));
                 }
+            } else if holders.removing == 0 {
+                state.holders.remove(&id);
             }
         }
+    }
+
+    /// The add of a [`Owners::hold`] succeeded: its elements are in the kernel and owned.
+    fn kept(&self, elements: &[Element]) {
+        let mut state = self.state();
+        for element in elements {
+            if let Some(holders) = state.holders.get_mut(&main_id(element)) {
+                holders.pending = holders.pending.saturating_sub(1);
+                holders.orphaned = false;
+            }
+        }
+    }
+
+    /// Whether orphans wait for a close to remove them.
+    pub(super) fn has_orphans(&self) -> bool {
+        !self.state().orphans.is_empty()
     }
 
     /// Drops one holder of each element and returns the elements nobody holds any more: those
     /// a close must remove from the kernel, marked as being removed until the returned
     /// [`Removal`] is dropped. Elements never counted (e.g. left by a previous daemon) are
-    /// returned too.
+    /// returned too, and so are the orphans (see [`Owners::unhold`]).
     /// The returned elements name the set (main or twin) the element is in.
     pub(super) fn release(self: &Arc<Self>, elements: Vec<Element>) -> Removal {
         self.release_at(elements, Instant::now())
@@ -208,9 +249,17 @@ impl Owners {
             let holders = state.holders.entry(id.clone()).or_default();
             if holders.count > 1 {
                 holders.count -= 1;
+                // The closing holder's add had been answered (unless every holder's is
+                // pending, as in tests that never keep).
+                holders.pending = holders.pending.min(holders.count);
+                if holders.count == holders.pending {
+                    holders.orphaned = true;
+                }
                 continue;
             }
             holders.count = 0;
+            holders.pending = 0;
+            holders.orphaned = false;
             holders.removing += 1;
             match hot_twin(element.set) {
                 Some(twin) if holders.hot => element.set = twin,
@@ -219,6 +268,22 @@ impl Owners {
                 None => {}
             }
             gone.push(element);
+        }
+        for (id, element) in std::mem::take(&mut state.orphans) {
+            let Some(holders) = state.holders.get_mut(&id) else {
+                continue;
+            };
+            holders.queued = false;
+            // A new holder since then owns it (its add puts it back anyway).
+            if holders.count > 0 || !std::mem::take(&mut holders.orphaned) {
+                continue;
+            }
+            holders.removing += 1;
+            if !gone.contains(&element) {
+                gone.push(element);
+            } else {
+                holders.removing -= 1;
+            }
         }
         Removal {
             owners: self.clone(),
@@ -241,7 +306,7 @@ impl Owners {
             for waiter in holders.waiters.drain(..) {
                 let _ = waiter.send(());
             }
-            if holders.count == 0 {
+            if holders.count == 0 && !holders.queued {
                 state.holders.remove(&id);
             }
         }
@@ -305,6 +370,7 @@ impl Hold {
     /// The add succeeded: the elements stay held until their pinhole closes.
     pub(super) fn keep(mut self) {
         self.kept = true;
+        self.owners.kept(&self.elements);
     }
 }
 
@@ -400,6 +466,46 @@ mod tests {
         assert_eq!(owners.len(), 2);
         assert_eq!(owners.release(e.clone()).elements(), &placed[..]);
         assert_eq!(owners.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_element_left_for_a_co_holder_whose_add_fails_is_removed_by_the_next_close() {
+        let owners = Arc::new(Owners::default());
+        let e = vec![element("passive_pin", 9)];
+        // Session A's pinhole is in the kernel; B asks for the same one.
+        Hold::take(&owners, &mut e.clone()).await.keep();
+        let b = Hold::take(&owners, &mut e.clone()).await;
+        // A closes while B's add is in flight: the element stays, for B.
+        assert!(owners.release(e.clone()).elements().is_empty());
+        assert!(!owners.has_orphans());
+        // B's add fails: nobody owns the element A left in the kernel.
+        drop(b);
+        assert!(owners.has_orphans());
+        let removal = owners.release(Vec::new());
+        assert_eq!(removal.elements(), &e[..]);
+        drop(removal);
+        assert!(!owners.has_orphans());
+        assert_eq!(owners.len(), 0);
+
+        // When B's add succeeds instead, B owns it, and B's close removes it.
+        Hold::take(&owners, &mut e.clone()).await.keep();
+        let b = Hold::take(&owners, &mut e.clone()).await;
+        assert!(owners.release(e.clone()).elements().is_empty());
+        b.keep();
+        assert!(!owners.has_orphans());
+        assert_eq!(owners.release(e.clone()).elements().len(), 1);
+
+        // An orphan that a new holder takes over before any close is not removed.
+        Hold::take(&owners, &mut e.clone()).await.keep();
+        let b = Hold::take(&owners, &mut e.clone()).await;
+        drop(owners.release(e.clone()));
+        drop(b);
+        assert!(owners.has_orphans());
+        Hold::take(&owners, &mut e.clone()).await.keep();
+        let other = vec![element("passive_pin", 10)];
+        assert_eq!(owners.release(other.clone()).elements(), &other[..]);
+        assert!(!owners.has_orphans());
+        assert_eq!(owners.release(e.clone()).elements().len(), 1);
     }
 
     #[tokio::test]
