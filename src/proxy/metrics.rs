@@ -7,10 +7,19 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::firewall::table::BaseTable;
 use crate::telemetry::{Telemetry, render_prometheus};
+
+/// Scrapes served at once; more get `503` at once. A scraper needs one; the cap keeps
+/// whoever reaches `metrics.listen` from holding file descriptors the FTP sessions need, or
+/// from running a counter read (an `nft` child) per connection.
+const MAX_SCRAPES: usize = 4;
+
+/// How long one scrape may take, read and write each.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `/metrics` until the task is dropped.
 pub async fn serve(
@@ -19,6 +28,7 @@ pub async fn serve(
     table: Arc<BaseTable>,
     pinhole_timeout: Duration,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -28,12 +38,19 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "metrics: {MAX_SCRAPES} scrapes running; 503");
+            // A fresh socket's send buffer is empty: the line always fits, nothing waits.
+            let _ =
+                stream.try_write(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+            continue;
+        };
         let telemetry = telemetry.clone();
         let table = table.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut request = [0u8; 1024];
-            let read =
-                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
+            let read = tokio::time::timeout(SCRAPE_TIMEOUT, stream.read(&mut request)).await;
             let Ok(Ok(n)) = read else { return };
             let head = String::from_utf8_lossy(&request[..n]);
             let response = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?")
@@ -51,10 +68,64 @@ pub async fn serve(
                 "HTTP/1.0 404 Not Found\r\nContent-Length: 20\r\n\r\nonly /metrics here\r\n"
                     .to_string()
             };
-            if let Err(e) = stream.write_all(response.as_bytes()).await {
-                debug!(%peer, error = %e, "metrics client went away");
+            match tokio::time::timeout(SCRAPE_TIMEOUT, stream.write_all(response.as_bytes())).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, error = %e, "metrics client went away"),
+                Err(_) => debug!(%peer, "metrics client read nothing; dropped"),
             }
             let _ = stream.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn scrapes_beyond_the_cap_get_503_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let table = Arc::new(BaseTable {
+            table: "ftp_alg_metrics_test".into(),
+            lan_interfaces: Vec::new(),
+            control_ports: vec![21],
+            listen_port: 2121,
+            ct_mark: 1,
+            route_mark: 1,
+            gc_interval_ms: 20,
+        });
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Telemetry::default()),
+            table,
+            Duration::from_secs(30),
+        ));
+        // Connections that send nothing hold every slot (until their 5 s read timeout).
+        let mut idle = Vec::new();
+        for _ in 0..MAX_SCRAPES {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut late = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut reply = String::new();
+        tokio::time::timeout(Duration::from_secs(2), late.read_to_string(&mut reply))
+            .await
+            .expect("the 503 came at once")
+            .unwrap();
+        assert!(reply.starts_with("HTTP/1.0 503 "), "{reply}");
+        // A slot freed is a slot to scrape again: the 404 path needs no nft.
+        drop(idle.pop());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut next = tokio::net::TcpStream::connect(addr).await.unwrap();
+        next.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut reply = String::new();
+        tokio::time::timeout(Duration::from_secs(2), next.read_to_string(&mut reply))
+            .await
+            .expect("a freed slot serves")
+            .unwrap();
+        assert!(reply.starts_with("HTTP/1.0 404 "), "{reply}");
+        server.abort();
     }
 }
