@@ -119,7 +119,21 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     realtime::apply(thread_realtime).map_err(DaemonError::Realtime)?;
     let upstream_source = match (c.wan_address, &c.wan_interface) {
         (Some(addr), _) => Some(addr),
-        (None, Some(name)) => Some(proxy::first_address(name, false)?),
+        (None, Some(name)) => match proxy::first_address(name, false) {
+            Ok(addr) => Some(addr),
+            // Up, but not numbered yet (DHCP or PPPoE still negotiating at boot): start, and
+            // read the address when a session needs it. A name that does not exist is a
+            // configuration error.
+            Err(e) if proxy::interface_exists(name) => {
+                warn!(
+                    interface = %name,
+                    error = %e,
+                    "starting without the WAN address; it is read when the first session needs it"
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
         (None, None) => None,
     };
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;

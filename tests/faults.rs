@@ -259,3 +259,37 @@ fn a_renumbered_wan_address_is_picked_up_by_the_next_session() {
         "the server saw the new address: {sessions}"
     );
 }
+
+#[test]
+fn a_wan_interface_without_an_address_at_start_is_read_when_a_session_needs_it() {
+    require_lab!("vsftpd");
+    let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");
+    let server = Vsftpd::start(&lab.server).expect("vsftpd");
+    server.put_file("f.bin", &[7u8; 5_000]).expect("file");
+    // Boot on a PPPoE or DHCP link: the interface is up, its address comes later.
+    lab.gateway
+        .ip(&["addr", "del", "203.0.113.1/24", "dev", "wan0"])
+        .expect("removing the WAN address");
+    let alg = AlgDaemon::start(&lab.gateway, &AlgOptions::new(alg_binary()))
+        .expect("ftp-alg starts without the WAN address");
+    assert!(
+        alg.output().contains("starting without the WAN address"),
+        "{}",
+        alg.output()
+    );
+    lab.gateway
+        .ip(&["addr", "add", "203.0.113.1/24", "dev", "wan0"])
+        .expect("the WAN address arrives");
+    let data = lab
+        .client
+        .run_in(|| -> Result<Vec<u8>, String> {
+            let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
+            ftp.login(FTP_USER, FTP_PASSWORD)
+                .map_err(|e| e.to_string())?;
+            ftp.retr(DataMode::Port, "f.bin")
+                .map_err(|e| format!("{e}\n{}", ftp.transcript()))
+        })
+        .expect("client thread")
+        .unwrap_or_else(|e| panic!("{e}\n{}", alg.output()));
+    assert_eq!(data, vec![7u8; 5_000]);
+}

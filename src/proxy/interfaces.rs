@@ -22,6 +22,15 @@ pub enum InterfaceError {
     },
 }
 
+/// Whether interface `name` exists (in the caller's network namespace).
+pub fn interface_exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}
+
 /// The first global address of `family` (IPv4 when `v6` is false) on interface `name`.
 pub fn first_address(name: &str, v6: bool) -> Result<IpAddr, InterfaceError> {
     let mut found = None;
@@ -68,6 +77,13 @@ pub fn first_address(name: &str, v6: bool) -> Result<IpAddr, InterfaceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_exists_and_a_made_up_name_does_not() {
+        assert!(interface_exists("lo"));
+        assert!(!interface_exists("no-such-if0"));
+        assert!(!interface_exists("l\0o"));
+    }
 
     #[test]
     fn loopback_has_127_0_0_1() {

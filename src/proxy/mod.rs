@@ -29,7 +29,7 @@ use crate::session::{Endpoints, Policy, PortAllocator, Session, Topology};
 use crate::telemetry::{SessionRefusal, Telemetry};
 use busy_poll::Watched;
 
-pub use interfaces::{InterfaceError, first_address};
+pub use interfaces::{InterfaceError, first_address, interface_exists};
 pub use limits::{Admission, ClientLimiter, Rejection};
 pub use shards::{Shards, Spawner};
 
@@ -341,6 +341,8 @@ async fn handle<F: Firewall>(
         Topology::Routed => Some(Source::Transparent(peer.ip())),
         Topology::ClientNat => shared
             .upstream_source()
+            // The WAN interface had no address at start: read it now.
+            .or_else(|| shared.renumbered())
             .filter(|ip| ip.is_ipv4() == server.is_ipv4())
             .map(Source::Bind),
         Topology::Reverse => None,
