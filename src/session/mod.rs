@@ -695,9 +695,7 @@ impl<F: Firewall> Session<F> {
         let accepted = code.is_some_and(|code| (200..300).contains(&code));
         match answered {
             Some(Pending::Active(seq)) if accepted => {
-                // RFC 959: a new data address replaces the one before.
-                self.release_where(|held| !held.used && held.confirmed)
-                    .await;
+                self.release_replaced().await;
                 for held in self.pinholes.iter_mut().filter(|held| held.seq == seq) {
                     held.confirmed = true;
                 }
@@ -760,6 +758,11 @@ impl<F: Firewall> Session<F> {
             return None;
         }
         let front = *self.in_flight.front()?;
+        if front == Pending::Local {
+            // Nothing the server was asked is waiting: an unsolicited reply (a 421 before a
+            // close), which must not take the place of the ALG's own reply.
+            return None;
+        }
         if front == Pending::Abor && code == 426 {
             // The aborted transfer's own reply; ABOR's 226 follows.
             return Some(front);
@@ -781,11 +784,7 @@ impl<F: Firewall> Session<F> {
             );
             return reply.raw();
         }
-        // RFC 959: a new data address replaces the one before, which the server no longer
-        // serves: the pinholes it confirmed and no transfer used end here. (Not a PORT
-        // pipelined behind this PASV: the server has yet to read it.)
-        self.release_where(|held| !held.used && held.confirmed)
-            .await;
+        self.release_replaced().await;
         let server = self.ends.server.ip();
         let (announced_ip, port) = if code == Some(227) {
             match ftp::parse_227(reply) {
@@ -897,9 +896,16 @@ impl<F: Firewall> Session<F> {
     /// answer (see [`Session::on_answered`]).
     async fn release_superseded(&mut self) {
         if self.in_flight.is_empty() {
-            self.release_where(|held| !held.used && held.confirmed)
-                .await;
+            self.release_replaced().await;
         }
+    }
+
+    /// The server has taken a new data address (RFC 959: it replaces the one before): the
+    /// pinholes it had confirmed and no transfer used end. Not those it has yet to confirm
+    /// (a PORT pipelined behind the new command).
+    async fn release_replaced(&mut self) {
+        self.release_where(|held| !held.used && held.confirmed)
+            .await;
     }
 
     /// Closes the held pinholes `gone` picks.

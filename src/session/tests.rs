@@ -1235,6 +1235,25 @@ mod lifecycle {
     }
 
     #[tokio::test]
+    async fn an_own_reply_queued_behind_an_unsolicited_reply_is_sent_after_it_once() {
+        let mut h = start();
+        h.greet().await;
+        // The server starts a reply nobody asked for; meanwhile the ALG refuses a bounce.
+        h.server_says(b"421-Shutting down soon\r\n").await;
+        assert_eq!(read_line(&mut h.client).await, "421-Shutting down soon\r\n");
+        h.client_says(b"PORT 10,0,0,9,195,80\r\n").await;
+        assert_silent(&mut h.client).await;
+        h.server_says(b"421 not yet\r\n").await;
+        assert_eq!(read_line(&mut h.client).await, "421 not yet\r\n");
+        let refusal = read_line(&mut h.client).await;
+        assert!(refusal.starts_with("501 "), "{refusal}");
+        // Replies and commands still pair up.
+        let reply = exchange(&mut h, b"NOOP\r\n", b"200 ok\r\n").await;
+        assert_eq!(reply, "200 ok\r\n");
+        assert_silent(&mut h.client).await;
+    }
+
+    #[tokio::test]
     async fn an_over_long_reply_line_is_cut_and_the_replies_stay_matched() {
         let mut h = start();
         h.greet().await;
