@@ -5,6 +5,7 @@
 //! Asked only when an idle timer expires during a transfer (rare), so spawning the
 //! `conntrack` tool is acceptable; without it we answer "alive" (never cut a transfer).
 
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use super::Pinhole;
@@ -29,5 +30,123 @@ pub(super) fn alive(pinhole: &Pinhole) -> bool {
             .any(|line| line.contains("ESTABLISHED") || line.contains("SYN_")),
         // No tool or no permission: do not cut what might be a transfer.
         _ => true,
+    }
+}
+
+/// Whether conntrack holds a live TCP connection between `client` and `server` (either way
+/// round, through any NAT) other than a control connection to one of `control_ports`: the
+/// data connection of an FTPS session, whose control channel hides it.
+pub(super) fn between(client: IpAddr, server: IpAddr, control_ports: &[u16]) -> bool {
+    // Client-initiated flows carry the client as original source; server-initiated ones
+    // (active mode) carry it as reply source, after any DNAT.
+    let mut listed = String::new();
+    for side in ["--orig-src", "--reply-src"] {
+        let out = Command::new("conntrack")
+            .args(["-L", "-p", "tcp", side])
+            .arg(client.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => {
+                listed.push_str(&String::from_utf8_lossy(&out.stdout));
+            }
+            // No tool or no permission: do not cut what might be a transfer.
+            _ => return true,
+        }
+    }
+    listed
+        .lines()
+        .any(|line| live_flow_between(line, client, server, control_ports))
+}
+
+/// One line of `conntrack -L`: a live flow with both hosts in its tuples, not to a control
+/// port.
+fn live_flow_between(line: &str, client: IpAddr, server: IpAddr, control_ports: &[u16]) -> bool {
+    if !(line.contains("ESTABLISHED") || line.contains("SYN_")) {
+        return false;
+    }
+    let mut hosts = Vec::with_capacity(4);
+    let mut dports = Vec::with_capacity(2);
+    let mut sports = Vec::with_capacity(2);
+    for (key, value) in line
+        .split_ascii_whitespace()
+        .filter_map(|word| word.split_once('='))
+    {
+        match key {
+            "src" | "dst" => hosts.extend(value.parse::<IpAddr>().ok()),
+            "sport" => sports.extend(value.parse::<u16>().ok()),
+            "dport" => dports.extend(value.parse::<u16>().ok()),
+            _ => {}
+        }
+    }
+    // The original destination port, and the reply's source port (the same port after DNAT).
+    let to_control = dports
+        .first()
+        .into_iter()
+        .chain(sports.get(1))
+        .any(|p| control_ports.contains(p));
+    hosts.contains(&client) && hosts.contains(&server) && !to_control
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    const CLIENT: &str = "10.0.0.2";
+    const SERVER: &str = "203.0.113.2";
+
+    fn between(line: &str) -> bool {
+        live_flow_between(line, ip(CLIENT), ip(SERVER), &[21])
+    }
+
+    #[test]
+    fn a_passive_data_connection_through_snat_counts() {
+        assert!(between(
+            "tcp      6 431999 ESTABLISHED src=10.0.0.2 dst=203.0.113.2 sport=50000 \
+             dport=30001 src=203.0.113.2 dst=198.51.100.1 sport=30001 dport=50000 [ASSURED] \
+             mark=0 use=1"
+        ));
+    }
+
+    #[test]
+    fn an_active_data_connection_through_dnat_counts() {
+        assert!(between(
+            "tcp      6 119 SYN_SENT src=203.0.113.2 dst=198.51.100.1 sport=20 dport=40001 \
+             [UNREPLIED] src=10.0.0.2 dst=203.0.113.2 sport=50001 dport=20 mark=0 use=1"
+        ));
+    }
+
+    #[test]
+    fn the_control_connection_and_closing_or_unrelated_flows_do_not() {
+        // The client's control connection, redirected to the proxy.
+        assert!(!between(
+            "tcp      6 431999 ESTABLISHED src=10.0.0.2 dst=203.0.113.2 sport=50000 dport=21 \
+             src=10.0.0.1 dst=10.0.0.2 sport=2121 dport=50000 [ASSURED] mark=0 use=1"
+        ));
+        assert!(!between(
+            "tcp      6 119 TIME_WAIT src=10.0.0.2 dst=203.0.113.2 sport=50000 dport=30001 \
+             src=203.0.113.2 dst=198.51.100.1 sport=30001 dport=50000 [ASSURED] mark=0 use=1"
+        ));
+        assert!(!between(
+            "tcp      6 431999 ESTABLISHED src=10.0.0.2 dst=192.0.2.9 sport=50000 dport=443 \
+             src=192.0.2.9 dst=198.51.100.1 sport=443 dport=50000 [ASSURED] mark=0 use=1"
+        ));
+    }
+
+    #[test]
+    fn ipv6_flows_compare_as_addresses() {
+        assert!(live_flow_between(
+            "tcp      6 431999 ESTABLISHED src=2001:db8:1::2 dst=2001:db8:2::2 sport=50000 \
+             dport=30001 src=2001:db8:2::2 dst=2001:db8:1::2 sport=30001 dport=50000 \
+             [ASSURED] mark=0 use=1",
+            ip("2001:db8:1:0::2"),
+            ip("2001:db8:2::2"),
+            &[21],
+        ));
     }
 }

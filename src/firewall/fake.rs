@@ -7,6 +7,7 @@
 //! deterministic.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -27,7 +28,8 @@ struct State {
     close_failures: VecDeque<FirewallError>,
     open_delay: Duration,
     in_flight: usize,
-    /// What `connection_alive` answers (None: true, a transfer is assumed to run).
+    /// What `connection_alive` and `peers_connected` answer (None: true, a transfer is
+    /// assumed to run).
     connections_alive: Option<bool>,
 }
 
@@ -41,7 +43,7 @@ impl FakeFirewall {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes `connection_alive` answer `alive` (by default it answers true).
+    /// Makes `connection_alive` and `peers_connected` answer `alive` (by default true).
     pub fn set_connections_alive(&self, alive: bool) {
         self.state().connections_alive = Some(alive);
     }
@@ -147,6 +149,10 @@ impl Firewall for FakeFirewall {
     }
 
     async fn connection_alive(&self, _pinhole: Pinhole) -> bool {
+        self.state().connections_alive.unwrap_or(true)
+    }
+
+    async fn peers_connected(&self, _client: IpAddr, _server: IpAddr, _control: [u16; 2]) -> bool {
         self.state().connections_alive.unwrap_or(true)
     }
 }

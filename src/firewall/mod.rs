@@ -263,6 +263,22 @@ pub trait Firewall: Send + Sync + 'static {
                 .unwrap_or(true)
         }
     }
+
+    /// Whether a live connection joins `client` and `server`, other than one to the
+    /// `control` ports (asked when an FTPS passthrough session has been idle for its
+    /// timeout: its transfers are encrypted, their flows are not). Errs toward "yes".
+    fn peers_connected(
+        &self,
+        client: IpAddr,
+        server: IpAddr,
+        control: [u16; 2],
+    ) -> impl Future<Output = bool> + Send {
+        async move {
+            tokio::task::spawn_blocking(move || conntrack::between(client, server, &control))
+                .await
+                .unwrap_or(true)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -252,7 +252,9 @@ impl<F: Firewall> Session<F> {
         }
     }
 
-    /// FTPS: relays the encrypted bytes untouched until either side closes.
+    /// FTPS: relays the encrypted bytes untouched until both sides have closed, or until
+    /// nothing has moved for the idle timeout while no other connection between client and
+    /// server lives (the encrypted control channel hides its transfers, but not their flows).
     async fn passthrough<C, S>(&mut self, client: &mut C, server: &mut S) -> Ending
     where
         C: AsyncRead + AsyncWrite + Unpin,
@@ -265,20 +267,92 @@ impl<F: Firewall> Session<F> {
         // Bytes that arrived behind the AUTH line belong to the TLS handshake.
         let early_client = self.client_lines.take_partial();
         let early_server = self.server_lines.take_partial();
-        let flushed = async {
+        let idle = self.policy.idle_timeout;
+        let early = async {
             if let Some(line) = early_client {
                 server.write_all(line.raw()).await?;
             }
             if let Some(line) = early_server {
                 client.write_all(line.raw()).await?;
             }
-            tokio::io::copy_bidirectional(client, server).await
+            Ok(())
         };
-        match flushed.await {
-            Ok((up, down)) => debug!(up, down, "TLS passthrough ended"),
-            Err(e) => debug!(error = %e, "TLS passthrough ended with an error"),
+        if let Err(e) = bounded(idle, early).await {
+            debug!(error = %e, "TLS passthrough ended with an error");
+            return Ending::IoError;
         }
+        let (mut client_r, mut client_w) = tokio::io::split(client);
+        let (mut server_r, mut server_w) = tokio::io::split(server);
+        let mut client_buf = vec![0u8; 16 * 1024];
+        let mut server_buf = vec![0u8; 16 * 1024];
+        let (mut up, mut down) = (0u64, 0u64);
+        let (mut client_open, mut server_open) = (true, true);
+        let mut last = tokio::time::Instant::now();
+        while client_open || server_open {
+            let deadline = last
+                .checked_add(idle)
+                .unwrap_or_else(|| last + Duration::from_secs(365 * 24 * 3600));
+            let step = tokio::select! {
+                r = client_r.read(&mut client_buf), if client_open => Step::Client(r),
+                r = server_r.read(&mut server_buf), if server_open => Step::Server(r),
+                () = tokio::time::sleep_until(deadline) => Step::Idle,
+            };
+            let moved = match step {
+                Step::Client(Ok(0)) => {
+                    client_open = false;
+                    bounded(idle, server_w.shutdown()).await
+                }
+                Step::Server(Ok(0)) => {
+                    server_open = false;
+                    bounded(idle, client_w.shutdown()).await
+                }
+                Step::Client(Ok(n)) => {
+                    up += n as u64;
+                    if let Some(entry) = &self.telemetry {
+                        entry.from_client(n);
+                    }
+                    bounded(idle, server_w.write_all(&client_buf[..n])).await
+                }
+                Step::Server(Ok(n)) => {
+                    down += n as u64;
+                    if let Some(entry) = &self.telemetry {
+                        entry.from_server(n);
+                    }
+                    bounded(idle, client_w.write_all(&server_buf[..n])).await
+                }
+                Step::Client(Err(e)) | Step::Server(Err(e)) => Err(e),
+                Step::Idle => {
+                    if self.peers_connected().await {
+                        last = tokio::time::Instant::now();
+                        continue;
+                    }
+                    info!(
+                        timeout_s = idle.as_secs(),
+                        up, down, "idle timeout in TLS passthrough; closing session"
+                    );
+                    return Ending::IdleTimeout;
+                }
+            };
+            if let Err(e) = moved {
+                debug!(error = %e, up, down, "TLS passthrough ended with an error");
+                return Ending::IoError;
+            }
+            last = tokio::time::Instant::now();
+        }
+        debug!(up, down, "TLS passthrough ended");
         Ending::TlsPassthrough
+    }
+
+    /// Whether the kernel tracks a live connection between this session's client and server
+    /// other than the control connection: an encrypted session's data connection.
+    async fn peers_connected(&self) -> bool {
+        self.firewall
+            .peers_connected(
+                self.ends.client.ip(),
+                self.ends.server.ip(),
+                [self.ends.server.port(), self.ends.client_facing.port()],
+            )
+            .await
     }
 
     async fn relay<CR, CW, SR, SW>(

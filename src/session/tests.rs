@@ -1380,3 +1380,69 @@ async fn a_client_that_stops_reading_loses_its_session_after_the_idle_timeout() 
     drop(h.client);
     flood.abort();
 }
+
+/// A session switched to FTPS passthrough, with the handshake's first bytes relayed.
+async fn in_tls_passthrough(firewall: FakeFirewall) -> Harness {
+    let mut h = start_with(
+        Policy {
+            tls: TlsPolicy::Passthrough,
+            idle_timeout: Duration::from_secs(5),
+            ..policy()
+        },
+        firewall,
+    );
+    h.greet().await;
+    h.client_says(b"AUTH TLS\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"234 AUTH TLS ok\r\n").await;
+    read_line(&mut h.client).await;
+    h.client_says(b"\x16\x03\x01").await;
+    assert_eq!(read_n(&mut h.server, 3).await, b"\x16\x03\x01");
+    h
+}
+
+#[tokio::test(start_paused = true)]
+async fn tls_passthrough_ends_at_the_idle_timeout_when_no_data_connection_lives() {
+    let firewall = FakeFirewall::default();
+    firewall.set_connections_alive(false);
+    let mut h = in_tls_passthrough(firewall).await;
+    // Traffic in either direction keeps it going.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        h.server_says(b"\x17\x03\x03").await;
+        assert_eq!(read_n(&mut h.client, 3).await, b"\x17\x03\x03");
+    }
+    assert!(!h.session.is_finished());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(1), h.session)
+            .await
+            .unwrap()
+            .unwrap(),
+        Ending::IdleTimeout
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn tls_passthrough_waits_while_a_data_connection_lives_and_relays_half_closes() {
+    let mut h = in_tls_passthrough(FakeFirewall::default()).await;
+    // An encrypted transfer (the fake says a flow joins the two hosts): silence for an hour.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(!h.session.is_finished());
+    // The client closes its side; the server's last bytes still reach it.
+    h.client.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    h.server.write_all(b"bye").await.unwrap();
+    let mut buf = [0u8; 3];
+    h.client.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"bye");
+    assert_eq!(h.server.read_to_end(&mut rest).await.unwrap(), 0);
+    h.server.shutdown().await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(1), h.session)
+            .await
+            .unwrap()
+            .unwrap(),
+        Ending::TlsPassthrough
+    );
+}
