@@ -26,7 +26,9 @@
 //!   ACK means "committed" only if the whole batch had no error. On
 //!   any error the requests of the batch are replayed one per batch, which attributes each
 //!   error precisely. Every operation is idempotent (add without `NLM_F_EXCL`, destroy), so
-//!   replaying is always safe.
+//!   replaying is always safe. A request left with no answer (`ENOBUFS`, or none within
+//!   [`ACK_WAIT`]) is asked once more; an add still without one is removed again, since it
+//!   may be in the kernel.
 //! - **Destroy, not delete.** `close` sends `NFT_MSG_DESTROYSETELEM` (kernel >= 6.3), which
 //!   succeeds when the element is already gone: consumed by its connection (the rule deletes
 //!   it) or expired. `NFT_MSG_DELSETELEM` would fail with `ENOENT` and, worse, abort every
@@ -477,8 +479,9 @@ impl NftFirewall {
                         }
                     }
                     // Added, then refused: the elements are in the kernel and held until
-                    // removed like any pinhole's.
-                    Err(FirewallError::PortInUse { .. }) => {
+                    // removed like any pinhole's. Likewise an add whose answer was lost
+                    // twice (a protocol error): it may be in the kernel, so it goes.
+                    Err(FirewallError::PortInUse { .. } | FirewallError::Protocol(_)) => {
                         hold.keep();
                         let undo = self::elements(&pinhole, false)?;
                         if let Err(e) = self.remove(pinhole, undo).await {
@@ -1023,6 +1026,9 @@ struct Backend {
     counters: Arc<Counters>,
     /// Sweep state of closed active flows, shared by every socket of the firewall.
     flows: Arc<StaleFlows>,
+    /// Tests: how many of the next transactions run but report their answers lost.
+    #[cfg(test)]
+    lose_answers: u32,
 }
 
 impl Backend {
@@ -1057,6 +1063,8 @@ impl Backend {
             replies: Vec::new(),
             counters,
             flows,
+            #[cfg(test)]
+            lose_answers: 0,
         };
         backend.probe()?;
         Ok(backend)
@@ -1229,6 +1237,13 @@ impl Backend {
     fn transact(&mut self, jobs: &[Job<'_>]) -> Vec<Outcome> {
         let started = Instant::now();
         let outcomes = self.transact_inner(jobs);
+        #[cfg(test)]
+        let outcomes = if self.lose_answers > 0 {
+            self.lose_answers -= 1;
+            vec![Outcome::Lost("test: answers dropped".into()); jobs.len()]
+        } else {
+            outcomes
+        };
         Counters::add(&self.counters.transactions, 1);
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         Counters::add(&self.counters.kernel_nanos, nanos);
@@ -1390,6 +1405,13 @@ impl Backend {
     /// Answers one request with its outcome; `Some` hands an add the kernel found busy back
     /// to an inline caller (unanswered) for the thread to retry.
     fn finish(&mut self, request: Request, mut outcome: Outcome, mode: Mode) -> Option<Request> {
+        // No answer (ENOBUFS, or none within ACK_WAIT): the kernel may or may not have done
+        // it. Every request is idempotent, so asking again gives a known answer.
+        if let Outcome::Lost(why) = &outcome {
+            debug!(pinhole = %request.pinhole, %why, "no answer from the kernel; asking once more");
+            Counters::add(&self.counters.replays, 1);
+            outcome = self.transact_one(&request);
+        }
         // EBUSY: the kernel is resizing the set under a concurrent transaction. It is not a
         // clash of keys; a retry a moment later succeeds.
         let busy = |outcome: &Outcome| {

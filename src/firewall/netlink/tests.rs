@@ -1651,3 +1651,68 @@ fn a_batch_acked_on_its_last_message_attributes_an_earlier_error() {
     assert_eq!(ns.count_in(T, "active_pin"), 1);
     assert_eq!(ns.count_in(T, "dnat_once"), 1);
 }
+
+#[test]
+fn a_request_whose_answer_was_lost_is_asked_again() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let p = passive("10.0.0.2", "203.0.113.2", 30000);
+    // The kernel does each request, but its answer never arrives: asked again, the
+    // (idempotent) request answers for sure.
+    let lost_once = |ns: &Netns, kind: Kind| {
+        with_backend(ns, move |backend| {
+            backend.lose_answers = 1;
+            let answers = run_batch(backend, &[(kind, p)]);
+            (answers, backend.counters.replays.load(Ordering::Relaxed))
+        })
+    };
+    assert_eq!(lost_once(&ns, ADD), (vec![Ok(())], 1));
+    assert_eq!(
+        ns.count(T, "passive_pin"),
+        1,
+        "{}",
+        ns.list(T, "passive_pin")
+    );
+    assert_eq!(lost_once(&ns, Kind::Remove), (vec![Ok(())], 1));
+    assert_eq!(
+        ns.count(T, "passive_pin"),
+        0,
+        "{}",
+        ns.list(T, "passive_pin")
+    );
+    // Lost twice: the caller hears of it (and `NftFirewall` removes what it asked for).
+    let twice = with_backend(&ns, move |backend| {
+        backend.lose_answers = 2;
+        run_batch(backend, &[(ADD, p)])
+    });
+    assert!(
+        matches!(twice.as_slice(), [Err(FirewallError::Protocol(_))]),
+        "{twice:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_add_of_unknown_fate_is_removed_again() {
+    let Some(ns) = Netns::new() else { return };
+    ns.load(T, 1024);
+    let fw = ns.start(T);
+    let p = passive("10.0.0.2", "203.0.113.2", 30000);
+    let lose = |answers: u32| {
+        for backend in fw.inner.pool.iter() {
+            backend.lock().expect("backend").lose_answers = answers;
+        }
+    };
+    // Every answer lost, asked twice: the add may be in the kernel, so it is taken out.
+    lose(2);
+    let error = fw.open(p, LONG).await.expect_err("an add with no answer");
+    assert!(matches!(error, FirewallError::Protocol(_)), "{error}");
+    lose(0);
+    assert_eq!(
+        ns.count(T, "passive_pin"),
+        0,
+        "{}",
+        ns.list(T, "passive_pin")
+    );
+    fw.open(p, LONG).await.expect("open once answers come back");
+    assert_eq!(ns.count(T, "passive_pin"), 1);
+}
