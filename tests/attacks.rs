@@ -1914,3 +1914,59 @@ fn used_pinholes_do_not_count_against_the_pending_limit() {
     }
     assert_eq!(admitted(&lab), (5, 0));
 }
+
+#[test]
+fn an_idle_tls_passthrough_session_is_cut_unless_a_connection_joins_client_and_server() {
+    require_lab!();
+    let lab = plain_lab();
+    // What FTPS passthrough asks of the admin: a static rule for the server's passive range.
+    lab.gateway
+        .exec_ok(&[
+            "nft", "insert", "rule", "inet", "lab_fw", "forward", "iifname", "lan0", "oifname",
+            "wan0", "tcp", "dport", "30999", "accept",
+        ])
+        .expect("static rule for the passive range");
+    let _server = scripted(&lab, |text| {
+        text.starts_with("AUTH")
+            .then(|| b"234 Proceed with negotiation\r\n".to_vec())
+    });
+    let data_listener = listen_in(&lab.server, v4(SERVER_IP, 30999)).expect("data listener");
+    let alg = start_alg(
+        &lab.gateway,
+        &["--idle-timeout", "2", "--tls-auth", "passthrough"],
+    );
+    let mut ctl = login(&lab);
+    assert_eq!(ctl.cmd("AUTH TLS").expect("AUTH").code, 234);
+    // The encrypted session's transfer: a connection from client to server that the control
+    // channel cannot show.
+    let data = connect_in(
+        &lab.client,
+        None,
+        v4(SERVER_IP, 30999),
+        Duration::from_secs(2),
+    )
+    .expect("client thread")
+    .expect("data connection through the static rule");
+    let _accepted = accept_within(&data_listener, Duration::from_secs(2)).expect("accepted");
+    // Silent for two and a half idle timeouts: kept, since the transfer lives.
+    assert!(
+        ctl.wait_closed(Duration::from_secs(5)).is_none(),
+        "cut during its transfer\n{}",
+        alg.output()
+    );
+    // The transfer ends: at the next idle check the session goes, without a reply (the
+    // channel is encrypted).
+    drop(data);
+    let ended = Instant::now();
+    let (bytes, closed_at) = ctl
+        .wait_closed(Duration::from_secs(8))
+        .unwrap_or_else(|| panic!("still open 8 s after its transfer\n{}", alg.output()));
+    assert!(bytes.is_empty(), "{:?}", String::from_utf8_lossy(&bytes));
+    assert!(
+        closed_at - ended <= Duration::from_secs(4),
+        "closed {:?} after the transfer",
+        closed_at - ended
+    );
+    let log = log_when(&alg, |log| log.contains("idle timeout in TLS passthrough"));
+    assert!(log.contains("idle timeout in TLS passthrough"), "{log}");
+}
