@@ -1556,6 +1556,38 @@ fn max_sessions_is_enforced_with_421_and_a_freed_slot_is_reused() {
 }
 
 #[test]
+fn a_client_refused_because_the_gateway_is_full_keeps_its_new_session_token() {
+    require_lab!();
+    let lab = plain_lab();
+    let _server = scripted(&lab, |_| None);
+    let alg = start_alg(
+        &lab.gateway,
+        &[
+            "--max-sessions",
+            "1",
+            "--new-sessions-per-second",
+            "1",
+            "--max-sessions-per-client",
+            "10",
+        ],
+    );
+    let (held, code, text) = first_reply(&lab.client, None);
+    assert_eq!(code, 220, "{text}\n{}", alg.output());
+    // A second later its token is back; three tries while the gateway is full.
+    std::thread::sleep(Duration::from_millis(1100));
+    for _ in 0..3 {
+        let (_refused, code, text) = first_reply(&lab.client, None);
+        assert_eq!(code, 421, "{text}");
+        assert!(text.contains("Too many sessions"), "{text}");
+    }
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    // Well within a second of those tries: only a token they did not spend lets it in.
+    let (_again, code, text) = first_reply(&lab.client, None);
+    assert_eq!(code, 220, "{text}\n{}", alg.output());
+}
+
+#[test]
 fn max_sessions_per_client_is_enforced_per_address() {
     require_lab!();
     let lab = plain_lab();

@@ -228,8 +228,16 @@ async fn accept_loop<F: Firewall>(
         if id.is_multiple_of(1024) {
             shared.limiter.prune(Instant::now());
         }
-        let permit = shared.slots.clone().try_acquire_owned();
-        let admission = shared.limiter.admit(peer.ip(), Instant::now());
+        // The gateway's cap first: a client refused because the gateway is full keeps its
+        // per-client token for when there is room.
+        let admitted = match shared.slots.clone().try_acquire_owned() {
+            Ok(permit) => shared
+                .limiter
+                .admit(peer.ip(), Instant::now())
+                .map(|admission| (permit, admission))
+                .map_err(Some),
+            Err(_) => Err(None),
+        };
         let threads = &shared.settings.threads;
         let session_shared = shared.clone();
         let span = info_span!("session", id, client = %peer, server = tracing::field::Empty);
@@ -251,25 +259,25 @@ async fn accept_loop<F: Firewall>(
                         return;
                     }
                 };
-                let Ok(_permit) = permit else {
-                    shared
-                        .settings
-                        .telemetry
-                        .session_refused(SessionRefusal::MaxSessions);
-                    warn!(
-                        max = shared.settings.max_sessions,
-                        "session limit reached; refused"
-                    );
-                    refuse(
-                        client,
-                        "Too many sessions through this gateway; try again later",
-                    )
-                    .await;
-                    return;
-                };
-                let _admission = match admission {
-                    Ok(admission) => admission,
-                    Err(rejection) => {
+                let _held = match admitted {
+                    Ok(held) => held,
+                    Err(None) => {
+                        shared
+                            .settings
+                            .telemetry
+                            .session_refused(SessionRefusal::MaxSessions);
+                        warn!(
+                            max = shared.settings.max_sessions,
+                            "session limit reached; refused"
+                        );
+                        refuse(
+                            client,
+                            "Too many sessions through this gateway; try again later",
+                        )
+                        .await;
+                        return;
+                    }
+                    Err(Some(rejection)) => {
                         shared.settings.telemetry.session_refused(match rejection {
                             Rejection::Concurrent(_) => SessionRefusal::PerClient,
                             Rejection::Rate(_) => SessionRefusal::Rate,
