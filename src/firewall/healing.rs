@@ -5,6 +5,7 @@
 //! A periodic check ([`Healing::watch`]) also catches a deleted table when no transfer is
 //! asking, since interception (the redirect rule) vanishes with it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -56,6 +57,15 @@ impl<F: Firewall> Healing<F> {
         }
     }
 
+    /// Reinstalls the table, unless one finished since the reinstall count was `before`: the
+    /// "missing" that asks for it is then stale, and installing again over the live table
+    /// would drop every pinhole added since, whose PORT or 227 is already out.
+    fn reinstall_unless_since(&self, before: u64) {
+        if self.reinstalls() == before {
+            self.reinstall();
+        }
+    }
+
     /// Reinstalls the table unless a reinstall is already running or we are shutting down.
     pub fn reinstall(&self) {
         if self.retired.load(Ordering::Acquire) || self.reinstalling.swap(true, Ordering::AcqRel) {
@@ -96,9 +106,8 @@ impl<F: Firewall> Healing<F> {
             // A "missing" answer is stale when a reinstall ran meanwhile; installing again
             // over the live table would drop every pinhole added since, whose PORT or 227 is
             // already out.
-            let stale = busy || self.reinstalls() != before;
-            if matches!(exists, Ok(Ok(false))) && !stale {
-                self.reinstall();
+            if matches!(exists, Ok(Ok(false))) && !busy {
+                self.reinstall_unless_since(before);
             }
         }
     }
@@ -106,9 +115,10 @@ impl<F: Firewall> Healing<F> {
 
 impl<F: Firewall> Firewall for Healing<F> {
     async fn open(&self, pinhole: Pinhole, timeout: Duration) -> Result<(), FirewallError> {
+        let before = self.reinstalls();
         let result = self.inner.open(pinhole, timeout).await;
         if let Err(FirewallError::TableMissing { .. }) = &result {
-            self.reinstall();
+            self.reinstall_unless_since(before);
         }
         result
     }
@@ -119,5 +129,9 @@ impl<F: Firewall> Firewall for Healing<F> {
 
     async fn connection_alive(&self, pinhole: Pinhole) -> bool {
         self.inner.connection_alive(pinhole).await
+    }
+
+    async fn peers_connected(&self, client: IpAddr, server: IpAddr, control: [u16; 2]) -> bool {
+        self.inner.peers_connected(client, server, control).await
     }
 }
