@@ -106,13 +106,29 @@ fn saturated() -> bool {
     let cpus = *CPUS.get_or_init(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let saturated = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .as_deref()
-        .and_then(runnable)
-        .is_some_and(|running| running > cpus);
+    let loadavg = std::fs::read_to_string("/proc/loadavg").ok();
+    let saturated = more_runnable_than(loadavg.as_deref(), cpus);
     SATURATION.with(|s| s.set(Some((now, saturated))));
     saturated
+}
+
+/// Whether `/proc/loadavg` shows more runnable threads than `cpus`. Unreadable (systemd's
+/// `ProcSubset=pid` hides it): an idle CPU cannot be told from a busy one, so never spin.
+fn more_runnable_than(loadavg: Option<&str>, cpus: usize) -> bool {
+    match loadavg.and_then(runnable) {
+        Some(running) => running > cpus,
+        None => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "runtime.busy_poll_us: /proc/loadavg is unreadable (under the shipped unit, \
+                     ProcSubset=pid hides it), so busy polling stays off; set ProcSubset=all \
+                     in a drop-in to use it"
+                );
+            });
+            true
+        }
+    }
 }
 
 /// The number of runnable threads in `/proc/loadavg` ("0.50 0.40 0.30 3/250 12345": 3).
@@ -220,6 +236,15 @@ mod tests {
                 .and_then(runnable)
                 .is_some()
         );
+    }
+
+    #[test]
+    fn spins_only_while_a_cpu_is_idle_and_never_when_it_cannot_tell() {
+        assert!(!more_runnable_than(Some("0.50 0.40 0.30 2/250 1"), 2));
+        assert!(more_runnable_than(Some("0.50 0.40 0.30 3/250 1"), 2));
+        // Hidden by ProcSubset=pid, or garbled: treated as saturated.
+        assert!(more_runnable_than(None, 2));
+        assert!(more_runnable_than(Some("garbled"), 64));
     }
 
     #[test]
