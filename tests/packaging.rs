@@ -227,8 +227,9 @@ fn package_installs_the_unit_but_neither_enables_nor_starts_it() {
     assert_eq!(units["enable"].as_bool(), Some(false));
     assert_eq!(units["start"].as_bool(), Some(false));
     let depends = meta["depends"].as_str().unwrap();
-    // procps: /bin/kill, which ExecReload runs.
-    for package in ["nftables", "iproute2", "procps"] {
+    // procps: /bin/kill, which ExecReload runs; conntrack: asked whether a data connection
+    // still runs when a control connection goes idle.
+    for package in ["nftables", "iproute2", "procps", "conntrack"] {
         assert!(depends.contains(package), "depends = {depends}");
     }
 }
@@ -308,7 +309,7 @@ fn built_deb_declares_dependencies_and_the_conffile() {
         .args(["-f"])
         .arg(&deb)
         .arg("Depends"));
-    for package in ["nftables", "iproute2", "procps", "libc6"] {
+    for package in ["nftables", "iproute2", "procps", "conntrack", "libc6"] {
         assert!(depends.contains(package), "Depends: {depends}");
     }
     let control = tempfile::tempdir().unwrap();

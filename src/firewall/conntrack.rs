@@ -2,11 +2,14 @@
 //! control connection's idle timeout never cuts a session whose transfer is still running,
 //! and always cuts one whose "transfer" has no connection at all.
 //!
-//! Asked only when an idle timer expires during a transfer (rare), so spawning the
-//! `conntrack` tool is acceptable; without it we answer "alive" (never cut a transfer).
+//! Asked only when an idle timer expires during a transfer or in FTPS passthrough (rare), so
+//! spawning the `conntrack` tool is acceptable; without it we answer "alive" (never cut a
+//! transfer) and say so once in the log.
 
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+
+use tracing::warn;
 
 use super::Pinhole;
 
@@ -29,8 +32,27 @@ pub(super) fn alive(pinhole: &Pinhole) -> bool {
             .lines()
             .any(|line| line.contains("ESTABLISHED") || line.contains("SYN_")),
         // No tool or no permission: do not cut what might be a transfer.
-        _ => true,
+        out => {
+            unanswered(out.err());
+            true
+        }
     }
+}
+
+/// Says once that conntrack could not be asked, and what that costs.
+fn unanswered(error: Option<std::io::Error>) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        let why = error.map_or_else(
+            || "it failed (no permission?)".to_owned(),
+            |e| format!("cannot run it: {e}"),
+        );
+        warn!(
+            "conntrack: {why}; an idle control connection is then kept as long as a data \
+             connection might be running, i.e. until a peer closes it (install the conntrack \
+             package)"
+        );
+    });
 }
 
 /// Whether conntrack holds a live TCP connection between `client` and `server` (either way
@@ -52,7 +74,10 @@ pub(super) fn between(client: IpAddr, server: IpAddr, control_ports: &[u16]) -> 
                 listed.push_str(&String::from_utf8_lossy(&out.stdout));
             }
             // No tool or no permission: do not cut what might be a transfer.
-            _ => return true,
+            out => {
+                unanswered(out.err());
+                return true;
+            }
         }
     }
     listed

@@ -449,13 +449,28 @@ enum Source {
 /// in the stream (`SO_OOBINLINE`). A client's ABOR comes as `IAC IP`, then `IAC DM` sent
 /// urgent (RFC 959 4.1.3); by default the kernel takes that DM byte out of the stream, and
 /// `IAC IP IAC ABOR` is left, which reads as `BOR` to the ALG's command policy and to the
-/// server's telnet decoding alike. Best effort: a socket refusing either still works.
+/// server's telnet decoding alike. TCP keepalive finds a peer that vanished without a FIN or
+/// reset (a client's NAT that timed out, a laptop put to sleep) within [`KEEPALIVE`] plus
+/// four probes, and keeps NATs in front of either end from dropping a control connection
+/// that sits idle through a long transfer (RFC 5382). Best effort: a socket refusing any of
+/// these still works.
 fn control_socket_options(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
-    if let Err(e) = SockRef::from(stream).set_out_of_band_inline(true) {
+    let socket = SockRef::from(stream);
+    if let Err(e) = socket.set_out_of_band_inline(true) {
         debug!(error = %e, "cannot keep urgent data inline (SO_OOBINLINE)");
     }
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE)
+        .with_interval(KEEPALIVE / 4)
+        .with_retries(4);
+    if let Err(e) = socket.set_tcp_keepalive(&keepalive) {
+        debug!(error = %e, "cannot set TCP keepalive on a control connection");
+    }
 }
+
+/// Idle time before a control connection's first keepalive probe.
+const KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// The destination the client meant before the redirect (SO_ORIGINAL_DST).
 fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
@@ -534,5 +549,19 @@ mod tests {
         assert_eq!(got, b"\xff\xf4\xff\xf2ABOR\r\n");
         let line = crate::ftp::Line::from_raw(got);
         assert_eq!(line.text(), b"ABOR");
+    }
+
+    #[tokio::test]
+    async fn control_connections_probe_a_silent_peer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        control_socket_options(&accepted);
+        let sock = SockRef::from(&accepted);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE);
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE / 4);
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        assert!(sock.out_of_band_inline().unwrap());
     }
 }

@@ -322,7 +322,8 @@ impl<F: Firewall> Session<F> {
                 }
                 Step::Client(Err(e)) | Step::Server(Err(e)) => Err(e),
                 Step::Idle => {
-                    if self.peers_connected().await {
+                    // Half closed: the session is ending, and no transfer needs it.
+                    if client_open && server_open && self.peers_connected().await {
                         last = tokio::time::Instant::now();
                         continue;
                     }

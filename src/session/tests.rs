@@ -1446,3 +1446,21 @@ async fn tls_passthrough_waits_while_a_data_connection_lives_and_relays_half_clo
         Ending::TlsPassthrough
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_half_closed_tls_passthrough_ends_at_the_idle_timeout_whatever_conntrack_says() {
+    // The fake says a flow joins the two hosts, as a missing conntrack tool would.
+    let mut h = in_tls_passthrough(FakeFirewall::default()).await;
+    // The server closes; the client vanished and never answers.
+    h.server.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(h.client.read_to_end(&mut rest).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(1), h.session)
+            .await
+            .unwrap()
+            .unwrap(),
+        Ending::IdleTimeout
+    );
+}
