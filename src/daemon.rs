@@ -56,6 +56,10 @@ pub enum DaemonError {
 /// How often the daemon checks that its table still exists (interception depends on it).
 const TABLE_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What exiting takes after the drain, at most: the session threads' stop (1 s), waiting out
+/// a table reinstall (10 s), removing the table and routing (`nft`, `ip`).
+const EXIT_ALLOWANCE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The async runtime for [`run`]: one thread, which also runs the first share of the
 /// sessions; [`run`] starts the other session threads (`runtime.workers`).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -325,20 +329,26 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
             }
         }
     }
-    notify::stopping();
-    let _ = stop.send(true);
     let grace = current.drain_grace();
+    notify::stopping(grace + EXIT_ALLOWANCE);
+    let _ = stop.send(true);
     info!(
         sessions = telemetry.active_sessions(),
         grace_s = grace.as_secs(),
-        "no longer accepting; waiting for running sessions"
+        "no longer accepting; waiting for running sessions (a second SIGTERM or SIGINT ends \
+         the wait)"
     );
     // Sessions end with their control connections; data connections already admitted keep
     // running in the kernel after the table is gone (conntrack holds them).
-    if tokio::time::timeout(grace, &mut serving).await.is_err() {
+    let drained = tokio::select! {
+        done = tokio::time::timeout(grace, &mut serving) => done.is_ok(),
+        _ = terminate.recv() => false,
+        _ = interrupt.recv() => false,
+    };
+    if !drained {
         warn!(
             sessions = telemetry.active_sessions(),
-            "grace period over; closing the remaining control connections"
+            "grace period over or cut short; closing the remaining control connections"
         );
         serving.abort();
     }

@@ -751,3 +751,70 @@ fn realtime_thread_scope_with_busy_polling_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// The next sd_notify datagram on `socket` that contains `what`, within 10 s.
+fn notified(socket: &std::os::unix::net::UnixDatagram, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if message.contains(what) {
+                return message;
+            }
+        }
+    }
+    panic!("no sd_notify message with {what} within 10 s");
+}
+
+#[test]
+fn a_long_drain_extends_systemds_stop_timeout_and_a_second_sigterm_cuts_it_short() {
+    require_lab!("vsftpd");
+    let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");
+    let server = Vsftpd::start(&lab.server).expect("vsftpd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut options = AlgOptions::new(alg_binary());
+    options.extra_args = vec!["--drain-grace".into(), "300".into()];
+    options.env = vec![format!("NOTIFY_SOCKET={}", notify_path.display())];
+    let mut alg = AlgDaemon::start(&lab.gateway, &options).expect("ftp-alg");
+    notified(&notify, "READY=1");
+    // A session that will not end by itself.
+    let _session = lab
+        .client
+        .run_in(|| -> Result<RawFtp, String> {
+            let mut ftp = RawFtp::connect(server_addr()).map_err(|e| e.to_string())?;
+            ftp.login(FTP_USER, FTP_PASSWORD)
+                .map_err(|e| e.to_string())?;
+            Ok(ftp)
+        })
+        .expect("client thread")
+        .expect("session");
+    signal(&lab.gateway, "-TERM");
+    // systemd hears how long the stop may take: the 300 s drain plus the exit's 15 s.
+    let stopping = notified(&notify, "STOPPING=1");
+    assert!(
+        stopping.contains("EXTEND_TIMEOUT_USEC=315000000"),
+        "{stopping:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alg.exit_status().is_none(), "did not wait for the session");
+    // The operator does not want to wait: a second SIGTERM ends the drain.
+    let second = Instant::now();
+    signal(&lab.gateway, "-TERM");
+    while alg.exit_status().is_none() {
+        assert!(
+            second.elapsed() < Duration::from_secs(15),
+            "still draining after a second SIGTERM:\n{}",
+            alg.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(alg.output().contains("cut short"), "{}", alg.output());
+    drop(server);
+    assert_clean_shutdown(&lab, alg);
+}

@@ -36,9 +36,15 @@ pub(super) fn reloading() {
     send("RELOADING=1");
 }
 
-/// The daemon is draining and will exit.
-pub(super) fn stopping() {
-    send("STOPPING=1");
+/// The daemon is draining and will exit within `within`: systemd's stop timeout is extended
+/// to that (`EXTEND_TIMEOUT_USEC`), so a `limits.drain_grace_secs` above the unit's
+/// `TimeoutStopSec` does not end in a SIGKILL that leaves the table and its redirect behind.
+pub(super) fn stopping(within: Duration) {
+    send(&stopping_message(within));
+}
+
+fn stopping_message(within: Duration) -> String {
+    format!("STOPPING=1\nEXTEND_TIMEOUT_USEC={}", within.as_micros())
 }
 
 /// A watchdog keep-alive.
@@ -57,4 +63,17 @@ pub(super) fn watchdog_period() -> Option<Duration> {
         return None;
     }
     Some(Duration::from_micros(usec / 2)).filter(|d| !d.is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopping_extends_the_stop_timeout_by_the_drain() {
+        assert_eq!(
+            stopping_message(Duration::from_secs(315)),
+            "STOPPING=1\nEXTEND_TIMEOUT_USEC=315000000"
+        );
+    }
 }

@@ -46,6 +46,8 @@ pub struct AlgOptions {
     pub deployment: AlgDeployment,
     /// The intercepted control ports, one `--control-port` each (default: 21).
     pub control_ports: Vec<u16>,
+    /// Environment variables set for the daemon (`NAME=value`), e.g. `NOTIFY_SOCKET`.
+    pub env: Vec<String>,
 }
 
 impl AlgOptions {
@@ -61,6 +63,7 @@ impl AlgOptions {
             ready_timeout: Duration::from_secs(15),
             deployment: AlgDeployment::ClientNat,
             control_ports: vec![21],
+            env: Vec::new(),
         }
     }
 
@@ -180,7 +183,18 @@ impl AlgDaemon {
     /// Starts the daemon in `gateway` and waits until its table exists and its listener accepts.
     pub fn start(gateway: &Netns, options: &AlgOptions) -> Result<Self> {
         let argv = options.argv();
-        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        // `env NAME=value… ftp-alg …`: env execs the daemon, which keeps its own name.
+        let prefix = if options.env.is_empty() {
+            Vec::new()
+        } else {
+            std::iter::once("env")
+                .chain(options.env.iter().map(String::as_str))
+                .collect()
+        };
+        let args: Vec<&str> = prefix
+            .into_iter()
+            .chain(argv.iter().map(String::as_str))
+            .collect();
         let mut child = gateway.spawn("ftp-alg", &args)?;
         let start = Instant::now();
         let filters = options.ready_filters();

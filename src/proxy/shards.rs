@@ -106,8 +106,16 @@ impl Spawner {
 
 impl Drop for Shards {
     fn drop(&mut self) {
-        for (stop, thread) in self.threads.drain(..) {
-            let _ = stop.send(());
+        // All told first, so that they wind down together: within one STOP_GRACE in all.
+        let threads: Vec<_> = self
+            .threads
+            .drain(..)
+            .map(|(stop, thread)| {
+                let _ = stop.send(());
+                thread
+            })
+            .collect();
+        for thread in threads {
             if thread.join().is_err() {
                 warn!("a session thread panicked while stopping");
             }
