@@ -97,6 +97,15 @@ pub fn command_verb(text: &[u8]) -> &[u8] {
     split_verb(text).0
 }
 
+/// Whether the line is one every server reads the same way: a verb of ASCII letters,
+/// followed by a space or nothing, and no CR before its end (a server that ends lines at a
+/// bare CR would read a second command behind it). A tab (or any other byte) after the
+/// verb, a leading space, or an empty line is not.
+pub fn is_plain_command(text: &[u8]) -> bool {
+    let verb = split_verb(text).0;
+    !verb.is_empty() && verb.iter().all(u8::is_ascii_alphabetic) && !text.contains(&b'\r')
+}
+
 /// Splits at the first space; the argument has leading spaces removed.
 fn split_verb(text: &[u8]) -> (&[u8], &[u8]) {
     match text.iter().position(|&b| b == b' ') {
@@ -257,6 +266,25 @@ pub fn render_eprt(addr: SocketAddr) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_command_is_a_verb_of_letters_then_a_space_or_nothing_and_no_cr() {
+        for good in [&b"NOOP"[..], b"dele x", b"RETR  a\tb", b"PORT 1,2,3,4,5,6"] {
+            assert!(is_plain_command(good), "{good:?}");
+        }
+        for bad in [
+            &b""[..],
+            b" DELE x",
+            b"DELE\tx",
+            b"DELE\x0bx",
+            b"X-1 a",
+            b"\tNOOP",
+            b"USER x\rPORT 1,2,3,4,5,6",
+        ] {
+            assert!(!is_plain_command(bad), "{bad:?}");
+        }
+    }
+
     use proptest::prelude::*;
 
     fn port(text: &str) -> Result<Command, CommandError> {

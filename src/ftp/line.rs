@@ -156,6 +156,22 @@ fn end_of_subnegotiation(input: &[u8], from: usize) -> usize {
     input.len()
 }
 
+/// A command line as the server is to receive it: `text` (as from [`Line::text`]) with any
+/// 0xFF byte escaped as `IAC IAC`, then CRLF. Forwarding this, not the bytes received, means
+/// the server reads exactly the command the ALG checked: no telnet sequence the two might
+/// read differently survives.
+pub fn render_command(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    for &byte in text {
+        out.push(byte);
+        if byte == IAC {
+            out.push(IAC);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// Why the framer could not produce a line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -291,6 +307,18 @@ impl LineFramer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rendered_command_reads_back_as_the_same_text() {
+        for text in [&b"RETR a\xffb"[..], b"STAT  x y ", b"", b"\xff\xff\xff"] {
+            let rendered = render_command(text);
+            assert!(rendered.ends_with(b"\r\n"));
+            assert_eq!(Line::from_raw(rendered).text(), text);
+        }
+        // Telnet commands do not survive: only the text the ALG checked does.
+        let received = Line::from_raw(b"\xff\xf4\xff\xf2ABOR\r\n".to_vec());
+        assert_eq!(render_command(&received.text()), b"ABOR\r\n");
+    }
     use proptest::prelude::*;
 
     fn drain(framer: &mut LineFramer) -> Vec<Result<Vec<u8>, FrameError>> {

@@ -19,9 +19,10 @@ mod number;
 mod reply;
 
 pub use command::{
-    Command, CommandError, EpsvArg, command_verb, parse_command, render_eprt, render_port,
+    Command, CommandError, EpsvArg, command_verb, is_plain_command, parse_command, render_eprt,
+    render_port,
 };
-pub use line::{FrameError, Line, LineFramer, Terminator};
+pub use line::{FrameError, Line, LineFramer, Terminator, render_command};
 pub use reply::{
     Reply, ReplyAssembler, ReplyError, ReplyEvent, parse_227, parse_229, render_227, render_229,
     render_reply, rewrite_227, rewrite_229,

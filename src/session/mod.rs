@@ -556,13 +556,18 @@ impl<F: Firewall> Session<F> {
     /// Decides what to do with one client line.
     async fn on_command(&mut self, line: &Line) -> Verdict {
         let text = line.text();
+        // The server gets the text checked here, re-rendered (see `ftp::render_command`); a
+        // line it might split differently is not sent at all.
+        if !ftp::is_plain_command(&text) {
+            return Verdict::Answer(Refusal::BadVerb);
+        }
         let verb = ftp::command_verb(&text).to_ascii_uppercase();
         let command = match ftp::parse_command(&text) {
             Ok(command) => command,
             Err(e) => return Verdict::Answer(Refusal::Malformed { verb, error: e }),
         };
         let is_data_command = !matches!(command, Command::Other | Command::Auth(_));
-        if !verb.is_empty() && !self.policy.permits(&verb, is_data_command) {
+        if !self.policy.permits(&verb, is_data_command) {
             return Verdict::Answer(Refusal::Denied { verb });
         }
         if is_data_command && line.terminator() == Terminator::BareLf {
@@ -577,29 +582,31 @@ impl<F: Firewall> Session<F> {
             }
             Command::Pasv => {
                 self.release_superseded().await;
-                Verdict::Forward(line.raw().to_vec(), Pending::Pasv)
+                Verdict::Forward(ftp::render_command(&text), Pending::Pasv)
             }
             // RFC 2428: once the server accepts it, only EPSV; we refuse the others ourselves.
-            Command::Epsv(EpsvArg::All) => Verdict::Forward(line.raw().to_vec(), Pending::EpsvAll),
+            Command::Epsv(EpsvArg::All) => {
+                Verdict::Forward(ftp::render_command(&text), Pending::EpsvAll)
+            }
             Command::Epsv(_) => {
                 self.release_superseded().await;
-                Verdict::Forward(line.raw().to_vec(), Pending::Epsv)
+                Verdict::Forward(ftp::render_command(&text), Pending::Epsv)
             }
             Command::Lprt | Command::Lpsv => Verdict::Answer(Refusal::LongAddress { verb }),
             Command::Auth(_) => match self.policy.tls {
                 TlsPolicy::Refuse => Verdict::Answer(Refusal::Tls),
                 TlsPolicy::Passthrough => {
                     info!("AUTH forwarded under the TLS passthrough policy");
-                    Verdict::Forward(line.raw().to_vec(), Pending::Auth)
+                    Verdict::Forward(ftp::render_command(&text), Pending::Auth)
                 }
             },
             Command::Other if verb == b"SYST" => {
-                Verdict::Forward(line.raw().to_vec(), Pending::Syst)
+                Verdict::Forward(ftp::render_command(&text), Pending::Syst)
             }
             Command::Other if verb == b"ABOR" => {
-                Verdict::Forward(line.raw().to_vec(), Pending::Abor)
+                Verdict::Forward(ftp::render_command(&text), Pending::Abor)
             }
-            Command::Other => Verdict::Forward(line.raw().to_vec(), Pending::Other),
+            Command::Other => Verdict::Forward(ftp::render_command(&text), Pending::Other),
         }
     }
 

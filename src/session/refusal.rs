@@ -68,6 +68,10 @@ pub enum Refusal {
     Tls,
     /// The client's first line is an HTTP request (NAT slipstreaming): the session is closed.
     NotFtp,
+    /// A line whose verb is empty or not letters only (a tab after it, a telnet
+    /// subnegotiation in it), or with a CR inside: servers split such lines differently, so
+    /// it could carry a command past the checks.
+    BadVerb,
     /// A verb the command policy refuses.
     Denied {
         /// The verb, upper-cased.
@@ -167,6 +171,12 @@ impl Refusal {
                 421,
                 "This is an FTP control connection, not HTTP; closing".into(),
             ),
+            Self::BadVerb => (
+                500,
+                "Syntax error: a command is its verb (letters only), a space, then its argument, \
+                 and no CR before the line's end"
+                    .into(),
+            ),
             Self::Denied { verb } => (
                 502,
                 format!(
@@ -226,7 +236,7 @@ impl Refusal {
             Self::ForeignPassive { .. } => ChannelRefusal::ForeignAddress,
             Self::TooManyPinholes { .. } | Self::PortsExhausted => ChannelRefusal::Limit,
             Self::Firewall { .. } => ChannelRefusal::Firewall,
-            Self::Tls | Self::Denied { .. } | Self::NotFtp => return None,
+            Self::Tls | Self::Denied { .. } | Self::BadVerb | Self::NotFtp => return None,
         })
     }
 

@@ -492,15 +492,48 @@ async fn over_long_line_gets_500_and_is_not_forwarded() {
 }
 
 #[tokio::test]
-async fn other_bytes_pass_unchanged_including_telnet_sequences() {
+async fn commands_reach_the_server_as_checked_and_replies_pass_unchanged() {
     let mut h = start();
     h.greet().await;
-    let text = b"USER anonymous\r\n\xff\xf4\xff\xf2ABOR\r\nSTAT  x y \r\n";
-    h.client_says(text).await;
-    assert_eq!(read_n(&mut h.server, text.len()).await, text);
+    // Telnet sequences go (an ABOR's IAC IP IAC DM included), spacing and escaped 0xFF
+    // bytes stay, and a bare LF becomes CRLF.
+    h.client_says(b"USER anonymous\r\n\xff\xf4\xff\xf2ABOR\r\nSTAT  x y \r\nRETR a\xff\xffb\n")
+        .await;
+    let sent = b"USER anonymous\r\nABOR\r\nSTAT  x y \r\nRETR a\xff\xffb\r\n";
+    assert_eq!(read_n(&mut h.server, sent.len()).await, sent);
     let reply = b"331-a\r\n  b\r\n331 c\r\n";
     h.server_says(reply).await;
     assert_eq!(read_n(&mut h.client, reply.len()).await, reply);
+}
+
+#[tokio::test]
+async fn a_line_servers_could_split_differently_is_refused_and_not_sent() {
+    let mut h = start_with(
+        Policy {
+            deny: vec![b"DELE".to_vec()],
+            ..policy()
+        },
+        FakeFirewall::default(),
+    );
+    h.greet().await;
+    // ProFTPD and Pure-FTPd split words at any whitespace, and drop a lone IAC SB: each of
+    // these would reach them as DELE, PORT, AUTH or a leading-space DELE.
+    for line in [
+        &b"DELE\tsecret\r\n"[..],
+        b"PORT\t10,0,0,5,0,22\r\n",
+        b"AUTH\tTLS\r\n",
+        b" DELE secret\r\n",
+        b"\xff\xfaDELE secret\r\n",
+        b"\r\n",
+    ] {
+        h.client_says(line).await;
+        let reply = read_line(&mut h.client).await;
+        assert!(reply.starts_with("500 Syntax error"), "{line:?}: {reply}");
+    }
+    // A subnegotiation inside a verb: the server gets what was checked, "PO".
+    h.client_says(b"PO\xff\xfaRT 10,0,0,5,0,22\r\n").await;
+    assert_eq!(read_line(&mut h.server).await, "PO\r\n");
+    assert!(h.firewall.opened().is_empty());
 }
 
 #[tokio::test]
