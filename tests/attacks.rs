@@ -935,18 +935,17 @@ fn an_endless_multiline_227_is_bounded_and_opens_nothing() {
     }
     answer.extend_from_slice(b"227 Entering Passive Mode (203,0,113,2,119,36)\r\n");
     next.push(answer);
-    ctl.send(b"PASV\r\n").expect("PASV");
-    let got = ctl
-        .read_until(b"227 Entering", REPLY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}\n{}", context(&alg, &ctl)));
-    let text = String::from_utf8_lossy(&got);
-    assert!(
-        text.contains("451 ftp-alg:"),
-        "the client must be told that the reply was cut: {text:?}"
+    let reply = ctl.cmd("PASV").expect("PASV");
+    assert_eq!(
+        reply.code, 451,
+        "the client must be told that the reply was cut: {}",
+        reply.text
     );
+    // The session goes on, in step: the refused reply's rest never reaches the client, so
+    // the next reply it reads answers its next command.
+    let reply = ctl.cmd("NOOP").expect("NOOP");
+    assert_eq!(reply.code, 200, "{}\n{}", reply.text, context(&alg, &ctl));
     assert_nothing_opened(&lab, &alg, &ctl);
-    // The session goes on.
-    assert_eq!(ctl.cmd("NOOP").expect("NOOP").code, 200);
 }
 
 #[test]

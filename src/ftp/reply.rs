@@ -56,6 +56,12 @@ pub enum ReplyEvent {
     Complete(Reply),
     /// The line was buffered as part of a 227/229 multi-line reply.
     Pending,
+    /// The line belongs to a 227/229 reply refused as too long ([`ReplyError::TooLong`]) and
+    /// is dropped; `end`: it was that reply's last line.
+    Dropped {
+        /// The refused reply has ended.
+        end: bool,
+    },
 }
 
 /// Why a reply could not be assembled or interpreted.
@@ -136,6 +142,10 @@ enum State {
     PassThrough {
         digits: [u8; 3],
     },
+    /// Inside a 227/229 reply refused as too long: its lines are dropped up to its end.
+    Discarding {
+        digits: [u8; 3],
+    },
 }
 
 /// Groups server lines into replies, holding back only 227 and 229.
@@ -159,7 +169,8 @@ impl ReplyAssembler {
     /// A single-line 227/229 completes at once; a multi-line one is buffered until its end
     /// line. Every other line is forwarded. When a buffered reply grows beyond `max_buffered`,
     /// its lines so far (this one included) are dropped, [`ReplyError::TooLong`] is returned,
-    /// and the rest of that reply is forwarded as ordinary lines.
+    /// and the rest of that reply is dropped too ([`ReplyEvent::Dropped`]): the client, told
+    /// once, must not read its end line as the answer to its next command.
     pub fn push_line(&mut self, line: Line) -> Result<ReplyEvent, ReplyError> {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::PassThrough { digits } => {
@@ -167,6 +178,13 @@ impl ReplyAssembler {
                     self.state = State::PassThrough { digits };
                 }
                 Ok(ReplyEvent::Forward(line))
+            }
+            State::Discarding { digits } => {
+                let end = ends_reply(&line, digits);
+                if !end {
+                    self.state = State::Discarding { digits };
+                }
+                Ok(ReplyEvent::Dropped { end })
             }
             State::Buffering {
                 digits,
@@ -177,7 +195,7 @@ impl ReplyAssembler {
                 let end = ends_reply(&line, digits);
                 if size > self.max_buffered {
                     if !end {
-                        self.state = State::PassThrough { digits };
+                        self.state = State::Discarding { digits };
                     }
                     return Err(ReplyError::TooLong {
                         max: self.max_buffered,
@@ -220,7 +238,7 @@ impl ReplyAssembler {
             }));
         }
         if line.len() > self.max_buffered {
-            self.state = State::PassThrough { digits };
+            self.state = State::Discarding { digits };
             return Err(ReplyError::TooLong {
                 max: self.max_buffered,
             });
@@ -577,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn oversized_multiline_227_errors_once_then_passes_the_rest_through() {
+    fn oversized_multiline_227_errors_once_then_drops_the_rest_up_to_its_end() {
         let mut a = ReplyAssembler::new(30);
         let events = feed(
             &mut a,
@@ -585,10 +603,22 @@ mod tests {
         );
         assert_eq!(events[0], Ok(ReplyEvent::Pending));
         assert_eq!(events[1], Err(ReplyError::TooLong { max: 30 }));
-        assert!(matches!(events[2], Ok(ReplyEvent::Forward(_))));
-        assert!(matches!(events[3], Ok(ReplyEvent::Forward(_))));
+        assert_eq!(events[2], Ok(ReplyEvent::Dropped { end: false }));
+        assert_eq!(events[3], Ok(ReplyEvent::Dropped { end: true }));
         assert_eq!(events[4], Ok(ReplyEvent::Forward(line("200 OK\r\n"))));
         assert!(!a.in_multiline());
+    }
+
+    #[test]
+    fn an_oversized_first_line_of_a_227_drops_the_reply_up_to_its_end() {
+        let mut a = ReplyAssembler::new(12);
+        let events = feed(
+            &mut a,
+            "227-aaaaaaaaaaaaaaaa\r\n227 (1,2,3,4,5,6)\r\n200 OK\r\n",
+        );
+        assert_eq!(events[0], Err(ReplyError::TooLong { max: 12 }));
+        assert_eq!(events[1], Ok(ReplyEvent::Dropped { end: true }));
+        assert_eq!(events[2], Ok(ReplyEvent::Forward(line("200 OK\r\n"))));
     }
 
     #[test]

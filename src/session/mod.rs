@@ -715,20 +715,21 @@ impl<F: Firewall> Session<F> {
             let event = match self.replies.push_line(line) {
                 Ok(event) => event,
                 Err(e) => {
-                    warn!(error = %e, "server reply refused");
+                    warn!(error = %e, "server reply refused; the rest of it is dropped");
                     client_w
                         .write_all(&ftp::render_reply(451, &format!("ftp-alg: {e}")))
                         .await?;
                     if !self.replies.in_multiline() {
                         // That was the refused reply's last line: it answered its command.
-                        self.track_reply(Some(451));
+                        self.refused_reply_ended().await;
                         self.flush_local(client_w).await?;
                     }
                     continue;
                 }
             };
             match event {
-                ReplyEvent::Pending => {}
+                ReplyEvent::Pending | ReplyEvent::Dropped { end: false } => {}
+                ReplyEvent::Dropped { end: true } => self.refused_reply_ended().await,
                 ReplyEvent::Forward(line) => {
                     if starts_reply {
                         self.masking = self.mask_for_next_reply();
@@ -758,6 +759,9 @@ impl<F: Firewall> Session<F> {
                 }
                 ReplyEvent::Complete(reply) => {
                     let expected = self.track_reply(reply.code());
+                    // A 227/229 answering a PORT/EPRT or EPSV ALL (a broken or hostile server)
+                    // settles it like any reply.
+                    self.on_answered(expected, reply.code()).await;
                     let bytes = self.on_passive_reply(&reply, expected).await;
                     client_w.write_all(&bytes).await?;
                     // The 227/229 that waited for its pinhole is out.
@@ -770,6 +774,12 @@ impl<F: Firewall> Session<F> {
             self.flush_local(client_w).await?;
         }
         Ok(false)
+    }
+
+    /// A reply refused as too long (answered with a `451`) has ended: it answered its command.
+    async fn refused_reply_ended(&mut self) {
+        let answered = self.track_reply(Some(451));
+        self.on_answered(answered, Some(451)).await;
     }
 
     /// What the server's answer to a PORT/EPRT or `EPSV ALL` settles.

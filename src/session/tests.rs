@@ -1497,3 +1497,46 @@ async fn a_half_closed_tls_passthrough_ends_at_the_idle_timeout_whatever_conntra
         Ending::IdleTimeout
     );
 }
+
+#[tokio::test]
+async fn an_oversized_multiline_227_is_answered_451_and_its_rest_never_reaches_the_client() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    let mut reply = b"227-Entering Passive Mode (203,0,113,2,117,48)\r\n".to_vec();
+    for i in 0..100 {
+        reply.extend_from_slice(format!("227-{i:03} {}\r\n", "x".repeat(100)).as_bytes());
+    }
+    reply.extend_from_slice(b"227 Entering Passive Mode (203,0,113,2,117,48)\r\n");
+    h.server_says(&reply).await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("451 ftp-alg:"), "{line}");
+    // The next command's answer is the next thing the client reads.
+    h.client_says(b"NOOP\r\n").await;
+    assert_eq!(read_line(&mut h.server).await, "NOOP\r\n");
+    h.server_says(b"200 NOOP ok\r\n").await;
+    assert_eq!(read_line(&mut h.client).await, "200 NOOP ok\r\n");
+    assert!(h.firewall.opened().is_empty());
+}
+
+#[tokio::test]
+async fn a_227_answering_a_port_settles_the_port() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
+    read_line(&mut h.server).await;
+    // A broken server: any 2xx accepts the address, so its pinhole is confirmed and a
+    // following PASV replaces it.
+    h.server_says(b"227 Entering Passive Mode (203,0,113,2,117,48)\r\n")
+        .await;
+    read_line(&mut h.client).await;
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 Entering Passive Mode (203,0,113,2,117,49)\r\n")
+        .await;
+    read_line(&mut h.client).await;
+    let live = h.firewall.live();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].to.port(), 30001);
+}
