@@ -843,7 +843,11 @@ impl<F: Firewall> Session<F> {
             }
             return None;
         }
-        self.transfer_running = false;
+        // What a server may answer mid-transfer (STAT, NOOP, HELP) does not end the transfer;
+        // its final reply (226/250, or an error) does.
+        if !matches!(code, 200 | 211..=214) {
+            self.transfer_running = false;
+        }
         if !self.greeted {
             // The greeting (220, or 421/120 …) answers no command.
             self.greeted = true;
@@ -963,14 +967,14 @@ impl<F: Firewall> Session<F> {
     /// but the firewall counts the sessions holding each element, and that count must drop.
     async fn make_room(&mut self) -> Option<Refusal> {
         let timeout = self.policy.pinhole_timeout;
-        if self
-            .pinholes
-            .iter()
-            .any(|held| held.opened.elapsed() >= timeout)
-        {
+        // The pinhole of a running transfer stays however old: the idle timeout asks it
+        // whether the transfer lives, and its lease must not go to another session yet.
+        let running = self.transfer_running;
+        let expired = |held: &Held| held.opened.elapsed() >= timeout && !(running && held.used);
+        if self.pinholes.iter().any(expired) {
             let (expired, live): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.pinholes)
                 .into_iter()
-                .partition(|held| held.opened.elapsed() >= timeout);
+                .partition(expired);
             self.pinholes = live;
             for held in expired {
                 self.release(held).await;

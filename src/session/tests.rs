@@ -1540,3 +1540,50 @@ async fn a_227_answering_a_port_settles_the_port() {
     assert_eq!(live.len(), 1, "{live:?}");
     assert_eq!(live[0].to.port(), 30001);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stat_answered_mid_transfer_does_not_end_it() {
+    let mut h = start_with(
+        Policy {
+            idle_timeout: Duration::from_secs(5),
+            ..policy()
+        },
+        FakeFirewall::default(),
+    );
+    h.greet().await;
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 ok (203,0,113,2,117,48)\r\n").await;
+    read_line(&mut h.client).await;
+    h.client_says(b"RETR big\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"150 Opening data connection\r\n").await;
+    read_line(&mut h.client).await;
+    // RFC 959: STAT during a transfer is answered at once.
+    h.client_says(b"STAT\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"213 Status: 1000 of 9999999 bytes\r\n")
+        .await;
+    read_line(&mut h.client).await;
+    // Long after the pinhole timeout, a PORT pipelined for the next transfer.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::advance(Duration::from_secs(60)).await;
+    h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"200 ok\r\n").await;
+    read_line(&mut h.client).await;
+    // The running transfer's pinhole is still held (it answers the idle check)...
+    assert!(
+        h.firewall
+            .live()
+            .iter()
+            .any(|p| p.to == "203.0.113.2:30000".parse().unwrap()),
+        "{:?}",
+        h.firewall.live()
+    );
+    // ...and the session waits out an hour of silence while the data connection lives.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(!h.session.is_finished());
+    h.server_says(b"226 done\r\n").await;
+    assert_eq!(read_line(&mut h.client).await, "226 done\r\n");
+}
