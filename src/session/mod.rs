@@ -874,6 +874,17 @@ impl<F: Firewall> Session<F> {
             (Some(227), Some(Pending::Pasv)) | (Some(229), Some(Pending::Epsv))
         );
         if !expected {
+            // A published server's address is its private one: never shown to the outside.
+            if self.topology == Topology::Reverse {
+                warn!(
+                    code,
+                    "unsolicited 227/229 from the published server; replaced with 425"
+                );
+                return ftp::render_reply(
+                    425,
+                    "Can't open data connection: the server sent a passive reply nobody asked for",
+                );
+            }
             warn!(
                 code,
                 "unsolicited 227/229 from the server; forwarded without a pinhole"

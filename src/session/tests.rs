@@ -1587,3 +1587,24 @@ async fn a_stat_answered_mid_transfer_does_not_end_it() {
     h.server_says(b"226 done\r\n").await;
     assert_eq!(read_line(&mut h.client).await, "226 done\r\n");
 }
+
+#[tokio::test]
+async fn reverse_mode_never_forwards_an_unsolicited_passive_reply() {
+    let ends = Endpoints {
+        client: "203.0.113.2:50000".parse().unwrap(),
+        client_facing: "203.0.113.1:21".parse().unwrap(),
+        server: "198.51.100.2:21".parse().unwrap(),
+        upstream_local: "198.51.100.1:41000".parse().unwrap(),
+    };
+    let mut h = start_topology(Topology::Reverse, ends, policy(), FakeFirewall::default());
+    h.greet().await;
+    h.client_says(b"NOOP\r\n").await;
+    read_line(&mut h.server).await;
+    // The backend answers with a passive reply naming its private address.
+    h.server_says(b"227 Entering Passive Mode (198,51,100,2,117,48)\r\n")
+        .await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("425 "), "{line}");
+    assert!(!line.contains("198,51,100,2"), "{line}");
+    assert!(h.firewall.opened().is_empty());
+}
