@@ -1030,8 +1030,14 @@ impl<F: Firewall> Session<F> {
     }
 
     /// Opens the plan's pinhole and returns its [`Held::seq`]; on failure its lease is
-    /// returned. `confirmed`: the server already named this data address (a 227/229).
+    /// returned, also when this future is dropped mid-install (the relay step that runs it
+    /// is bounded by the idle timeout). `confirmed`: the server already named this data
+    /// address (a 227/229).
     async fn open(&mut self, plan: DataPlan, confirmed: bool) -> Result<u64, FirewallError> {
+        let lease = LeaseGuard {
+            ports: &self.ports,
+            lease: plan.lease,
+        };
         let started = Instant::now();
         // Real-time from here until the line that waits for this pinhole is released (the
         // boost's own system calls count in the install latency). The boost is the thread's:
@@ -1072,6 +1078,8 @@ impl<F: Firewall> Session<F> {
                 if let Some(entry) = &self.telemetry {
                     entry.pinhole_opened(plan.pinhole, latency);
                 }
+                // The lease is the held pinhole's now.
+                lease.keep();
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.pinholes.push(Held {
@@ -1084,18 +1092,35 @@ impl<F: Firewall> Session<F> {
                 });
                 Ok(seq)
             }
-            Err(error) => {
-                if let Some((owner, port)) = plan.lease {
-                    self.ports.release(owner, port);
-                }
-                Err(error)
-            }
+            // The guard returns the lease.
+            Err(error) => Err(error),
         }
     }
 
     async fn close_all(&mut self) {
         for held in std::mem::take(&mut self.pinholes) {
             self.release(held).await;
+        }
+    }
+}
+
+/// Returns a port lease when dropped: a pinhole install that fails or is cancelled.
+struct LeaseGuard<'a> {
+    ports: &'a PortAllocator,
+    lease: Option<(IpAddr, u16)>,
+}
+
+impl LeaseGuard<'_> {
+    /// The install went through: the lease stays leased.
+    fn keep(mut self) {
+        self.lease = None;
+    }
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        if let Some((owner, port)) = self.lease {
+            self.ports.release(owner, port);
         }
     }
 }

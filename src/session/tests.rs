@@ -1608,3 +1608,26 @@ async fn reverse_mode_never_forwards_an_unsolicited_passive_reply() {
     assert!(!line.contains("198,51,100,2"), "{line}");
     assert!(h.firewall.opened().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pinhole_install_cut_off_by_the_idle_bound_returns_its_port_lease() {
+    let firewall = FakeFirewall::default();
+    // An install that outlasts the idle timeout, which bounds each relay step.
+    firewall.set_open_delay(Duration::from_secs(60));
+    let mut h = start_with(
+        Policy {
+            idle_timeout: Duration::from_secs(5),
+            ..policy()
+        },
+        firewall,
+    );
+    h.greet().await;
+    h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let ending = tokio::time::timeout(Duration::from_secs(1), h.session)
+        .await
+        .expect("the session ended")
+        .expect("session task");
+    assert_eq!(ending, Ending::IoError);
+    assert_eq!(h.ports.leased(), 0, "the cut-off install kept its lease");
+}
