@@ -311,6 +311,9 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
             }
         });
     }
+    // What the daemon started with: restart-only keys keep these values however often a
+    // SIGHUP changes the file.
+    let started = settings.clone();
     let mut current = settings;
     loop {
         tokio::select! {
@@ -320,7 +323,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
                 notify::reloading();
                 match (hooks.reload)() {
                     Ok(new) => {
-                        apply_reload(&current, &new, &policy_tx, &hooks);
+                        apply_reload(&current, &started, &new, &policy_tx, &hooks);
                         current = new;
                     }
                     Err(e) => error!(error = %e, "SIGHUP: new configuration refused; keeping the old one"),
@@ -360,7 +363,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         routing.remove();
     }
     table.remove()?;
-    if let Some(path) = &current.config.status.socket {
+    if let Some(path) = &started.config.status.socket {
         let _ = std::fs::remove_file(path);
     }
     info!("table removed; bye");
@@ -368,8 +371,11 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
 }
 
 /// Applies what can change without a restart, and says what cannot.
+/// `old`: the configuration in force (reloadable keys); `started`: the one the daemon started
+/// with, which restart-only keys still follow.
 fn apply_reload(
     old: &Validated,
+    started: &Validated,
     new: &Validated,
     policy_tx: &watch::Sender<Arc<Policy>>,
     hooks: &Hooks,
@@ -382,7 +388,7 @@ fn apply_reload(
     {
         error!(error = %e, "SIGHUP: cannot apply the new log level");
     }
-    let (o, n) = (&old.config, &new.config);
+    let (o, n) = (&started.config, &new.config);
     let restart_only = [
         ("mode", o.mode != n.mode),
         ("lan_interfaces", o.lan_interfaces != n.lan_interfaces),

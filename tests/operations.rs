@@ -818,3 +818,37 @@ fn a_long_drain_extends_systemds_stop_timeout_and_a_second_sigterm_cuts_it_short
     drop(server);
     assert_clean_shutdown(&lab, alg);
 }
+
+#[test]
+fn a_restart_only_key_changed_by_sighup_is_reported_on_every_reload_until_a_restart() {
+    require_lab!();
+    let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("ftp-alg.toml");
+    write_config(&config, "");
+    let mut options = AlgOptions::new(alg_binary());
+    options.extra_args = vec!["--config".into(), config.display().to_string()];
+    let alg = AlgDaemon::start(&lab.gateway, &options).expect("ftp-alg");
+    // The session cap only changes with a restart; the daemon keeps the one it started with.
+    std::fs::write(
+        &config,
+        "lan_interfaces = [\"lan0\"]\nwan_interface = \"wan0\"\n\
+         [active]\nport_range = \"40000-40999\"\n[limits]\nmax_sessions = 100\n",
+    )
+    .expect("config");
+    let restart = "only takes effect after a restart";
+    for reloads in 1..=2 {
+        signal(&lab.gateway, "-HUP");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alg.output().matches("configuration reloaded").count() < reloads {
+            assert!(Instant::now() < deadline, "no reload:\n{}", alg.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = alg.output();
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(restart) && l.contains("limits.max_sessions"))
+            .collect();
+        assert_eq!(warned.len(), reloads, "reload {reloads}:\n{log}");
+    }
+}
