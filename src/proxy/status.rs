@@ -64,8 +64,17 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, StatusErro
     Ok(listener)
 }
 
+/// Snapshots being written at once; a further connection is closed at once. A snapshot of
+/// thousands of sessions is a megabyte: the cap keeps clients that never read from holding
+/// that, and the file descriptors the FTP sessions need.
+const MAX_READERS: usize = 4;
+
+/// How long a client may take to read its snapshot.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves snapshots until the task is dropped.
 pub async fn serve(listener: UnixListener, telemetry: Arc<Telemetry>, pinhole_timeout: Duration) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_READERS));
     loop {
         let (mut stream, _) = match listener.accept().await {
             Ok(pair) => pair,
@@ -75,13 +84,20 @@ pub async fn serve(listener: UnixListener, telemetry: Arc<Telemetry>, pinhole_ti
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!("status: {MAX_READERS} snapshots being read; connection closed");
+            continue;
+        };
         let snapshot = telemetry.snapshot(pinhole_timeout);
         let Ok(json) = serde_json::to_vec(&snapshot) else {
             continue;
         };
         tokio::spawn(async move {
-            if let Err(e) = stream.write_all(&json).await {
-                debug!(error = %e, "status client went away");
+            let _slot = slot;
+            match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&json)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(error = %e, "status client went away"),
+                Err(_) => debug!("status client read nothing for 5 s; closed"),
             }
             let _ = stream.shutdown().await;
         });
