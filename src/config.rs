@@ -632,6 +632,17 @@ impl Config {
                 "the listener needs a fixed port, e.g. 0.0.0.0:2121",
             ));
         }
+        // The intercept rule redirects to the incoming interface's own address.
+        if !self.lan_interfaces.is_empty()
+            && (self.listen.ip().is_loopback()
+                || self.listen6.is_some_and(|addr| addr.ip().is_loopback()))
+        {
+            return Err(invalid(
+                "listen",
+                "intercepted connections are redirected to the LAN interface's own address, \
+                 never to loopback: listen on 0.0.0.0:PORT (and [::]:PORT)",
+            ));
+        }
         let active_ports = parse_port_range(&self.active.port_range)?;
         // The gateway's own listeners must not be handed out as data ports.
         let own = std::iter::once(self.listen.port())
@@ -864,6 +875,27 @@ mod tests {
         .to_string();
         assert!(err.contains("lan_interface"), "{err}");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn an_intercept_listener_on_loopback_is_refused() {
+        let check = |listen: &str, listen6: Option<&str>| {
+            Config {
+                lan_interfaces: vec!["eth1".into()],
+                wan_address: Some("192.0.2.1".parse().unwrap()),
+                listen: listen.parse().unwrap(),
+                listen6: listen6.map(|a| a.parse().unwrap()),
+                ..Config::default()
+            }
+            .validate()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        let err = check("127.0.0.1:2121", None).unwrap_err();
+        assert!(err.contains("listen") && err.contains("0.0.0.0"), "{err}");
+        assert!(check("0.0.0.0:2121", Some("[::1]:2121")).is_err());
+        assert!(check("0.0.0.0:2121", Some("[::]:2121")).is_ok());
+        assert!(check("10.0.0.1:2121", None).is_ok());
     }
 
     #[test]

@@ -140,6 +140,16 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         },
         (None, None) => None,
     };
+    if let Some(addr) = c.wan_address
+        && let Err(e) = std::net::UdpSocket::bind((addr, 0))
+        && e.kind() == std::io::ErrorKind::AddrNotAvailable
+    {
+        warn!(
+            %addr,
+            "wan_address is not (yet) an address of this host: client-NAT sessions get 421 \
+             until it is; fix wan_address, or name wan_interface instead"
+        );
+    }
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
@@ -151,9 +161,18 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
             Mode::ClientNat => Topology::ClientNat,
             Mode::Routed => Topology::Routed,
         };
-        for addr in std::iter::once(c.listen).chain(c.listen6) {
-            listeners.push((proxy::bind(addr)?, Service::Intercept(topology)));
+        listeners.push((proxy::bind(c.listen)?, Service::Intercept(topology)));
+        if let Some(addr) = c.listen6 {
+            match proxy::bind(addr) {
+                Ok(listener) => listeners.push((listener, Service::Intercept(topology))),
+                // A kernel booted with ipv6.disable=1 carries no IPv6 to intercept.
+                Err(e) if e.address_family_unsupported() => {
+                    warn!(%addr, "IPv6 is disabled on this host; not intercepting IPv6 (set --no-ipv6 to silence this)");
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+        warn_unreachable_listener(c.listen, &c.lan_interfaces);
     }
     for published in &c.reverse {
         listeners.push((
@@ -371,6 +390,30 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
 }
 
 /// Applies what can change without a restart, and says what cannot.
+/// The intercept rule redirects to the primary address of the interface a connection came
+/// in on: a `listen` address that is not the wildcard and not that address never receives
+/// them, and every intercepted connection is reset.
+fn warn_unreachable_listener(listen: std::net::SocketAddr, lan_interfaces: &[String]) {
+    if listen.ip().is_unspecified() {
+        return;
+    }
+    for name in lan_interfaces {
+        if let Ok(primary) = proxy::first_address(name, false)
+            && primary != listen.ip()
+        {
+            warn!(
+                %listen,
+                interface = %name,
+                %primary,
+                "connections intercepted on this interface are redirected to its primary \
+                 address, where nothing listens: they will be reset; set listen to \
+                 0.0.0.0:{}",
+                listen.port()
+            );
+        }
+    }
+}
+
 /// `old`: the configuration in force (reloadable keys); `started`: the one the daemon started
 /// with, which restart-only keys still follow.
 fn apply_reload(

@@ -2023,3 +2023,21 @@ fn an_idle_tls_passthrough_session_is_cut_unless_a_connection_joins_client_and_s
     let log = log_when(&alg, |log| log.contains("idle timeout in TLS passthrough"));
     assert!(log.contains("idle timeout in TLS passthrough"), "{log}");
 }
+
+#[test]
+fn a_wan_address_the_gateway_does_not_have_is_named_at_start_and_to_each_client() {
+    require_lab!();
+    let lab = plain_lab();
+    let _server = scripted(&lab, |_| None);
+    let alg = start_alg(&lab.gateway, &["--wan-address", "192.0.2.77"]);
+    let log = log_when(&alg, |log| log.contains("wan_address is not (yet)"));
+    assert!(log.contains("wan_address is not (yet)"), "{log}");
+    // Not the server's fault, and the client is told so.
+    let (_ctl, code, text) = first_reply(&lab.client, None);
+    assert_eq!(code, 421, "{text}");
+    assert!(
+        text.contains("192.0.2.77 is not configured"),
+        "{text}\n{}",
+        alg.output()
+    );
+}

@@ -38,13 +38,32 @@ pub use shards::{Shards, Spawner};
 #[non_exhaustive]
 pub enum ProxyError {
     /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source} (is another instance running, or the port taken?)")]
+    #[error("cannot listen on {addr}: {source} ({})", bind_hint(source))]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl ProxyError {
+    /// The address family is not supported (IPv6 disabled on this host).
+    pub fn address_family_unsupported(&self) -> bool {
+        match self {
+            Self::Bind { source, .. } => source.raw_os_error() == Some(libc::EAFNOSUPPORT),
+        }
+    }
+}
+
+/// What to do about a listener that could not be bound.
+fn bind_hint(error: &std::io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(libc::EADDRINUSE) => "is another instance running, or the port taken?",
+        Some(libc::EACCES) => "a port below 1024 needs CAP_NET_BIND_SERVICE",
+        Some(libc::EAFNOSUPPORT) => "this host has that address family disabled",
+        _ => "check the listen addresses in the configuration",
+    }
 }
 
 /// What a listener serves.
@@ -374,12 +393,22 @@ async fn handle<F: Firewall>(
                 .settings
                 .telemetry
                 .session_refused(SessionRefusal::Upstream);
-            warn!(error = %e, "server unreachable");
-            refuse(
-                client,
-                &format!("Cannot reach the FTP server {server}: {e}"),
-            )
-            .await;
+            let text = match source {
+                // Not the server's fault: the gateway's own address is missing.
+                Some(Source::Bind(addr)) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                    warn!(error = %e, %addr, "the WAN address is not an address of this host \
+                        (wan_address / wan_interface); no session can reach a server");
+                    format!(
+                        "Cannot reach the FTP server {server}: this gateway's address {addr} is \
+                         not configured on it; tell its administrator"
+                    )
+                }
+                _ => {
+                    warn!(error = %e, "server unreachable");
+                    format!("Cannot reach the FTP server {server}: {e}")
+                }
+            };
+            refuse(client, &text).await;
             return;
         }
     };
