@@ -69,15 +69,23 @@ pub struct WatchArgs {
     /// Watch inside this network namespace (a name from `ip netns list`, or a path).
     #[arg(long, value_name = "NS")]
     pub netns: Option<String>,
-    /// FTP control port; repeatable.
-    #[arg(long = "control-port", value_name = "PORT", default_values_t = [21u16])]
+    /// FTP control port; repeatable. Port 21 is always watched too.
+    #[arg(long = "control-port", value_name = "PORT")]
     pub control_ports: Vec<u16>,
     /// Seconds a data connection's SYN may go unanswered before it is reported.
-    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 3.0, value_parser = seconds)]
     pub no_answer_after: f64,
     /// Stop after this many seconds (default: at Ctrl-C).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub duration: Option<f64>,
+}
+
+/// A number of seconds: finite, not negative.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(secs),
+        _ => Err(format!("{text:?} is not a number of seconds (e.g. 2.5)")),
+    }
 }
 
 impl WatchArgs {
@@ -87,7 +95,9 @@ impl WatchArgs {
         crate::watch::WatchOptions {
             interface: self.interface.clone(),
             netns: self.netns.clone(),
-            control_ports: self.control_ports.clone(),
+            control_ports: std::iter::once(21)
+                .chain(self.control_ports.iter().copied().filter(|&p| p != 21))
+                .collect(),
             no_answer_after: secs(self.no_answer_after),
             duration: self.duration.map(secs),
         }
@@ -410,6 +420,28 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn watch_always_watches_port_21_and_refuses_durations_that_are_not_numbers() {
+        let watch = |args: &[&str]| {
+            Cli::try_parse_from(["ftp-alg", "watch"].iter().chain(args)).map(|cli| {
+                match cli.command {
+                    Subcommands::Watch(w) => w.options(),
+                    _ => unreachable!("parsed as watch"),
+                }
+            })
+        };
+        assert_eq!(watch(&[]).unwrap().control_ports, [21]);
+        assert_eq!(
+            watch(&["--control-port", "2100"]).unwrap().control_ports,
+            [21, 2100]
+        );
+        for bad in ["nan", "inf", "-1", "x"] {
+            assert!(watch(&["--duration", bad]).is_err(), "{bad}");
+            assert!(watch(&["--no-answer-after", bad]).is_err(), "{bad}");
+        }
+        assert!(watch(&["--duration", "2.5"]).is_ok());
     }
 
     #[test]
