@@ -6,7 +6,9 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use ftp_alg::lab::{ClientNatLab, ClientNatOptions, Netns, unique_tag};
+use ftp_alg::lab::{
+    ClientNatLab, ClientNatOptions, Netns, mark_kept, remove_stale_namespaces, unique_tag,
+};
 
 #[test]
 fn netns_is_deleted_on_drop_and_on_panic_with_its_processes() {
@@ -93,4 +95,25 @@ fn client_nat_lab_wires_addresses_and_keeps_the_server_blind_to_the_lan() {
             "{name} left behind"
         );
     }
+}
+
+#[test]
+fn a_namespace_kept_on_purpose_survives_the_next_runs_stale_sweep() {
+    require_lab!();
+    // A lab tag whose process is gone, as after `ftp-alg lab --keep` has exited.
+    let mut gone = std::process::Command::new("true").spawn().expect("spawn");
+    let pid = gone.id();
+    gone.wait().expect("wait");
+    let name = format!("fa{pid}x0-kp");
+    let path = Path::new("/run/netns").join(&name);
+    // Marked first: a sweep by a test running alongside must not win the race either.
+    mark_kept(&name);
+    let ns = Netns::create(&name).expect("create");
+    remove_stale_namespaces();
+    assert!(path.exists(), "a kept namespace was swept");
+    // Without its mark the same namespace is stale, and goes.
+    std::fs::remove_file(Path::new("/run/ftp-alg-lab/kept").join(&name)).expect("unmark");
+    remove_stale_namespaces();
+    assert!(!path.exists(), "a stale namespace survived the sweep");
+    drop(ns);
 }

@@ -50,7 +50,7 @@ pub use cli_clients::{curl_at, lftp_at};
 pub use eprt_shim::EprtShim;
 pub use error::{LabError, Result};
 pub use mode::{DataMode, FtpOp, OpOutcome, SessionReport, TransferPlan};
-pub use netns::{Netns, NsThread, remove_stale_namespaces, unique_tag};
+pub use netns::{Netns, NsThread, mark_kept, remove_stale_namespaces, unique_tag};
 pub use process::{Bounded, ServiceChild};
 pub use reverse::{ReverseLab, ReverseOptions};
 pub use routed::RoutedLab;

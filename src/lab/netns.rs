@@ -258,11 +258,29 @@ fn tag_owner(name: &str) -> Option<u32> {
     if well_formed { pid.parse().ok() } else { None }
 }
 
+/// Where `ftp-alg lab --keep` marks the namespaces it leaves up on purpose.
+const KEPT_DIR: &str = "/run/ftp-alg-lab/kept";
+
+/// Marks a namespace as kept on purpose (`--keep`): [`remove_stale_namespaces`] leaves it,
+/// and the shells a user opened in it, alone.
+pub fn mark_kept(name: &str) {
+    let _ = std::fs::create_dir_all(KEPT_DIR);
+    let _ = std::fs::write(Path::new(KEPT_DIR).join(name), b"");
+}
+
 /// Deletes namespaces left by a lab whose process died without cleaning up (SIGKILL, OOM).
 ///
-/// Only names of the exact form [`unique_tag`] makes are considered, and only when the process
-/// that made them no longer exists.
+/// Only names of the exact form [`unique_tag`] makes are considered, only when the process
+/// that made them no longer exists, and never one kept on purpose ([`mark_kept`]); marks of
+/// kept namespaces the user has since deleted are dropped.
 pub fn remove_stale_namespaces() {
+    if let Ok(marks) = std::fs::read_dir(KEPT_DIR) {
+        for mark in marks.flatten() {
+            if !Path::new(NETNS_DIR).join(mark.file_name()).exists() {
+                let _ = std::fs::remove_file(mark.path());
+            }
+        }
+    }
     let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
         return;
     };
@@ -270,6 +288,7 @@ pub fn remove_stale_namespaces() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(owner) = tag_owner(&name)
             && !Path::new(&format!("/proc/{owner}")).exists()
+            && !Path::new(KEPT_DIR).join(&name).exists()
         {
             delete_namespace(&name);
         }

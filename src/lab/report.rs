@@ -166,7 +166,10 @@ pub fn kept_instructions(kept: &[KeptLab]) -> String {
             lab.namespaces.join(" ")
         );
     }
-    out.push_str("  (a later `ftp-alg lab` also removes them: their owner process is gone)\n");
+    out.push_str(
+        "  (kept on purpose: later lab runs and test runs leave them, and the shells you open \
+         in them, alone; delete them with the line above)\n",
+    );
     out
 }
 

@@ -620,8 +620,12 @@ pub fn command(args: &crate::cli::LabArgs, stop: &AtomicBool) -> anyhow::Result<
     if !report.kept.is_empty() {
         print!("{}", super::report::kept_instructions(&report.kept));
     }
+    // Not a physics failure: say what happened instead of pointing at UNEXPECTED lines.
     if report.interrupted {
-        eprintln!("interrupted: the namespaces built so far are removed");
+        anyhow::bail!(
+            "interrupted after {} cell(s); the namespaces built so far are removed",
+            report.cells.len()
+        );
     }
     Ok(report.matches_physics())
 }

@@ -245,6 +245,9 @@ impl ScenarioLab {
         drop(server);
         // The guards' Drop would delete the namespaces: not running it is the point.
         std::mem::forget(nets);
+        for name in &names {
+            crate::lab::netns::mark_kept(name);
+        }
         names
     }
 }
