@@ -112,6 +112,10 @@ pub struct Announcement {
     pub announcer: IpAddr,
     /// The line itself.
     pub text: String,
+    /// The control channel it was seen on: one number for all views of a channel (a
+    /// forwarded connection's sightings, a proxied one's two connections); none when the
+    /// channel's SYN was not seen.
+    pub control: Option<usize>,
     /// Index of the announcement it is the far-side view of.
     pub near_side: Option<usize>,
     /// Index of its far-side view, once seen.
@@ -235,6 +239,8 @@ impl StreamBuffer {
 struct ControlSyn {
     isn: u32,
     sightings: Vec<Sighting>,
+    /// The control channel: its own index, or that of the connection it proxies.
+    channel: usize,
 }
 
 /// Turns segments into findings. Feed every segment in capture order, call [`Self::tick`]
@@ -353,6 +359,10 @@ impl Explainer {
                 self.control_line(seg, line);
             }
         }
+        // A control connection's direction that ends needs no reassembly any more.
+        if control && (seg.flags.fin || seg.flags.rst) {
+            self.streams.remove(&(seg.iface.clone(), seg.src, seg.dst));
+        }
     }
 
     fn control_syn(&mut self, seg: &Segment) {
@@ -400,11 +410,16 @@ impl Explainer {
                 })
             })
             .flatten()
-            .map(|c| c.sightings[0].clone());
+            .map(|c| (c.sightings[0].clone(), c.channel));
+        let channel = proxied_for
+            .as_ref()
+            .map_or(self.controls.len(), |(_, channel)| *channel);
         self.controls.push(ControlSyn {
             isn: seg.seq,
             sightings: vec![sighting],
+            channel,
         });
+        let proxied_for = proxied_for.map(|(first, _)| first);
         let text = match proxied_for {
             Some(first) => format!(
                 "  the gateway does not forward {} → {}: it opens its own control connection \
@@ -470,12 +485,16 @@ impl Explainer {
         announcer: IpAddr,
         text: String,
     ) {
+        // The far side of an announcement is on the same control channel (where both
+        // channels are known): two sessions announcing at once are not one rewrite.
+        let control = self.control_of(seg).map(|c| c.channel);
         let near_side = self.announcements.iter().rposition(|a| {
             a.opener == opener
                 && a.iface != seg.iface
                 && a.near_side.is_none()
                 && a.far_side.is_none()
                 && seg.at.saturating_sub(a.at) <= PAIR_WINDOW
+                && (a.control.is_none() || control.is_none() || a.control == control)
         });
         let index = self.announcements.len();
         if let Some(near) = near_side {
@@ -490,6 +509,7 @@ impl Explainer {
             addr,
             announcer,
             text: text.clone(),
+            control,
             near_side,
             far_side: None,
         };
@@ -503,6 +523,20 @@ impl Explainer {
                     seg.where_seen()
                 ),
             ),
+            // A 229 carries only a port: its address is the one the client reached the
+            // server at, which NAT changes on the way without anyone rewriting the reply.
+            Some(near) if verb == "229" && self.announcements[near].addr.port() == addr.port() => {
+                self.say(
+                    seg.at,
+                    FindingKind::Unchanged,
+                    format!(
+                        "  it crosses the gateway unchanged ({}): the client is told port {} \
+                         on the address it reached the server at",
+                        seg.where_seen(),
+                        addr.port()
+                    ),
+                );
+            }
             Some(near) if self.announcements[near].addr == addr => self.say(
                 seg.at,
                 FindingKind::Unchanged,
@@ -550,21 +584,25 @@ impl Explainer {
     /// Who rewrote an announcement seen on `seg`'s control connection: the kernel (the
     /// control connection itself was forwarded) or a proxy (the gateway opened it).
     fn rewriter(&self, seg: &Segment) -> &'static str {
+        match self.control_of(seg) {
+            Some(c) if c.sightings.len() > 1 => "the kernel's FTP helper (nf_nat_ftp)",
+            Some(c) if c.sightings[0].outgoing => "the proxy on the gateway (ftp-alg)",
+            _ => "the gateway",
+        }
+    }
+
+    /// The control connection a control segment belongs to, if its SYN was seen.
+    fn control_of(&self, seg: &Segment) -> Option<&ControlSyn> {
         let (client_end, server_end) = if self.is_control_port(seg.dst.port()) {
             (seg.src, seg.dst)
         } else {
             (seg.dst, seg.src)
         };
-        let control = self.controls.iter().find(|c| {
+        self.controls.iter().rev().find(|c| {
             c.sightings
                 .iter()
                 .any(|s| s.iface == seg.iface && s.src == client_end && s.dst == server_end)
-        });
-        match control {
-            Some(c) if c.sightings.len() > 1 => "the kernel's FTP helper (nf_nat_ftp)",
-            Some(c) if c.sightings[0].outgoing => "the proxy on the gateway (ftp-alg)",
-            _ => "the gateway",
-        }
+        })
     }
 
     fn data_syn(&mut self, seg: &Segment) {
@@ -581,7 +619,13 @@ impl Explainer {
             attempt.sightings.push(sighting);
             return;
         }
-        let announcement = self.announcements.iter().rposition(|a| a.addr == seg.dst);
+        // Only connections to an announced address are FTP data connections: the rest of a
+        // gateway's traffic (HTTPS, SSH, scans) is neither explained nor kept.
+        let Some(announcement) = self.announcements.iter().rposition(|a| a.addr == seg.dst) else {
+            return;
+        };
+        let announcement = Some(announcement);
+        self.forget_old_attempts(seg.at);
         self.attempts.push(DataAttempt {
             isn: seg.seq,
             sightings: vec![sighting],
@@ -589,6 +633,17 @@ impl Explainer {
             announcement,
             reported: false,
         });
+    }
+
+    /// Keeps the attempts bounded on a long watch: reported ones older than a minute go once
+    /// there are many (nothing refers to an attempt by index beyond the call that made it).
+    fn forget_old_attempts(&mut self, now: Duration) {
+        const KEEP: usize = 1024;
+        if self.attempts.len() >= KEEP {
+            self.attempts.retain(|a| {
+                !a.reported || now.saturating_sub(a.first().at) < Duration::from_secs(60)
+            });
+        }
     }
 
     fn answered(&mut self, seg: &Segment, answer: Answer) {
@@ -842,6 +897,172 @@ mod tests {
         );
         assert!(all.contains("to 10.0.0.2:50000 (destination NAT)"), "{all}");
         assert!(all.contains("data connection is up"), "{all}");
+    }
+
+    /// A control connection forwarded by a port-forward: outside client, inside server
+    /// (lan0), published as 203.0.113.1:21 (wan0).
+    fn port_forwarded_control(ex: &mut Explainer, client: &str, isn: u32) {
+        ex.feed(&seg(
+            0,
+            "wan0",
+            false,
+            client,
+            "203.0.113.1:21",
+            SYN,
+            isn,
+            0,
+            "",
+        ));
+        ex.feed(&seg(
+            0,
+            "lan0",
+            true,
+            client,
+            "198.51.100.2:21",
+            SYN,
+            isn,
+            0,
+            "",
+        ));
+    }
+
+    #[test]
+    fn a_229_through_a_plain_port_forward_is_not_called_a_rewrite() {
+        let mut ex = Explainer::new(ExplainConfig::default());
+        let client = "192.0.2.9:43000";
+        port_forwarded_control(&mut ex, client, 100);
+        let reply = "229 Entering Extended Passive Mode (|||30001|)\r\n";
+        ex.feed(&seg(
+            5,
+            "lan0",
+            false,
+            "198.51.100.2:21",
+            client,
+            DATA,
+            1,
+            0,
+            reply,
+        ));
+        ex.feed(&seg(
+            5,
+            "wan0",
+            true,
+            "203.0.113.1:21",
+            client,
+            DATA,
+            1,
+            0,
+            reply,
+        ));
+        let all = texts(&ex.take_findings());
+        assert!(all.contains("crosses the gateway unchanged"), "{all}");
+        assert!(!all.contains("rewrote"), "{all}");
+    }
+
+    #[test]
+    fn announcements_of_two_sessions_at_once_are_not_paired_with_each_other() {
+        let mut ex = Explainer::new(ExplainConfig::default());
+        let (a, b) = ("192.0.2.2:43000", "192.0.2.3:43001");
+        for (client, isn) in [(a, 100), (b, 200)] {
+            ex.feed(&seg(
+                0,
+                "lan0",
+                false,
+                client,
+                "203.0.113.2:21",
+                SYN,
+                isn,
+                0,
+                "",
+            ));
+            ex.feed(&seg(
+                0,
+                "wan0",
+                true,
+                client,
+                "203.0.113.2:21",
+                SYN,
+                isn,
+                0,
+                "",
+            ));
+        }
+        // A's PORT arrives, then B's, then each leaves unchanged: A's far side must not be
+        // taken for B's near side.
+        let port_a = "PORT 192,0,2,2,156,187\r\n";
+        let port_b = "PORT 192,0,2,3,156,188\r\n";
+        ex.feed(&seg(
+            5,
+            "lan0",
+            false,
+            a,
+            "203.0.113.2:21",
+            DATA,
+            101,
+            0,
+            port_a,
+        ));
+        ex.feed(&seg(
+            6,
+            "lan0",
+            false,
+            b,
+            "203.0.113.2:21",
+            DATA,
+            201,
+            0,
+            port_b,
+        ));
+        ex.feed(&seg(
+            7,
+            "wan0",
+            true,
+            a,
+            "203.0.113.2:21",
+            DATA,
+            101,
+            0,
+            port_a,
+        ));
+        ex.feed(&seg(
+            8,
+            "wan0",
+            true,
+            b,
+            "203.0.113.2:21",
+            DATA,
+            201,
+            0,
+            port_b,
+        ));
+        let all = texts(&ex.take_findings());
+        assert!(!all.contains("rewrote"), "{all}");
+        assert_eq!(
+            all.matches("crosses the gateway unchanged").count(),
+            2,
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn connections_to_no_announced_address_are_neither_explained_nor_kept() {
+        let mut ex = Explainer::new(ExplainConfig::default());
+        for i in 0..2000u32 {
+            ex.feed(&seg(
+                u64::from(i),
+                "lan0",
+                false,
+                "10.0.0.2:50000",
+                "192.0.2.80:443",
+                SYN,
+                i,
+                0,
+                "",
+            ));
+        }
+        ex.tick(Duration::from_secs(60));
+        assert!(ex.attempts().is_empty());
+        assert!(ex.take_findings().is_empty());
     }
 
     #[test]
