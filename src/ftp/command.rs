@@ -97,13 +97,15 @@ pub fn command_verb(text: &[u8]) -> &[u8] {
     split_verb(text).0
 }
 
-/// Whether the line is one every server reads the same way: a verb of ASCII letters,
-/// followed by a space or nothing, and no CR before its end (a server that ends lines at a
-/// bare CR would read a second command behind it). A tab (or any other byte) after the
-/// verb, a leading space, or an empty line is not.
+/// Whether the line is one every server reads the same way: a verb of an ASCII letter then
+/// letters or digits (`XSHA256`, `MD5`), followed by a space or nothing, and no CR before
+/// its end (a server that ends lines at a bare CR would read a second command behind it).
+/// A tab (or any other byte) after the verb, a leading space, or an empty line is not.
 pub fn is_plain_command(text: &[u8]) -> bool {
     let verb = split_verb(text).0;
-    !verb.is_empty() && verb.iter().all(u8::is_ascii_alphabetic) && !text.contains(&b'\r')
+    verb.first().is_some_and(u8::is_ascii_alphabetic)
+        && verb.iter().all(u8::is_ascii_alphanumeric)
+        && !text.contains(&b'\r')
 }
 
 /// Splits at the first space; the argument has leading spaces removed.
@@ -269,7 +271,14 @@ mod tests {
 
     #[test]
     fn a_plain_command_is_a_verb_of_letters_then_a_space_or_nothing_and_no_cr() {
-        for good in [&b"NOOP"[..], b"dele x", b"RETR  a\tb", b"PORT 1,2,3,4,5,6"] {
+        for good in [
+            &b"NOOP"[..],
+            b"dele x",
+            b"RETR  a\tb",
+            b"PORT 1,2,3,4,5,6",
+            b"XSHA256 f",
+            b"MD5 f",
+        ] {
             assert!(is_plain_command(good), "{good:?}");
         }
         for bad in [
@@ -278,6 +287,7 @@ mod tests {
             b"DELE\tx",
             b"DELE\x0bx",
             b"X-1 a",
+            b"1X a",
             b"\tNOOP",
             b"USER x\rPORT 1,2,3,4,5,6",
         ] {

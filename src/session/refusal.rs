@@ -68,7 +68,7 @@ pub enum Refusal {
     Tls,
     /// The client's first line is an HTTP request (NAT slipstreaming): the session is closed.
     NotFtp,
-    /// A line whose verb is empty or not letters only (a tab after it, a telnet
+    /// A line whose verb is empty or not a letter then letters and digits (a tab after it, a telnet
     /// subnegotiation in it), or with a CR inside: servers split such lines differently, so
     /// it could carry a command past the checks.
     BadVerb,
@@ -173,8 +173,8 @@ impl Refusal {
             ),
             Self::BadVerb => (
                 500,
-                "Syntax error: a command is its verb (letters only), a space, then its argument, \
-                 and no CR before the line's end"
+                "Syntax error: a command is its verb (a letter, then letters or digits), a \
+                 space, then its argument, and no CR before the line's end"
                     .into(),
             ),
             Self::Denied { verb } => (

@@ -1631,3 +1631,12 @@ async fn a_pinhole_install_cut_off_by_the_idle_bound_returns_its_port_lease() {
     assert_eq!(ending, Ending::IoError);
     assert_eq!(h.ports.leased(), 0, "the cut-off install kept its lease");
 }
+
+#[tokio::test]
+async fn checksum_commands_with_digits_in_the_verb_pass() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"XSHA256 big.iso\r\nMD5 big.iso\r\n").await;
+    assert_eq!(read_line(&mut h.server).await, "XSHA256 big.iso\r\n");
+    assert_eq!(read_line(&mut h.server).await, "MD5 big.iso\r\n");
+}
