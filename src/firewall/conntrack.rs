@@ -56,8 +56,8 @@ fn unanswered(error: Option<std::io::Error>) {
 }
 
 /// Whether conntrack holds a live TCP connection between `client` and `server` (either way
-/// round, through any NAT) other than a control connection to one of `control_ports`: the
-/// data connection of an FTPS session, whose control channel hides it.
+/// round, through any NAT) shaped like an FTP data connection (see [`live_flow_between`]):
+/// the data connection of an FTPS session, whose control channel hides it.
 pub(super) fn between(client: IpAddr, server: IpAddr, control_ports: &[u16]) -> bool {
     // Client-initiated flows carry the client as original source; server-initiated ones
     // (active mode) carry it as reply source, after any DNAT.
@@ -85,12 +85,16 @@ pub(super) fn between(client: IpAddr, server: IpAddr, control_ports: &[u16]) -> 
         .any(|line| live_flow_between(line, client, server, control_ports))
 }
 
-/// One line of `conntrack -L`: a live flow with both hosts in its tuples, not to a control
-/// port.
+/// One line of `conntrack -L`: a live flow between the two hosts shaped like an FTP data
+/// connection. Client-initiated (passive), its server-side port is above 1023 and not a
+/// control port; server-initiated (active), it comes from port 20 or from the port below a
+/// control port (the server's active-mode source). HTTPS, SSH and the control connection
+/// itself do not count.
 fn live_flow_between(line: &str, client: IpAddr, server: IpAddr, control_ports: &[u16]) -> bool {
     if !(line.contains("ESTABLISHED") || line.contains("SYN_")) {
         return false;
     }
+    // Original tuple first, then the reply tuple.
     let mut hosts = Vec::with_capacity(4);
     let mut dports = Vec::with_capacity(2);
     let mut sports = Vec::with_capacity(2);
@@ -105,13 +109,21 @@ fn live_flow_between(line: &str, client: IpAddr, server: IpAddr, control_ports: 
             _ => {}
         }
     }
-    // The original destination port, and the reply's source port (the same port after DNAT).
-    let to_control = dports
-        .first()
-        .into_iter()
-        .chain(sports.get(1))
-        .any(|p| control_ports.contains(p));
-    hosts.contains(&client) && hosts.contains(&server) && !to_control
+    if !(hosts.contains(&client) && hosts.contains(&server)) {
+        return false;
+    }
+    let (Some(&opener), Some(&sport), Some(&dport)) =
+        (hosts.first(), sports.first(), dports.first())
+    else {
+        return false;
+    };
+    if opener == client {
+        dport >= 1024 && !control_ports.contains(&dport)
+    } else if opener == server {
+        sport == 20 || control_ports.iter().any(|&c| c > 1 && sport == c - 1)
+    } else {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +172,20 @@ mod tests {
         assert!(!between(
             "tcp      6 431999 ESTABLISHED src=10.0.0.2 dst=192.0.2.9 sport=50000 dport=443 \
              src=192.0.2.9 dst=198.51.100.1 sport=443 dport=50000 [ASSURED] mark=0 use=1"
+        ));
+        // Other services of the same host: HTTPS, SSH, and a connection the server opens
+        // from a port of its own.
+        for (sport, dport) in [(50000, 443), (50001, 22)] {
+            assert!(!between(&format!(
+                "tcp      6 431999 ESTABLISHED src=10.0.0.2 dst=203.0.113.2 sport={sport} \
+                 dport={dport} src=203.0.113.2 dst=198.51.100.1 sport={dport} dport={sport} \
+                 [ASSURED] mark=0 use=1"
+            )));
+        }
+        assert!(!between(
+            "tcp      6 431999 ESTABLISHED src=203.0.113.2 dst=198.51.100.1 sport=33000 \
+             dport=40001 src=10.0.0.2 dst=203.0.113.2 sport=50001 dport=33000 [ASSURED] \
+             mark=0 use=1"
         ));
     }
 
