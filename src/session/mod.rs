@@ -760,8 +760,15 @@ impl<F: Firewall> Session<F> {
                 ReplyEvent::Complete(reply) => {
                     let expected = self.track_reply(reply.code());
                     // A 227/229 answering a PORT/EPRT or EPSV ALL (a broken or hostile server)
-                    // settles it like any reply.
-                    self.on_answered(expected, reply.code()).await;
+                    // settles it like any reply: as the client will read it, a 425 where
+                    // reverse mode replaces it.
+                    let unsolicited = !answers_passive(reply.code(), expected);
+                    let seen = if unsolicited && self.topology == Topology::Reverse {
+                        Some(425)
+                    } else {
+                        reply.code()
+                    };
+                    self.on_answered(expected, seen).await;
                     let bytes = self.on_passive_reply(&reply, expected).await;
                     client_w.write_all(&bytes).await?;
                     // The 227/229 that waited for its pinhole is out.
@@ -869,11 +876,7 @@ impl<F: Firewall> Session<F> {
     /// A complete 227/229: interpret it only if it answers our PASV/EPSV.
     async fn on_passive_reply(&mut self, reply: &Reply, answered: Option<Pending>) -> Vec<u8> {
         let code = reply.code();
-        let expected = matches!(
-            (code, answered),
-            (Some(227), Some(Pending::Pasv)) | (Some(229), Some(Pending::Epsv))
-        );
-        if !expected {
+        if !answers_passive(code, answered) {
             // A published server's address is its private one: never shown to the outside.
             if self.topology == Topology::Reverse {
                 warn!(
@@ -1102,6 +1105,14 @@ impl<F: Firewall> Session<F> {
             self.release(held).await;
         }
     }
+}
+
+/// Whether a 227/229 answers this client's PASV/EPSV (else it is unsolicited).
+fn answers_passive(code: Option<u16>, answered: Option<Pending>) -> bool {
+    matches!(
+        (code, answered),
+        (Some(227), Some(Pending::Pasv)) | (Some(229), Some(Pending::Epsv))
+    )
 }
 
 /// Returns a port lease when dropped: a pinhole install that fails or is cancelled.

@@ -1640,3 +1640,24 @@ async fn checksum_commands_with_digits_in_the_verb_pass() {
     assert_eq!(read_line(&mut h.server).await, "XSHA256 big.iso\r\n");
     assert_eq!(read_line(&mut h.server).await, "MD5 big.iso\r\n");
 }
+
+#[tokio::test]
+async fn reverse_mode_settles_a_passive_reply_it_replaced_as_refused() {
+    let ends = Endpoints {
+        client: "203.0.113.2:50000".parse().unwrap(),
+        client_facing: "203.0.113.1:21".parse().unwrap(),
+        server: "198.51.100.2:21".parse().unwrap(),
+        upstream_local: "198.51.100.1:41000".parse().unwrap(),
+    };
+    let mut h = start_topology(Topology::Reverse, ends, policy(), FakeFirewall::default());
+    h.greet().await;
+    // EPSV ALL answered with a 229: the client reads 425, so EPSV ALL is not in effect and
+    // its fallback PASV goes through.
+    h.client_says(b"EPSV ALL\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"229 Entering Extended Passive Mode (|||30001|)\r\n")
+        .await;
+    assert!(read_line(&mut h.client).await.starts_with("425 "));
+    h.client_says(b"PASV\r\n").await;
+    assert_eq!(read_line(&mut h.server).await, "PASV\r\n");
+}
