@@ -26,9 +26,10 @@
 //!   ACK means "committed" only if the whole batch had no error. On
 //!   any error the requests of the batch are replayed one per batch, which attributes each
 //!   error precisely. Every operation is idempotent (add without `NLM_F_EXCL`, destroy), so
-//!   replaying is always safe. A request left with no answer (`ENOBUFS`, or none within
-//!   [`ACK_WAIT`]) is asked once more; an add still without one is removed again, since it
-//!   may be in the kernel.
+//!   replaying is always safe. A request whose answers were dropped on the way (`ENOBUFS`) is
+//!   asked once more while its caller waits; an add still without an answer is removed
+//!   again, since it may be in the kernel. One with no answer within [`ACK_WAIT`] is not
+//!   asked again: the kernel answers inside `sendmsg`, so that is no lost message.
 //! - **Destroy, not delete.** `close` sends `NFT_MSG_DESTROYSETELEM` (kernel >= 6.3), which
 //!   succeeds when the element is already gone: consumed by its connection (the rule deletes
 //!   it) or expired. `NFT_MSG_DELSETELEM` would fail with `ENOENT` and, worse, abort every
@@ -999,8 +1000,12 @@ enum Outcome {
     BatchRefused(i32),
     /// This request was fine, but another one made the transaction abort.
     Aborted,
-    /// Some ACK never came (or was dropped: `ENOBUFS`), so the result is unknown.
+    /// Some ACK never came within [`ACK_WAIT`], so the result is unknown. (The kernel
+    /// answers a batch inside `sendmsg`: waiting again would not help.)
     Lost(String),
+    /// Answers were lost on the way (`ENOBUFS`, a truncated reply): the result is unknown, and
+    /// asking again gets a fresh answer at once.
+    Dropped(String),
     /// The socket failed.
     Io(FirewallError),
 }
@@ -1240,7 +1245,7 @@ impl Backend {
         #[cfg(test)]
         let outcomes = if self.lose_answers > 0 {
             self.lose_answers -= 1;
-            vec![Outcome::Lost("test: answers dropped".into()); jobs.len()]
+            vec![Outcome::Dropped("test: answers dropped".into()); jobs.len()]
         } else {
             outcomes
         };
@@ -1312,7 +1317,7 @@ impl Backend {
         if let Err(e) = received {
             // Something may be missing, so nothing is known for sure; the caller replays.
             let why = e.to_string();
-            return vec![Outcome::Lost(why); jobs.len()];
+            return vec![Outcome::Dropped(why); jobs.len()];
         }
         for (k, &(j, e)) in owners.iter().enumerate() {
             let outcome = &mut outcomes[j];
@@ -1405,10 +1410,13 @@ impl Backend {
     /// Answers one request with its outcome; `Some` hands an add the kernel found busy back
     /// to an inline caller (unanswered) for the thread to retry.
     fn finish(&mut self, request: Request, mut outcome: Outcome, mode: Mode) -> Option<Request> {
-        // No answer (ENOBUFS, or none within ACK_WAIT): the kernel may or may not have done
-        // it. Every request is idempotent, so asking again gives a known answer.
-        if let Outcome::Lost(why) = &outcome {
-            debug!(pinhole = %request.pinhole, %why, "no answer from the kernel; asking once more");
+        // Answers dropped on the way (ENOBUFS): the kernel may or may not have done it. Every
+        // request is idempotent, so asking again gives a known answer, at once. Not when the
+        // caller has gone (its add is then an orphan for the owner counts to remove).
+        if let Outcome::Dropped(why) = &outcome
+            && !request.reply.is_closed()
+        {
+            debug!(pinhole = %request.pinhole, %why, "answer lost; asking the kernel once more");
             Counters::add(&self.counters.replays, 1);
             outcome = self.transact_one(&request);
         }
@@ -1757,7 +1765,7 @@ impl Backend {
             Outcome::Aborted => Err(FirewallError::Protocol(
                 "transaction aborted by another request".into(),
             )),
-            Outcome::Lost(why) => {
+            Outcome::Lost(why) | Outcome::Dropped(why) => {
                 warn!(%why, "lost track of a pinhole operation");
                 Err(FirewallError::Protocol(why))
             }
