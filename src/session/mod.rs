@@ -1037,9 +1037,10 @@ impl<F: Firewall> Session<F> {
     /// is bounded by the idle timeout). `confirmed`: the server already named this data
     /// address (a 227/229).
     async fn open(&mut self, plan: DataPlan, confirmed: bool) -> Result<u64, FirewallError> {
-        let lease = LeaseGuard {
+        let mut lease = LeaseGuard {
             ports: &self.ports,
             lease: plan.lease,
+            rest: Duration::ZERO,
         };
         let started = Instant::now();
         // Real-time from here until the line that waits for this pinhole is released (the
@@ -1066,11 +1067,16 @@ impl<F: Firewall> Session<F> {
                 }
             }
         }
-        match self
+        // Dropped from here on (the relay step's bound), the add may still reach the kernel:
+        // the port then rests until that element's timeout.
+        lease.rest = self.policy.pinhole_timeout;
+        let opened = self
             .firewall
             .open(plan.pinhole, self.policy.pinhole_timeout)
-            .await
-        {
+            .await;
+        // Answered: a refused add left nothing behind, so the usual quarantine will do.
+        lease.rest = Duration::ZERO;
+        match opened {
             Ok(()) => {
                 let latency = started.elapsed();
                 debug!(
@@ -1115,10 +1121,12 @@ fn answers_passive(code: Option<u16>, answered: Option<Pending>) -> bool {
     )
 }
 
-/// Returns a port lease when dropped: a pinhole install that fails or is cancelled.
+/// Returns a port lease when dropped: a pinhole install that fails or is cancelled (then
+/// the port rests for `rest`).
 struct LeaseGuard<'a> {
     ports: &'a PortAllocator,
     lease: Option<(IpAddr, u16)>,
+    rest: Duration,
 }
 
 impl LeaseGuard<'_> {
@@ -1131,7 +1139,7 @@ impl LeaseGuard<'_> {
 impl Drop for LeaseGuard<'_> {
     fn drop(&mut self) {
         if let Some((owner, port)) = self.lease {
-            self.ports.release(owner, port);
+            self.ports.release_resting(owner, port, self.rest);
         }
     }
 }

@@ -31,7 +31,7 @@ pub struct PortAllocator {
 #[derive(Debug, Default)]
 struct State {
     leased: HashSet<(IpAddr, u16)>,
-    /// Released ports and when they were released.
+    /// Released ports and when each may be leased again.
     resting: HashMap<(IpAddr, u16), Instant>,
 }
 
@@ -53,10 +53,7 @@ impl PortAllocator {
         let (lo, hi) = (*self.range.start(), *self.range.end());
         let size = u32::from(hi - lo) + 1;
         if state.resting.len() > size as usize * 4 {
-            let quarantine = self.quarantine;
-            state
-                .resting
-                .retain(|_, since| now.duration_since(*since) < quarantine);
+            state.resting.retain(|_, free_at| *free_at > now);
         }
         let start = rand::random_range(0..size);
         // Random start, then a linear probe: bounded work even when nearly full.
@@ -65,8 +62,8 @@ impl PortAllocator {
             if state.leased.contains(&key) {
                 continue;
             }
-            if let Some(since) = state.resting.get(&key) {
-                if now.duration_since(*since) < self.quarantine {
+            if let Some(free_at) = state.resting.get(&key) {
+                if *free_at > now {
                     continue;
                 }
                 state.resting.remove(&key);
@@ -79,9 +76,17 @@ impl PortAllocator {
 
     /// Returns a port leased by [`PortAllocator::allocate`]; it rests before its next lease.
     pub fn release(&self, server: IpAddr, port: u16) {
+        self.release_resting(server, port, self.quarantine);
+    }
+
+    /// Returns a port that rests for at least `rest` (and the quarantine): one whose pinhole
+    /// install was cut off may still be added to the kernel, and stays there until its
+    /// timeout; leased again before that, another client's mapping would clash with it.
+    pub fn release_resting(&self, server: IpAddr, port: u16, rest: Duration) {
+        let rest = rest.max(self.quarantine);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.leased.remove(&(server, port)) && !self.quarantine.is_zero() {
-            state.resting.insert((server, port), Instant::now());
+        if state.leased.remove(&(server, port)) && !rest.is_zero() {
+            state.resting.insert((server, port), Instant::now() + rest);
         }
     }
 
@@ -98,6 +103,27 @@ impl PortAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_released_after_a_cut_off_install_rests_past_the_quarantine() {
+        let server: IpAddr = "203.0.113.2".parse().unwrap();
+        let ports = PortAllocator::new(40000..=40000, Duration::ZERO);
+        assert_eq!(ports.allocate(server), Some(40000));
+        ports.release(server, 40000);
+        assert_eq!(
+            ports.allocate(server),
+            Some(40000),
+            "no quarantine: free at once"
+        );
+        ports.release_resting(server, 40000, Duration::from_millis(200));
+        assert_eq!(
+            ports.allocate(server),
+            None,
+            "resting until the element's timeout"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(ports.allocate(server), Some(40000));
+    }
 
     #[test]
     fn allocates_every_port_of_the_range_once_then_runs_out() {
