@@ -374,17 +374,15 @@ async fn handle<F: Firewall>(
             .map(Source::Bind),
         Topology::Reverse => None,
     };
+    let mut source = source;
     let mut connected = connect(server, source, shared.settings.connect_timeout).await;
     if let (Err(e), Some(Source::Bind(_))) = (&connected, source)
         && e.kind() == std::io::ErrorKind::AddrNotAvailable
         && let Some(now) = shared.renumbered()
     {
-        connected = connect(
-            server,
-            Some(Source::Bind(now)),
-            shared.settings.connect_timeout,
-        )
-        .await;
+        // The address tried last is the one an error names.
+        source = Some(Source::Bind(now));
+        connected = connect(server, source, shared.settings.connect_timeout).await;
     }
     let upstream = match connected {
         Ok(upstream) => upstream,

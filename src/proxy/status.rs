@@ -40,6 +40,10 @@ pub enum StatusError {
         /// Why.
         source: std::io::Error,
     },
+    /// The daemon closed the connection without an answer: it was serving as many status
+    /// readers as it allows.
+    #[error("the daemon at {0} is busy serving other status readers; try again in a moment")]
+    Busy(PathBuf),
 }
 
 /// Binds the status socket, replacing a stale one, with mode 0660 and the given group.
@@ -117,6 +121,9 @@ pub fn fetch(path: &Path) -> Result<serde_json::Value, StatusError> {
         .map_err(err)?;
     let mut text = Vec::new();
     stream.read_to_end(&mut text).map_err(err)?;
+    if text.is_empty() {
+        return Err(StatusError::Busy(path.to_owned()));
+    }
     serde_json::from_slice(&text).map_err(|e| err(std::io::Error::other(e)))
 }
 
@@ -127,4 +134,21 @@ fn group_id(name: &str) -> Option<u32> {
         (fields.next()? == name).then_some(())?;
         fields.nth(1)?.parse().ok()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_closed_without_an_answer_reads_as_busy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("status.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let turned_away = std::thread::spawn(move || drop(listener.accept()));
+        let error = fetch(&path).expect_err("no answer");
+        turned_away.join().expect("listener thread");
+        assert!(matches!(error, StatusError::Busy(_)), "{error}");
+        assert!(error.to_string().contains("try again"), "{error}");
+    }
 }
