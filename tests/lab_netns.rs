@@ -100,15 +100,18 @@ fn client_nat_lab_wires_addresses_and_keeps_the_server_blind_to_the_lan() {
 #[test]
 fn a_namespace_kept_on_purpose_survives_the_next_runs_stale_sweep() {
     require_lab!();
-    // A lab tag whose process is gone, as after `ftp-alg lab --keep` has exited.
-    let mut gone = std::process::Command::new("true").spawn().expect("spawn");
-    let pid = gone.id();
-    gone.wait().expect("wait");
-    let name = format!("fa{pid}x0-kp");
+    // Named after a process that lives while the namespace is made and marked (a sweep by a
+    // test running alongside leaves it alone), then ends, as `ftp-alg lab --keep` does.
+    let mut owner = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn");
+    let name = format!("fa{}x0-kp", owner.id());
     let path = Path::new("/run/netns").join(&name);
-    // Marked first: a sweep by a test running alongside must not win the race either.
-    mark_kept(&name);
     let ns = Netns::create(&name).expect("create");
+    mark_kept(&name);
+    owner.kill().expect("kill");
+    owner.wait().expect("wait");
     remove_stale_namespaces();
     assert!(path.exists(), "a kept namespace was swept");
     // Without its mark the same namespace is stale, and goes.

@@ -88,8 +88,8 @@ pub(super) fn between(client: IpAddr, server: IpAddr, control_ports: &[u16]) -> 
 /// One line of `conntrack -L`: a live flow between the two hosts shaped like an FTP data
 /// connection. Client-initiated (passive), its server-side port is above 1023 and not a
 /// control port; server-initiated (active), it comes from port 20 or from the port below a
-/// control port (the server's active-mode source). HTTPS, SSH and the control connection
-/// itself do not count.
+/// control port, or goes to a client port above 1023. HTTPS, SSH and the control
+/// connection itself do not count.
 fn live_flow_between(line: &str, client: IpAddr, server: IpAddr, control_ports: &[u16]) -> bool {
     if !(line.contains("ESTABLISHED") || line.contains("SYN_")) {
         return false;
@@ -120,7 +120,11 @@ fn live_flow_between(line: &str, client: IpAddr, server: IpAddr, control_ports: 
     if opener == client {
         dport >= 1024 && !control_ports.contains(&dport)
     } else if opener == server {
-        sport == 20 || control_ports.iter().any(|&c| c > 1 && sport == c - 1)
+        // Port 20 (or the one below the control port) as root servers use; an unprivileged
+        // one (vsftpd's default) connects from any port, to the client's port above 1023.
+        sport == 20
+            || control_ports.iter().any(|&c| c > 1 && sport == c - 1)
+            || (dport >= 1024 && !control_ports.contains(&dport))
     } else {
         false
     }
@@ -182,7 +186,14 @@ mod tests {
                  [ASSURED] mark=0 use=1"
             )));
         }
+        // A server-initiated connection to a low port of the client is no data connection.
         assert!(!between(
+            "tcp      6 431999 ESTABLISHED src=203.0.113.2 dst=198.51.100.1 sport=33000 \
+             dport=25 src=10.0.0.2 dst=203.0.113.2 sport=25 dport=33000 [ASSURED] \
+             mark=0 use=1"
+        ));
+        // An unprivileged server's active data connection, from an ephemeral port.
+        assert!(between(
             "tcp      6 431999 ESTABLISHED src=203.0.113.2 dst=198.51.100.1 sport=33000 \
              dport=40001 src=10.0.0.2 dst=203.0.113.2 sport=50001 dport=33000 [ASSURED] \
              mark=0 use=1"

@@ -1411,10 +1411,10 @@ impl Backend {
     /// to an inline caller (unanswered) for the thread to retry.
     fn finish(&mut self, request: Request, mut outcome: Outcome, mode: Mode) -> Option<Request> {
         // Answers dropped on the way (ENOBUFS): the kernel may or may not have done it. Every
-        // request is idempotent, so asking again gives a known answer, at once. Not when the
-        // caller has gone (its add is then an orphan for the owner counts to remove).
+        // request is idempotent, so asking again gives a known answer, at once. Not an add
+        // whose caller has gone (an orphan for the owner counts to remove); a close always.
         if let Outcome::Dropped(why) = &outcome
-            && !request.reply.is_closed()
+            && !(matches!(request.kind, Kind::Add { .. }) && request.reply.is_closed())
         {
             debug!(pinhole = %request.pinhole, %why, "answer lost; asking the kernel once more");
             Counters::add(&self.counters.replays, 1);

@@ -241,6 +241,8 @@ struct ControlSyn {
     sightings: Vec<Sighting>,
     /// The control channel: its own index, or that of the connection it proxies.
     channel: usize,
+    /// An arriving connection the gateway's own connection was matched to (proxied).
+    claimed: bool,
 }
 
 /// Turns segments into findings. Feed every segment in capture order, call [`Self::tick`]
@@ -359,9 +361,13 @@ impl Explainer {
                 self.control_line(seg, line);
             }
         }
-        // A control connection's direction that ends needs no reassembly any more.
+        // A control connection's direction that ends needs no reassembly any more; a reset
+        // ends both.
         if control && (seg.flags.fin || seg.flags.rst) {
             self.streams.remove(&(seg.iface.clone(), seg.src, seg.dst));
+            if seg.flags.rst {
+                self.streams.remove(&(seg.iface.clone(), seg.dst, seg.src));
+            }
         }
     }
 
@@ -398,28 +404,38 @@ impl Explainer {
             return;
         }
         // A connection the gateway itself opens while one arriving was not forwarded: proxied.
-        let proxied_for = seg
-            .outgoing
-            .then(|| {
-                self.controls.iter().rev().find(|c| {
-                    let first = &c.sightings[0];
-                    !first.outgoing
-                        && first.iface != seg.iface
-                        && c.sightings.len() == 1
-                        && seg.at.saturating_sub(first.at) <= PAIR_WINDOW
-                })
-            })
-            .flatten()
-            .map(|c| (c.sightings[0].clone(), c.channel));
-        let channel = proxied_for
-            .as_ref()
-            .map_or(self.controls.len(), |(_, channel)| *channel);
+        // Each arriving connection is proxied by one of the gateway's own: the oldest one not
+        // yet matched, preferring one to the same server (several clients may connect within
+        // a few milliseconds).
+        let candidates = |c: &&ControlSyn| {
+            let first = &c.sightings[0];
+            !first.outgoing
+                && !c.claimed
+                && first.iface != seg.iface
+                && c.sightings.len() == 1
+                && seg.at.saturating_sub(first.at) <= PAIR_WINDOW
+        };
+        let proxied = if seg.outgoing {
+            self.controls
+                .iter()
+                .filter(candidates)
+                .find(|c| c.sightings[0].dst == seg.dst)
+                .or_else(|| self.controls.iter().find(candidates))
+                .map(|c| c.channel)
+        } else {
+            None
+        };
+        if let Some(channel) = proxied {
+            self.controls[channel].claimed = true;
+        }
+        let proxied_for = proxied.map(|channel| self.controls[channel].sightings[0].clone());
+        let channel = proxied.unwrap_or(self.controls.len());
         self.controls.push(ControlSyn {
             isn: seg.seq,
             sightings: vec![sighting],
             channel,
+            claimed: false,
         });
-        let proxied_for = proxied_for.map(|(first, _)| first);
         let text = match proxied_for {
             Some(first) => format!(
                 "  the gateway does not forward {} → {}: it opens its own control connection \
@@ -621,7 +637,20 @@ impl Explainer {
         }
         // Only connections to an announced address are FTP data connections: the rest of a
         // gateway's traffic (HTTPS, SSH, scans) is neither explained nor kept.
-        let Some(announcement) = self.announcements.iter().rposition(|a| a.addr == seg.dst) else {
+        // Most clients ignore a 227's address and connect to the one they reached the server
+        // at (curl, lftp, FileZilla): an announced passive port within a minute counts too.
+        let Some(announcement) = self
+            .announcements
+            .iter()
+            .rposition(|a| a.addr == seg.dst)
+            .or_else(|| {
+                self.announcements.iter().rposition(|a| {
+                    a.opener == Opener::Client
+                        && a.addr.port() == seg.dst.port()
+                        && seg.at.saturating_sub(a.at) <= Duration::from_secs(60)
+                })
+            })
+        else {
             return;
         };
         let announcement = Some(announcement);
@@ -1040,6 +1069,128 @@ mod tests {
         assert_eq!(
             all.matches("crosses the gateway unchanged").count(),
             2,
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn a_passive_connection_to_the_control_address_is_tracked_when_the_227_address_is_ignored() {
+        let mut ex = Explainer::new(ExplainConfig::default());
+        let client = "192.0.2.9:43000";
+        port_forwarded_control(&mut ex, client, 100);
+        // The server names its inside address; the client (curl, lftp) uses the one it
+        // reached the server at, and the gateway has no rule for the port.
+        let reply = "227 Entering Passive Mode (198,51,100,2,117,49)\r\n";
+        ex.feed(&seg(
+            5,
+            "lan0",
+            false,
+            "198.51.100.2:21",
+            client,
+            DATA,
+            1,
+            0,
+            reply,
+        ));
+        ex.feed(&seg(
+            5,
+            "wan0",
+            true,
+            "203.0.113.1:21",
+            client,
+            DATA,
+            1,
+            0,
+            reply,
+        ));
+        ex.feed(&seg(
+            10,
+            "wan0",
+            false,
+            "192.0.2.9:43100",
+            "203.0.113.1:30001",
+            SYN,
+            7,
+            0,
+            "",
+        ));
+        ex.tick(Duration::from_secs(5));
+        let findings = ex.take_findings();
+        let all = texts(&findings);
+        let no_answer = findings
+            .iter()
+            .find(|f| f.kind == FindingKind::DataNoAnswer)
+            .unwrap_or_else(|| panic!("the data connection was not tracked:\n{all}"));
+        assert!(
+            no_answer.text.contains("dropped here"),
+            "{}",
+            no_answer.text
+        );
+    }
+
+    #[test]
+    fn two_clients_proxied_at_once_each_pair_with_their_own_connection() {
+        let mut ex = Explainer::new(ExplainConfig::default());
+        let server = "203.0.113.2:21";
+        let (c1, c2) = ("10.0.0.2:43000", "10.0.0.3:43001");
+        let (p1, p2) = ("203.0.113.1:42001", "203.0.113.1:42002");
+        // Both arrive before the gateway opens its own connections, in the same order.
+        ex.feed(&seg(0, "lan0", false, c1, server, SYN, 100, 0, ""));
+        ex.feed(&seg(1, "lan0", false, c2, server, SYN, 200, 0, ""));
+        ex.feed(&seg(2, "wan0", true, p1, server, SYN, 900, 0, ""));
+        ex.feed(&seg(3, "wan0", true, p2, server, SYN, 950, 0, ""));
+        let port = |ip: &str, lo: u8| format!("PORT {ip},156,{lo}\r\n");
+        ex.feed(&seg(
+            5,
+            "lan0",
+            false,
+            c1,
+            server,
+            DATA,
+            101,
+            0,
+            &port("10,0,0,2", 187),
+        ));
+        ex.feed(&seg(
+            6,
+            "lan0",
+            false,
+            c2,
+            server,
+            DATA,
+            201,
+            0,
+            &port("10,0,0,3", 188),
+        ));
+        ex.feed(&seg(
+            7,
+            "wan0",
+            true,
+            p1,
+            server,
+            DATA,
+            901,
+            0,
+            &port("203,0,113,1", 1),
+        ));
+        ex.feed(&seg(
+            8,
+            "wan0",
+            true,
+            p2,
+            server,
+            DATA,
+            951,
+            0,
+            &port("203,0,113,1", 2),
+        ));
+        let all = texts(&ex.take_findings());
+        assert!(
+            all.contains("rewrote it from 10.0.0.2:40123 to 203.0.113.1:39937"),
+            "{all}"
+        );
+        assert!(
+            all.contains("rewrote it from 10.0.0.3:40124 to 203.0.113.1:39938"),
             "{all}"
         );
     }
