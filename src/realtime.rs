@@ -188,10 +188,17 @@ mod tests {
 
     /// `Ok` when `result` says the process may use real time; on an unprivileged run, checks
     /// that the error says what is missing and returns `Err` (the test then has nothing to do).
+    /// `Err` when real time is refused here (the test is then skipped, said on stderr), a
+    /// failure under CI, which runs as root and must exercise it.
     fn privileged(result: std::io::Result<()>) -> Result<(), ()> {
         result.map_err(|e| {
             let text = e.to_string();
             assert!(text.contains("CAP_SYS_NICE"), "{text}");
+            assert!(
+                !crate::lab::preflight::in_ci(),
+                "real-time tests cannot run under CI: {text}"
+            );
+            eprintln!("skipping a real-time test: {text}");
         })
     }
 
@@ -306,10 +313,9 @@ mod tests {
                 .args(["-p", &std::process::id().to_string()])
                 .output();
             // The process's main thread was never touched.
-            if let Ok(out) = out {
-                let text = String::from_utf8_lossy(&out.stdout);
-                assert!(text.contains("SCHED_OTHER"), "{text}");
-            }
+            let out = out.expect("chrt (util-linux)");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("SCHED_OTHER"), "{text}");
         })
         .join()
         .expect("thread");

@@ -967,7 +967,17 @@ fn a_port_in_an_http_request_body_opens_nothing() {
         body.len()
     );
     ctl.send(request.as_bytes()).expect("request");
-    std::thread::sleep(Duration::from_millis(500));
+    // Positive control: the ALG itself answered and closed, and it still serves.
+    let (bytes, _) = ctl
+        .wait_closed(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("the HTTP request was not answered\n{}", alg.output()));
+    let answer = String::from_utf8_lossy(&bytes);
+    assert!(
+        answer.contains("421 ") && answer.contains("not HTTP"),
+        "{answer:?}"
+    );
+    let log = log_when(&alg, |log| log.contains("refused"));
+    assert!(log.contains("not HTTP"), "{log}");
     let forwarded = data_commands_received(&server);
     let left = pinholes(&lab);
     // The attacker's server follows the PORT it was given, as any FTP server would.
@@ -985,6 +995,14 @@ fn a_port_in_an_http_request_body_opens_nothing() {
         if reached { "reached" } else { "did not reach" },
         alg.output()
     );
+    let mut alg = alg;
+    assert!(
+        alg.exit_status().is_none(),
+        "the daemon died\n{}",
+        alg.output()
+    );
+    let (_next, code, text) = first_reply(&lab.client, None);
+    assert_eq!(code, 220, "the gateway still serves: {text}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1596,6 +1614,7 @@ fn a_client_refused_because_the_gateway_is_full_keeps_its_new_session_token() {
     assert_eq!(code, 220, "{text}\n{}", alg.output());
     // A second later its token is back; three tries while the gateway is full.
     std::thread::sleep(Duration::from_millis(1100));
+    let tries = Instant::now();
     for _ in 0..3 {
         let (_refused, code, text) = first_reply(&lab.client, None);
         assert_eq!(code, 421, "{text}");
@@ -1605,6 +1624,11 @@ fn a_client_refused_because_the_gateway_is_full_keeps_its_new_session_token() {
     std::thread::sleep(Duration::from_millis(300));
     // Well within a second of those tries: only a token they did not spend lets it in.
     let (_again, code, text) = first_reply(&lab.client, None);
+    assert!(
+        tries.elapsed() < Duration::from_millis(950),
+        "too slow to judge: {:?} since the first refused try (a token came back)",
+        tries.elapsed()
+    );
     assert_eq!(code, 220, "{text}\n{}", alg.output());
 }
 

@@ -561,11 +561,7 @@ fn without_sys_nice(dir: &Path) -> PathBuf {
 /// to allow it, and transfers work; a priority the admin named is refused at start instead.
 #[test]
 fn realtime_priority_auto_without_the_right_runs_normally_and_a_named_priority_is_refused() {
-    require_lab!("vsftpd");
-    if !Path::new("/usr/bin/setpriv").exists() {
-        eprintln!("SKIP: setpriv (util-linux) missing");
-        return;
-    }
+    require_lab!("vsftpd", "setpriv");
     let dir = tempfile::tempdir().expect("tempdir");
     let wrapper = without_sys_nice(dir.path());
     let lab = ClientNatLab::build(ClientNatOptions::default()).expect("lab");

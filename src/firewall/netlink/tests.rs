@@ -394,8 +394,8 @@ fn say(text: &str) {
 
 /// Skips the test (or fails it under CI, where a skipped kernel test would hide a break).
 fn skip<T>(why: &str) -> Option<T> {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("kernel test cannot run under CI=true: {why}");
+    if crate::lab::preflight::in_ci() {
+        panic!("kernel test cannot run under CI: {why}");
     }
     say(&format!("skipping kernel test: {why}"));
     None
