@@ -518,14 +518,18 @@ fn run_sessions(
     driver.join().expect("client driver");
 }
 
+/// Open descriptors of `pid`; panics when the process is gone (a dead daemon must not read
+/// as "no leak").
 fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(Iterator::count)
+        .unwrap_or_else(|e| panic!("daemon {pid} gone? {e}"))
 }
 
 fn established_sessions(lab: &ClientNatLab) -> usize {
     let out = lab
         .gateway
-        .exec(&["ss", "-Htn", "state", "established", "( sport = :2121 )"])
+        .exec_ok(&["ss", "-Htn", "state", "established", "( sport = :2121 )"])
         .expect("ss");
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
@@ -607,13 +611,13 @@ fn two_thousand_mixed_sessions_leave_no_pinhole_no_session_and_no_memory_behind(
             }
         })
     };
-    let rss_start = vm_rss_kib(pid).unwrap_or(0);
+    let rss_start = vm_rss_kib(pid).expect("daemon RSS");
 
     // Warm-up: the same mix, so allocator arenas and tokio's pools reach their working size.
     let t0 = Instant::now();
     run_sessions(&lab, &plan, 0..warmup, concurrency);
     std::thread::sleep(Duration::from_secs(pinhole_timeout + 1));
-    let rss_warm = vm_rss_kib(pid).unwrap_or(0);
+    let rss_warm = vm_rss_kib(pid).expect("daemon RSS");
     let fds_warm = fd_count(pid);
     let warm_failed = plan.stats.failed.load(Ordering::Relaxed);
 
@@ -626,7 +630,7 @@ fn two_thousand_mixed_sessions_leave_no_pinhole_no_session_and_no_memory_behind(
         let from = warmup + sessions * round / rounds;
         let to = warmup + sessions * (round + 1) / rounds;
         run_sessions(&lab, &plan, from..to, concurrency);
-        rss_rounds.push(vm_rss_kib(pid).unwrap_or(0));
+        rss_rounds.push(vm_rss_kib(pid).expect("the daemon still runs"));
     }
     let load_wall = t1.elapsed();
 
@@ -643,7 +647,7 @@ fn two_thousand_mixed_sessions_leave_no_pinhole_no_session_and_no_memory_behind(
     let at_end_after = ended.elapsed();
     std::thread::sleep(Duration::from_secs(pinhole_timeout + 1));
     let after_timeout = all_pinhole_elements(&lab.gateway).expect("sets");
-    let rss_after = vm_rss_kib(pid).unwrap_or(0);
+    let rss_after = vm_rss_kib(pid).expect("the daemon still runs after the load");
     let fds_after = fd_count(pid);
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();

@@ -69,10 +69,21 @@ fn second_session_survives_the_first_ones_end(
     let data_addr =
         parse_227(&pasv.text).unwrap_or_else(|| panic!("B: PASV answered `{}`", pasv.text));
     let before = passive_pin(gateway);
+    let ended = || alg.output().matches("session ended").count();
+    let ended_before = ended();
     a.command("QUIT").expect("A: QUIT");
     drop(a);
-    // Give the daemon time to see A's end and clean up after it.
-    std::thread::sleep(Duration::from_millis(500));
+    // The daemon logs a session's end after it removed that session's pinholes: only then
+    // can B's connection show whether A's cleanup took B's pinhole.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ended() == ended_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session A never ended\n{}",
+            gateway_context(gateway, alg)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let after = passive_pin(gateway);
     let connected = client
         .run_in(move || {
