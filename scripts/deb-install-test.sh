@@ -60,7 +60,7 @@ dpkg-deb -I "$deb"
 step "dpkg-deb -c $deb"
 dpkg-deb -c "$deb"
 step "checking the package (tests/packaging.rs)"
-FTP_ALG_DEB="$deb" cargo test --release --locked --quiet --test packaging
+FTP_ALG_DEB="$deb" cargo test --release --locked --quiet --test packaging -- --include-ignored
 [ "$static_only" -eq 1 ] && exit 0
 
 # ---- 2. a clean Debian root -----------------------------------------------------------------

@@ -274,11 +274,18 @@ mod tests {
         check_command(b"EPRT |2|::ffff:1.2.3.4|21|");
     }
 
+    /// check_reply's input: a selector byte, then a reply (whole, so structured ones parse).
+    fn reply_input(inputs: &mut Inputs) -> Vec<u8> {
+        let mut data = vec![(inputs.next() & 0xff) as u8];
+        data.extend(inputs.bytes());
+        data
+    }
+
     #[test]
     fn smoke_reply_invariants_hold_for_pseudo_random_input() {
         let mut inputs = Inputs(3);
         for _ in 0..3000 {
-            check_reply(&inputs.bytes());
+            check_reply(&reply_input(&mut inputs));
         }
         check_reply(b"\x00227-a\r\n x (1,2,3,4,5,6)\r\n227 (1,2,3,4,5,6)\r\n");
         check_reply(b"\x01(|||21|)\r\n");
@@ -298,5 +305,22 @@ mod tests {
         // Not a proof of coverage, only a tripwire for a generator that stopped producing
         // anything parseable.
         assert!(ports > 50 && eprts > 50, "ports {ports} eprts {eprts}");
+        // The reply smoke test's inputs (seed 3): complete 227/229 replies that parse, as
+        // check_reply's assembler path sees them.
+        let mut inputs = Inputs(3);
+        let (mut pasv, mut epsv) = (0, 0);
+        for _ in 0..3000 {
+            let data = reply_input(&mut inputs);
+            let mut framer = LineFramer::new(512);
+            framer.push(&data[1..]);
+            let mut assembler = ReplyAssembler::new(4096);
+            while let Some(Ok(line)) = framer.next_line() {
+                if let Ok(ReplyEvent::Complete(reply)) = assembler.push_line(line) {
+                    pasv += usize::from(parse_227(&reply).is_ok());
+                    epsv += usize::from(parse_229(&reply).is_ok());
+                }
+            }
+        }
+        assert!(pasv > 50 && epsv > 50, "227 {pasv} 229 {epsv}");
     }
 }
