@@ -231,6 +231,18 @@ impl Telemetry {
             })
             .collect();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Read while installs are counted: made cumulative again, with the count (the +Inf
+        // bucket) at least the largest bucket.
+        let latency_buckets = cumulative(
+            LATENCY_BUCKETS
+                .iter()
+                .zip(&self.latency_buckets)
+                .map(|(le, n)| (*le, load(n))),
+        );
+        let latency_count = latency_buckets
+            .last()
+            .map_or(0, |(_, n)| *n)
+            .max(load(&self.latency_count));
         Snapshot {
             uptime_secs: now.duration_since(self.started).as_secs(),
             unix_time: SystemTime::now()
@@ -246,12 +258,8 @@ impl Telemetry {
             firewall_errors: load(&self.firewall_errors),
             control_bytes_from_client: load(&self.control_bytes[0]),
             control_bytes_from_server: load(&self.control_bytes[1]),
-            latency_buckets: LATENCY_BUCKETS
-                .iter()
-                .zip(&self.latency_buckets)
-                .map(|(le, n)| (*le, load(n)))
-                .collect(),
-            latency_count: load(&self.latency_count),
+            latency_buckets,
+            latency_count,
             latency_sum_secs: load(&self.latency_sum_ns) as f64 / 1e9,
             firewall: self
                 .firewall
@@ -493,6 +501,18 @@ pub struct PinholeView {
     pub expires_in_secs: u64,
 }
 
+/// Bucket counts read one by one while observations land: each made at least the one below
+/// it, as a cumulative histogram must be.
+fn cumulative(buckets: impl Iterator<Item = (f64, u64)>) -> Vec<(f64, u64)> {
+    let mut floor = 0;
+    buckets
+        .map(|(le, n)| {
+            floor = floor.max(n);
+            (le, floor)
+        })
+        .collect()
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -616,6 +636,15 @@ pub fn render_status(snapshot: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_read_mid_observation_are_made_cumulative() {
+        let read = [(1e-5, 3), (2e-5, 2), (5e-5, 4)];
+        assert_eq!(
+            cumulative(read.into_iter()),
+            [(1e-5, 3), (2e-5, 3), (5e-5, 4)]
+        );
+    }
 
     #[test]
     fn sessions_appear_while_registered_with_their_pinholes() {
