@@ -3,7 +3,10 @@
 //! pinholes are requested from the [`Firewall`], and a rewritten PORT or a 227/229 is released
 //! only after the kernel acknowledged its pinhole (otherwise the peer's SYN races the rule).
 //!
-//! Everything that is not a data-channel command or reply passes byte for byte.
+//! Other replies pass byte for byte. Other commands go to the server as the text the ALG
+//! read (telnet sequences removed, see [`ftp::render_command`]), and a line servers could
+//! split differently from the ALG is refused, so the server never runs a command that was
+//! not checked.
 //! The session owns its pinholes: whatever is still open when it ends is removed.
 
 pub mod checks;
