@@ -683,12 +683,19 @@ impl Config {
             ("commands.allow", &self.commands.allow),
             ("commands.deny", &self.commands.deny),
         ] {
+            // As the session reads a verb: a letter, then letters or digits (XSHA256, MD5).
             if let Some(bad) = verbs.iter().find(|v| {
-                v.is_empty() || v.len() > 8 || !v.bytes().all(|b| b.is_ascii_alphabetic())
+                v.is_empty()
+                    || v.len() > 8
+                    || !v.starts_with(|c: char| c.is_ascii_alphabetic())
+                    || !v.bytes().all(|b| b.is_ascii_alphanumeric())
             }) {
                 return Err(invalid(
                     key,
-                    format!("`{bad}` is not an FTP command verb (1-8 letters)"),
+                    format!(
+                        "`{bad}` is not an FTP command verb (1-8 characters: a letter, then \
+                         letters or digits)"
+                    ),
                 ));
             }
         }
@@ -875,6 +882,29 @@ mod tests {
         .to_string();
         assert!(err.contains("lan_interface"), "{err}");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn command_lists_take_verbs_as_the_session_reads_them() {
+        let check = |verbs: &[&str]| {
+            Config {
+                lan_interfaces: vec!["eth1".into()],
+                wan_address: Some("192.0.2.1".parse().unwrap()),
+                commands: CommandPolicy {
+                    deny: verbs.iter().map(ToString::to_string).collect(),
+                    ..CommandPolicy::default()
+                },
+                ..Config::default()
+            }
+            .validate()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        assert!(check(&["DELE", "XSHA256", "MD5"]).is_ok());
+        for bad in ["", "1ABC", "SITE EXEC", "X-1", "TOOLONGVERB"] {
+            let err = check(&[bad]).unwrap_err();
+            assert!(err.contains("commands.deny"), "{bad}: {err}");
+        }
     }
 
     #[test]
