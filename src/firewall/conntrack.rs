@@ -17,24 +17,32 @@ use super::Pinhole;
 /// closing: `from` → (`via` or `to`).
 pub(super) fn alive(pinhole: &Pinhole) -> bool {
     let target = pinhole.via.unwrap_or(pinhole.to);
+    let (from, to, port) = (
+        pinhole.from.to_string(),
+        target.ip().to_string(),
+        target.port().to_string(),
+    );
+    // No tool or no permission: do not cut what might be a transfer.
+    list(&["-s", &from, "-d", &to, "--dport", &port]).is_none_or(|listed| {
+        listed
+            .lines()
+            .any(|line| line.contains("ESTABLISHED") || line.contains("SYN_"))
+    })
+}
+
+/// `conntrack -L -p tcp` with `filter`; `None` (said once in the log) when it cannot be asked.
+fn list(filter: &[&str]) -> Option<String> {
     let out = Command::new("conntrack")
-        .args(["-L", "-p", "tcp", "-s"])
-        .arg(pinhole.from.to_string())
-        .arg("-d")
-        .arg(target.ip().to_string())
-        .arg("--dport")
-        .arg(target.port().to_string())
+        .args(["-L", "-p", "tcp"])
+        .args(filter)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .output();
     match out {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|line| line.contains("ESTABLISHED") || line.contains("SYN_")),
-        // No tool or no permission: do not cut what might be a transfer.
+        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
         out => {
             unanswered(out.err());
-            true
+            None
         }
     }
 }
@@ -61,23 +69,13 @@ fn unanswered(error: Option<std::io::Error>) {
 pub(super) fn between(client: IpAddr, server: IpAddr, control_ports: &[u16]) -> bool {
     // Client-initiated flows carry the client as original source; server-initiated ones
     // (active mode) carry it as reply source, after any DNAT.
+    let client_text = client.to_string();
     let mut listed = String::new();
     for side in ["--orig-src", "--reply-src"] {
-        let out = Command::new("conntrack")
-            .args(["-L", "-p", "tcp", side])
-            .arg(client.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .output();
-        match out {
-            Ok(out) if out.status.success() => {
-                listed.push_str(&String::from_utf8_lossy(&out.stdout));
-            }
+        match list(&[side, &client_text]) {
+            Some(flows) => listed.push_str(&flows),
             // No tool or no permission: do not cut what might be a transfer.
-            out => {
-                unanswered(out.err());
-                return true;
-            }
+            None => return true,
         }
     }
     listed

@@ -912,15 +912,21 @@ async fn epsv_all_that_the_server_refuses_leaves_the_other_data_commands_alone()
     assert_eq!(read_line(&mut h.server).await, "PASV\r\n");
 }
 
-#[tokio::test]
-async fn reverse_mode_publishes_passive_replies_on_the_public_address() {
+/// A reverse-mode session: an outside client, the published server 198.51.100.2 behind the
+/// gateway's public 203.0.113.1.
+fn start_reverse() -> Harness {
     let ends = Endpoints {
         client: "203.0.113.2:50000".parse().unwrap(),
         client_facing: "203.0.113.1:21".parse().unwrap(),
         server: "198.51.100.2:21".parse().unwrap(),
         upstream_local: "198.51.100.1:41000".parse().unwrap(),
     };
-    let mut h = start_topology(Topology::Reverse, ends, policy(), FakeFirewall::default());
+    start_topology(Topology::Reverse, ends, policy(), FakeFirewall::default())
+}
+
+#[tokio::test]
+async fn reverse_mode_publishes_passive_replies_on_the_public_address() {
+    let mut h = start_reverse();
     h.greet().await;
     h.client_says(b"PASV\r\n").await;
     read_line(&mut h.server).await;
@@ -1609,13 +1615,7 @@ async fn a_stat_answered_mid_transfer_does_not_end_it() {
 
 #[tokio::test]
 async fn reverse_mode_never_forwards_an_unsolicited_passive_reply() {
-    let ends = Endpoints {
-        client: "203.0.113.2:50000".parse().unwrap(),
-        client_facing: "203.0.113.1:21".parse().unwrap(),
-        server: "198.51.100.2:21".parse().unwrap(),
-        upstream_local: "198.51.100.1:41000".parse().unwrap(),
-    };
-    let mut h = start_topology(Topology::Reverse, ends, policy(), FakeFirewall::default());
+    let mut h = start_reverse();
     h.greet().await;
     h.client_says(b"NOOP\r\n").await;
     read_line(&mut h.server).await;
@@ -1662,13 +1662,7 @@ async fn checksum_commands_with_digits_in_the_verb_pass() {
 
 #[tokio::test]
 async fn reverse_mode_settles_a_passive_reply_it_replaced_as_refused() {
-    let ends = Endpoints {
-        client: "203.0.113.2:50000".parse().unwrap(),
-        client_facing: "203.0.113.1:21".parse().unwrap(),
-        server: "198.51.100.2:21".parse().unwrap(),
-        upstream_local: "198.51.100.1:41000".parse().unwrap(),
-    };
-    let mut h = start_topology(Topology::Reverse, ends, policy(), FakeFirewall::default());
+    let mut h = start_reverse();
     h.greet().await;
     // EPSV ALL answered with a 229: the client reads 425, so EPSV ALL is not in effect and
     // its fallback PASV goes through.

@@ -955,12 +955,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_229_through_a_plain_port_forward_is_not_called_a_rewrite() {
-        let mut ex = Explainer::new(ExplainConfig::default());
-        let client = "192.0.2.9:43000";
-        port_forwarded_control(&mut ex, client, 100);
-        let reply = "229 Entering Extended Passive Mode (|||30001|)\r\n";
+    /// The server's `reply` on that control connection, leaving the port-forward unchanged.
+    fn port_forwarded_reply(ex: &mut Explainer, client: &str, reply: &str) {
         ex.feed(&seg(
             5,
             "lan0",
@@ -983,6 +979,15 @@ mod tests {
             0,
             reply,
         ));
+    }
+
+    #[test]
+    fn a_229_through_a_plain_port_forward_is_not_called_a_rewrite() {
+        let mut ex = Explainer::new(ExplainConfig::default());
+        let client = "192.0.2.9:43000";
+        port_forwarded_control(&mut ex, client, 100);
+        let reply = "229 Entering Extended Passive Mode (|||30001|)\r\n";
+        port_forwarded_reply(&mut ex, client, reply);
         let all = texts(&ex.take_findings());
         assert!(all.contains("crosses the gateway unchanged"), "{all}");
         assert!(!all.contains("rewrote"), "{all}");
@@ -1081,28 +1086,7 @@ mod tests {
         // The server names its inside address; the client (curl, lftp) uses the one it
         // reached the server at, and the gateway has no rule for the port.
         let reply = "227 Entering Passive Mode (198,51,100,2,117,49)\r\n";
-        ex.feed(&seg(
-            5,
-            "lan0",
-            false,
-            "198.51.100.2:21",
-            client,
-            DATA,
-            1,
-            0,
-            reply,
-        ));
-        ex.feed(&seg(
-            5,
-            "wan0",
-            true,
-            "203.0.113.1:21",
-            client,
-            DATA,
-            1,
-            0,
-            reply,
-        ));
+        port_forwarded_reply(&mut ex, client, reply);
         ex.feed(&seg(
             10,
             "wan0",
