@@ -578,6 +578,25 @@ mod tests {
         assert_eq!(line.text(), b"ABOR");
     }
 
+    #[test]
+    fn a_listener_that_cannot_bind_says_what_to_do() {
+        let error = |errno| ProxyError::Bind {
+            addr: "[::]:2121".parse().unwrap(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        // IPv6 disabled on the host: the daemon skips the IPv6 listener instead of failing.
+        assert!(error(libc::EAFNOSUPPORT).address_family_unsupported());
+        assert!(!error(libc::EADDRINUSE).address_family_unsupported());
+        for (errno, hint) in [
+            (libc::EADDRINUSE, "another instance"),
+            (libc::EACCES, "CAP_NET_BIND_SERVICE"),
+            (libc::EAFNOSUPPORT, "address family disabled"),
+        ] {
+            let text = error(errno).to_string();
+            assert!(text.contains(hint), "{text}");
+        }
+    }
+
     #[tokio::test]
     async fn control_connections_probe_a_silent_peer() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
