@@ -1071,17 +1071,22 @@ fn a_pending_passive_pinhole_cannot_be_used_from_the_attackers_address_nor_twice
 /// counted when they arrive (`arrived`) and when they reach the forward hook (`forwarded`),
 /// both before any of the ALG's chains.
 fn watch_wan_syns(gateway: &Netns, src: Ipv4Addr, dport: u16) {
+    watch_syns(gateway, "wan0", src, dport);
+}
+
+/// As [`watch_wan_syns`], for SYNs arriving on `iif`.
+fn watch_syns(gateway: &Netns, iif: &str, src: Ipv4Addr, dport: u16) {
     let rules = format!(
         "table inet lab_watch {{\n\
          \tcounter arrived {{ }}\n\
          \tcounter forwarded {{ }}\n\
          \tchain watch_prerouting {{\n\
          \t\ttype filter hook prerouting priority raw - 10; policy accept;\n\
-         \t\tiifname \"wan0\" ip saddr {src} tcp dport {dport} tcp flags syn counter name arrived\n\
+         \t\tiifname \"{iif}\" ip saddr {src} tcp dport {dport} tcp flags syn counter name arrived\n\
          \t}}\n\
          \tchain watch_forward {{\n\
          \t\ttype filter hook forward priority filter - 20; policy accept;\n\
-         \t\tiifname \"wan0\" ip saddr {src} tcp dport {dport} tcp flags syn counter name forwarded\n\
+         \t\tiifname \"{iif}\" ip saddr {src} tcp dport {dport} tcp flags syn counter name forwarded\n\
          \t}}\n\
          }}\n"
     );
@@ -1207,6 +1212,81 @@ fn an_active_mode_gateway_port_admits_only_the_server_and_only_once() {
     assert!(set(&lab, "set", "dnat_once").is_empty());
     drop(ctl);
     common::assert_pinholes_drained(&lab, &alg);
+}
+
+/// A connection from `from` (not an address of `ns`: `IP_TRANSPARENT`) to `to`, made inside
+/// `ns`, bounded by `timeout`.
+fn forged_connect(
+    ns: &Netns,
+    from: SocketAddr,
+    to: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    ns.run_in(move || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_ip_transparent_v4(true)?;
+        socket.bind(&from.into())?;
+        socket.connect_timeout(&to.into(), timeout)?;
+        Ok(socket.into())
+    })
+    .expect("namespace thread")
+}
+
+#[test]
+fn an_active_mode_mapping_is_not_used_up_by_the_servers_address_forged_from_the_lan() {
+    require_lab!();
+    let lab = attack_lab();
+    // As above: the ALG's rules must hold without reverse-path filtering.
+    for key in ["all", "default", "wan0", "lan0"] {
+        lab.gateway
+            .exec_ok(&[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv4.conf.{key}.rp_filter=0"),
+            ])
+            .expect("rp_filter");
+    }
+    let server = scripted(&lab, |_| None);
+    let alg = start_alg(&lab.gateway, &[]);
+    let listener = listen_in(&lab.client, v4(CLIENT_IP, 51202)).expect("client listener");
+    let mut ctl = login(&lab);
+    assert_eq!(
+        ctl.cmd(&port_command(CLIENT_IP, 51202)).expect("PORT").code,
+        200
+    );
+    let forwarded = data_commands_received(&server);
+    let leased = gateway_port_in(forwarded[0].as_bytes()).expect("rewritten PORT");
+    let gateway_port = v4(GATEWAY_WAN_IP, leased);
+    let mappings = |lab: &AttackLab| {
+        set(lab, "set", "dnat_once").len() + set(lab, "set", "dnat_once_hot").len()
+    };
+    assert_eq!(mappings(&lab), 1);
+
+    // A LAN host sends the server's SYN itself: the server's address, to the leased port.
+    watch_syns(&lab.gateway, "lan0", SERVER_IP, leased);
+    let forged = forged_connect(&lab.client, v4(SERVER_IP, 40020), gateway_port, BLOCKED);
+    assert!(forged.is_err(), "the forged connection completed");
+    assert!(
+        watched(&lab.gateway, "arrived") >= 1,
+        "the forged SYN never reached the gateway: the test proves nothing"
+    );
+    assert!(accept_within(&listener, Duration::from_millis(100)).is_none());
+    assert_eq!(
+        mappings(&lab),
+        1,
+        "the server's address forged from the LAN used up the active mapping\n--- ruleset:\n{}",
+        ftp_alg::lab::nft::ruleset(&lab.gateway)
+    );
+    assert_eq!(admitted(&lab), (0, 0));
+
+    // The server's own connection still gets through, once.
+    let first =
+        connect_in(&lab.server, None, gateway_port, Duration::from_secs(5)).expect("thread");
+    assert!(first.is_ok(), "{first:?}\n{}", context(&alg, &ctl));
+    let (_, peer) = accept_within(&listener, Duration::from_secs(2)).expect("client accept");
+    assert_eq!(peer.ip(), IpAddr::V4(SERVER_IP));
+    assert_eq!(admitted(&lab), (0, 1));
 }
 
 #[test]
