@@ -27,6 +27,7 @@ struct State {
     open_failures: VecDeque<FirewallError>,
     close_failures: VecDeque<FirewallError>,
     open_delay: Duration,
+    close_delay: Duration,
     in_flight: usize,
     /// What `connection_alive` and `peers_connected` answer (None: true, a transfer is
     /// assumed to run).
@@ -72,6 +73,11 @@ impl FakeFirewall {
     /// live only after the wait.
     pub fn set_open_delay(&self, delay: Duration) {
         self.state().open_delay = delay;
+    }
+
+    /// Makes every later `close` wait this long before the pinhole goes.
+    pub fn set_close_delay(&self, delay: Duration) {
+        self.state().close_delay = delay;
     }
 
     /// Makes the next `open` fail with a kernel-style error (queued: call twice to fail two).
@@ -139,6 +145,10 @@ impl Firewall for FakeFirewall {
     }
 
     async fn close(&self, pinhole: Pinhole) -> Result<(), FirewallError> {
+        let delay = self.state().close_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut state = self.state();
         if let Some(error) = state.close_failures.pop_front() {
             return Err(error);

@@ -155,6 +155,8 @@ pub struct Session<F> {
     masking: Option<Mask>,
     epsv_all: bool,
     pinholes: Vec<Held>,
+    /// Pinholes taken out of [`Session::pinholes`] whose close has not finished.
+    closing: Vec<Held>,
     /// Sequence number of the next pinhole opened.
     next_seq: u64,
     /// The ALG's own replies queued behind commands still in flight (see [`Pending::Local`]).
@@ -210,6 +212,7 @@ impl<F: Firewall> Session<F> {
             transfer_running: false,
             masking: None,
             pinholes: Vec::new(),
+            closing: Vec::new(),
             next_seq: 0,
             local_replies: VecDeque::new(),
             boost: None,
@@ -663,8 +666,11 @@ impl<F: Firewall> Session<F> {
             let plan = self.topology.active(&self.ends, announced, leased);
             match self.open(plan, false).await {
                 Ok(seq) => break (plan, seq),
-                // The port's previous data connection is still running: take another.
-                Err(error @ FirewallError::PortInUse { .. }) if attempts < PORT_ATTEMPTS => {
+                // The port's previous data connection is still running, or its mapping is
+                // still in the kernel (a close that failed): take another.
+                Err(error @ (FirewallError::PortInUse { .. } | FirewallError::Conflict { .. }))
+                    if leased.is_some() && attempts < PORT_ATTEMPTS =>
+                {
                     attempts += 1;
                     info!(%error, attempts, "gateway port busy; leasing another");
                 }
@@ -816,14 +822,20 @@ impl<F: Firewall> Session<F> {
     }
 
     /// Removes one pinhole from the kernel (a no-op if its connection consumed it) and
-    /// returns its port lease.
-    async fn release(&self, held: Held) {
-        if let Err(e) = self.firewall.close(held.pinhole).await {
-            warn!(pinhole = %held.pinhole, error = %e, "could not remove pinhole");
+    /// returns its port lease: after the usual quarantine once the kernel confirmed the
+    /// removal; else (the close failed, or was cut off by the relay step's bound) after the
+    /// pinhole timeout, when the element is gone on its own.
+    async fn release(&self, held: &Held) {
+        let mut lease = LeaseGuard {
+            ports: &self.ports,
+            lease: held.lease,
+            rest: self.policy.pinhole_timeout,
+        };
+        match self.firewall.close(held.pinhole).await {
+            Ok(()) => lease.rest = Duration::ZERO,
+            Err(e) => warn!(pinhole = %held.pinhole, error = %e, "could not remove pinhole"),
         }
-        if let Some((owner, port)) = held.lease {
-            self.ports.release(owner, port);
-        }
+        drop(lease);
         if let Some(entry) = &self.telemetry {
             entry.pinhole_closed(&held.pinhole);
         }
@@ -988,15 +1000,7 @@ impl<F: Firewall> Session<F> {
         // whether the transfer lives, and its lease must not go to another session yet.
         let running = self.transfer_running;
         let expired = |held: &Held| held.opened.elapsed() >= timeout && !(running && held.used);
-        if self.pinholes.iter().any(expired) {
-            let (expired, live): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.pinholes)
-                .into_iter()
-                .partition(expired);
-            self.pinholes = live;
-            for held in expired {
-                self.release(held).await;
-            }
-        }
+        self.release_where(expired).await;
         (self.pinholes.len() >= self.policy.max_pinholes).then_some(Refusal::TooManyPinholes {
             max: self.policy.max_pinholes,
         })
@@ -1030,8 +1034,18 @@ impl<F: Firewall> Session<F> {
             .into_iter()
             .partition(|held| gone(held));
         self.pinholes = kept;
-        for held in done {
+        self.closing.extend(done);
+        self.finish_closing().await;
+    }
+
+    /// Closes the pinholes on their way out. Each stays in [`Session::closing`] until its
+    /// close is answered: a relay step cut off by its bound in the middle leaves it (and the
+    /// rest) there for [`Session::close_all`], instead of dropping them with their port
+    /// leases. (A close asked twice is harmless: the second finds nothing.)
+    async fn finish_closing(&mut self) {
+        while let Some(held) = self.closing.last() {
             self.release(held).await;
+            self.closing.pop();
         }
     }
 
@@ -1077,8 +1091,18 @@ impl<F: Firewall> Session<F> {
             .firewall
             .open(plan.pinhole, self.policy.pinhole_timeout)
             .await;
-        // Answered: a refused add left nothing behind, so the usual quarantine will do.
-        lease.rest = Duration::ZERO;
+        // Answered: a refused add left nothing behind, so the usual quarantine will do;
+        // unless the port is still mapped in the kernel (to another client, until that
+        // element's timeout), or the add's fate is unknown.
+        lease.rest = match &opened {
+            Err(
+                FirewallError::Conflict { .. }
+                | FirewallError::Protocol(_)
+                | FirewallError::Io { .. }
+                | FirewallError::Stopped,
+            ) => self.policy.pinhole_timeout,
+            _ => Duration::ZERO,
+        };
         match opened {
             Ok(()) => {
                 let latency = started.elapsed();
@@ -1110,9 +1134,9 @@ impl<F: Firewall> Session<F> {
     }
 
     async fn close_all(&mut self) {
-        for held in std::mem::take(&mut self.pinholes) {
-            self.release(held).await;
-        }
+        let held = std::mem::take(&mut self.pinholes);
+        self.closing.extend(held);
+        self.finish_closing().await;
     }
 }
 

@@ -1674,3 +1674,57 @@ async fn reverse_mode_settles_a_passive_reply_it_replaced_as_refused() {
     h.client_says(b"PASV\r\n").await;
     assert_eq!(read_line(&mut h.server).await, "PASV\r\n");
 }
+
+#[tokio::test(start_paused = true)]
+async fn pinhole_closes_cut_off_by_the_idle_bound_still_happen_and_return_their_leases() {
+    let firewall = FakeFirewall::default();
+    let mut h = start_with(
+        Policy {
+            idle_timeout: Duration::from_secs(5),
+            ..policy()
+        },
+        firewall,
+    );
+    h.greet().await;
+    // A transfer ends while the pinhole's close outlasts the idle timeout, which bounds
+    // each relay step.
+    h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"200 PORT ok\r\n").await;
+    read_line(&mut h.client).await;
+    assert_eq!(h.ports.leased(), 1);
+    h.client_says(b"RETR f\r\n").await;
+    read_line(&mut h.server).await;
+    h.firewall.set_close_delay(Duration::from_secs(60));
+    h.server_says(b"150 here it comes\r\n226 done\r\n").await;
+    let ending = tokio::time::timeout(Duration::from_secs(300), h.session)
+        .await
+        .expect("the session ended")
+        .expect("session task");
+    assert_eq!(ending, Ending::IoError);
+    assert_eq!(
+        h.firewall.closed().len(),
+        1,
+        "the cut-off close was dropped"
+    );
+    assert!(h.firewall.live().is_empty());
+    assert_eq!(h.ports.leased(), 0, "the cut-off close kept its lease");
+}
+
+#[tokio::test]
+async fn a_gateway_port_still_mapped_in_the_kernel_is_skipped_for_another() {
+    let mut h = start();
+    h.greet().await;
+    // The leased port's mapping is still in the kernel (a close that failed earlier).
+    h.firewall.fail_next_open_with(FirewallError::Conflict {
+        set: "dnat_to".into(),
+    });
+    h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
+    let forwarded = read_line(&mut h.server).await;
+    assert!(forwarded.starts_with("PORT "), "{forwarded}");
+    h.server_says(b"200 PORT ok\r\n").await;
+    assert!(read_line(&mut h.client).await.starts_with("200"));
+    assert_eq!(h.firewall.live().len(), 1);
+    // The refused port rests (until that mapping's timeout); the one in use stays leased.
+    assert_eq!(h.ports.leased(), 1);
+}
