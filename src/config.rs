@@ -198,7 +198,8 @@ pub struct Config {
     /// Where the proxy listens for redirected IPv4 control connections.
     pub listen: SocketAddr,
     /// Where it listens for redirected IPv6 control connections (same port as `listen`;
-    /// none: IPv6 is not intercepted).
+    /// none, written `""`: IPv6 is not intercepted).
+    #[serde(with = "off_when_empty")]
     pub listen6: Option<SocketAddr>,
     /// Published servers (`reverse` mode): each listens on a public address and port and
     /// forwards to its backend.
@@ -264,7 +265,8 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StatusConfig {
-    /// Socket path (mode 0660); none disables it.
+    /// Socket path (mode 0660); none, written `""`, disables it.
+    #[serde(with = "off_when_empty")]
     pub socket: Option<PathBuf>,
     /// Group allowed to read it besides root.
     pub group: Option<String>,
@@ -276,6 +278,40 @@ impl Default for StatusConfig {
             socket: Some(PathBuf::from(DEFAULT_STATUS_SOCKET)),
             group: None,
         }
+    }
+}
+
+/// A setting that is on by default and switched off with `""` (TOML has no null, and a key
+/// left out takes its default): written and read as text.
+mod off_when_empty {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+
+    pub(super) fn serialize<T: Serialize, S: Serializer>(
+        value: &Option<T>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => value.serialize(serializer),
+            None => serializer.serialize_str(""),
+        }
+    }
+
+    pub(super) fn deserialize<'de, T, D>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(deserializer)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        text.parse()
+            .map(Some)
+            .map_err(|e| D::Error::custom(format!("{text:?}: {e}")))
     }
 }
 
@@ -725,6 +761,19 @@ impl Config {
                 "must be 1..=604800 seconds (7 days)",
             ));
         }
+        if self.limits.drain_grace_secs > MAX_TIMEOUT_SECS {
+            return Err(invalid(
+                "limits.drain_grace_secs",
+                "must be 0..=604800 seconds (7 days); a second SIGTERM ends the wait at once",
+            ));
+        }
+        if self.active.port_quarantine_secs > MAX_TIMEOUT_SECS {
+            return Err(invalid(
+                "active.port_quarantine_secs",
+                "must be 0..=604800 seconds (7 days); 60 covers servers with another fixed \
+                 active source port",
+            ));
+        }
         if self.nftables.table.is_empty()
             || self.nftables.table.len() > 32
             || !self
@@ -954,6 +1003,15 @@ mod tests {
             assert!(err.contains("limits.connect_timeout_secs"), "{err}");
         }
         assert!(valid(&|c| c.limits.idle_timeout_secs = MAX_TIMEOUT_SECS).is_ok());
+        // Both end up added to a clock: at SIGTERM, and when an active port is released.
+        for bad in [MAX_TIMEOUT_SECS + 1, i64::MAX as u64, u64::MAX] {
+            let err = valid(&|c| c.limits.drain_grace_secs = bad).unwrap_err();
+            assert!(err.contains("limits.drain_grace_secs"), "{err}");
+            let err = valid(&|c| c.active.port_quarantine_secs = bad).unwrap_err();
+            assert!(err.contains("active.port_quarantine_secs"), "{err}");
+        }
+        assert!(valid(&|c| c.limits.drain_grace_secs = 0).is_ok());
+        assert!(valid(&|c| c.active.port_quarantine_secs = MAX_TIMEOUT_SECS).is_ok());
         for bad in [0, 31, 129] {
             let err = valid(&|c| c.limits.client_prefix_v6 = bad).unwrap_err();
             assert!(err.contains("limits.client_prefix_v6"), "{err}");
@@ -1042,6 +1100,33 @@ mod tests {
             let back: Config = toml::from_str(&text).expect("parse back");
             assert_eq!(back.runtime.realtime_priority, value);
         }
+    }
+
+    #[test]
+    fn the_status_socket_and_the_ipv6_listener_are_switched_off_with_empty_text() {
+        let read = |text: &str| toml::from_str::<Config>(text).map_err(|e| e.to_string());
+        // Left out: the defaults.
+        let defaults = read("").expect("empty file");
+        assert!(defaults.status.socket.is_some() && defaults.listen6.is_some());
+        // "": off.
+        let off = read("listen6 = \"\"\n[status]\nsocket = \"\"\n").expect("off");
+        assert_eq!(off.status.socket, None);
+        assert_eq!(off.listen6, None);
+        let on = read("listen6 = \"[::]:2121\"\n[status]\nsocket = \"/run/x.sock\"\n").expect("on");
+        assert_eq!(on.status.socket, Some(PathBuf::from("/run/x.sock")));
+        assert_eq!(on.listen6, Some("[::]:2121".parse().unwrap()));
+        let err = read("listen6 = \"[::]\"\n").unwrap_err();
+        assert!(err.contains("listen6"), "{err}");
+        // `ftp-alg check` prints what it read; read back, it is the same.
+        for config in [defaults, off, on] {
+            let text = toml::to_string(&config).expect("serialize");
+            let back: Config = toml::from_str(&text).expect("parse back");
+            assert_eq!(back, config, "{text}");
+        }
+        // The shipped file with its status socket switched off, as its comment says.
+        let shipped = include_str!("../deploy/ftp-alg.toml")
+            .replace("socket = \"/run/ftp-alg/status.sock\"", "socket = \"\"");
+        assert_eq!(read(&shipped).expect("shipped").status.socket, None);
     }
 
     #[test]

@@ -352,7 +352,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         }
     }
     let grace = current.drain_grace();
-    notify::stopping(grace + EXIT_ALLOWANCE);
+    notify::stopping(grace.saturating_add(EXIT_ALLOWANCE));
     let _ = stop.send(true);
     info!(
         sessions = telemetry.active_sessions(),
@@ -500,18 +500,22 @@ fn admitted_sessions(max_sessions: usize, telemetry: &Telemetry) -> usize {
             "raised the open-files limit to its hard limit"
         );
     }
-    let room = files.sessions();
+    // Counted now that the listeners, sockets and session threads exist.
+    let open = crate::host::open_descriptors();
+    let room = files.sessions(open);
     let admitted = max_sessions.min(room);
     if admitted < max_sessions {
         warn!(
             max_sessions,
             open_files_limit = files.soft,
             admitted,
-            "limits.max_sessions needs {} open files (two sockets per session) but this \
-             process may open {}: at most {admitted} sessions are admitted, the others get \
-             421; raise the hard limit (systemd LimitNOFILE=, ulimit -Hn) or lower \
-             limits.max_sessions",
-            OpenFiles::needed_for(max_sessions),
+            open_now = open,
+            "limits.max_sessions needs {} open files (two sockets per session, {open} open \
+             already, {} spare) but this process may open {}: at most {admitted} sessions \
+             are admitted, the others get 421; raise the hard limit (systemd LimitNOFILE=, \
+             ulimit -Hn) or lower limits.max_sessions",
+            OpenFiles::needed_for(max_sessions, open),
+            crate::host::SPARE_DESCRIPTORS,
             files.soft
         );
     }

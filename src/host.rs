@@ -111,10 +111,23 @@ impl IdleState {
     }
 }
 
-/// Descriptors the daemon keeps for itself besides its sessions: listeners, the epoll and
-/// event descriptors of its session threads, netlink sockets, the status and metrics
-/// sockets, `nft` children's pipes, and a margin.
-pub const RESERVED_DESCRIPTORS: u64 = 128;
+/// Descriptors kept free for what the daemon opens after start, besides its sessions: status
+/// readers and metrics scrapes (4 each), the pipes of `nft` and `conntrack` children, a
+/// connection being accepted, and a margin.
+pub const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Descriptors assumed open at start when `/proc/self/fd` cannot be read.
+pub const ASSUMED_OPEN_DESCRIPTORS: u64 = 64;
+
+/// Descriptors this process has open now (listeners, netlink sockets, the status socket, the
+/// epoll and event descriptors of every runtime thread, ...), from `/proc/self/fd`; an
+/// assumption ([`ASSUMED_OPEN_DESCRIPTORS`]) when that cannot be read.
+pub fn open_descriptors() -> u64 {
+    std::fs::read_dir("/proc/self/fd")
+        // The directory's own descriptor is in the listing.
+        .map(|dir| (dir.count() as u64).saturating_sub(1))
+        .unwrap_or(ASSUMED_OPEN_DESCRIPTORS)
+}
 
 /// The process's open-files limit, after [`raise_open_files_limit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,16 +141,20 @@ pub struct OpenFiles {
 }
 
 impl OpenFiles {
-    /// How many sessions fit: two descriptors each, after [`RESERVED_DESCRIPTORS`].
-    pub fn sessions(&self) -> usize {
-        usize::try_from(self.soft.saturating_sub(RESERVED_DESCRIPTORS) / 2).unwrap_or(usize::MAX)
+    /// How many sessions fit: two descriptors each, after the `open` ones (see
+    /// [`open_descriptors`]: counted once everything but the sessions is set up, since the
+    /// session threads alone hold three each) and [`SPARE_DESCRIPTORS`].
+    pub fn sessions(&self, open: u64) -> usize {
+        let reserve = open.saturating_add(SPARE_DESCRIPTORS);
+        usize::try_from(self.soft.saturating_sub(reserve) / 2).unwrap_or(usize::MAX)
     }
 
-    /// The descriptors `sessions` sessions need, reserve included.
-    pub fn needed_for(sessions: usize) -> u64 {
+    /// The descriptors `sessions` sessions need, besides the `open` ones and the spare.
+    pub fn needed_for(sessions: usize, open: u64) -> u64 {
         (sessions as u64)
             .saturating_mul(2)
-            .saturating_add(RESERVED_DESCRIPTORS)
+            .saturating_add(open)
+            .saturating_add(SPARE_DESCRIPTORS)
     }
 }
 
@@ -254,12 +271,28 @@ mod tests {
             soft,
             hard: soft,
         };
-        assert_eq!(files(1024).sessions(), 448);
-        assert_eq!(files(20_000).sessions(), 9_936);
-        assert_eq!(files(65_536).sessions(), 32_704);
-        assert_eq!(files(100).sessions(), 0);
-        assert_eq!(OpenFiles::needed_for(4096), 8_320);
-        assert!(files(OpenFiles::needed_for(4096)).sessions() >= 4096);
+        assert_eq!(files(1024).sessions(64), 448);
+        assert_eq!(files(20_000).sessions(64), 9_936);
+        assert_eq!(files(20_000).sessions(30), 9_953);
+        assert_eq!(files(65_536).sessions(64), 32_704);
+        // A host with many CPUs: three descriptors per session thread count against it.
+        assert_eq!(files(65_536).sessions(64 * 3 + 20), 32_630);
+        assert_eq!(files(100).sessions(64), 0);
+        assert_eq!(OpenFiles::needed_for(4096, 64), 8_320);
+        assert!(files(OpenFiles::needed_for(4096, 200)).sessions(200) >= 4096);
+    }
+
+    #[test]
+    fn open_descriptors_are_counted() {
+        let before = open_descriptors();
+        let files: Vec<_> = (0..64)
+            .map(|_| tempfile::tempfile().expect("tempfile"))
+            .collect();
+        let during = open_descriptors();
+        drop(files);
+        // Under `cargo test` other tests open and close descriptors in the same process.
+        assert!(during >= before + 48, "{before} → {during}");
+        assert!(before >= 3, "stdin, stdout, stderr: {before}");
     }
 
     #[test]

@@ -189,12 +189,22 @@ fn status_metrics_reload_and_drain_work_on_a_live_daemon() {
     let metrics = scrape(&lab);
     // The default limits.max_sessions, or what this machine's open-files limit (inherited
     // from this process) leaves of it.
+    // (The daemon reserves what it has open at start: a few dozen descriptors.)
     let files = ftp_alg::host::raise_open_files_limit().expect("rlimit");
-    let admitted = 4096.min(files.sessions());
-    assert!(
-        metrics.contains(&format!("ftp_alg_sessions_max {admitted}\n")),
-        "{metrics}"
-    );
+    let max: usize = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("ftp_alg_sessions_max "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no ftp_alg_sessions_max:\n{metrics}"));
+    if files.sessions(512) >= 4096 {
+        assert_eq!(max, 4096, "{metrics}");
+    } else {
+        assert!(
+            (files.sessions(512)..=files.sessions(3)).contains(&max),
+            "{max} for an open-files limit of {}",
+            files.soft
+        );
+    }
     for needle in [
         "HTTP/1.0 200 OK",
         "ftp_alg_sessions_active 1",
@@ -621,8 +631,8 @@ fn an_open_files_limit_without_room_for_max_sessions_caps_them_with_421() {
     let _server = Vsftpd::start(&lab.server).expect("vsftpd");
     let dir = tempfile::tempdir().expect("tempdir");
     let socket: PathBuf = dir.path().join("status.sock");
-    // 200 descriptors, hard limit too: room for (200 - 128) / 2 = 36 sessions, where
-    // limits.max_sessions asks for the default 4096.
+    // 200 descriptors, hard limit too: room for (200 - open at start - 64 spare) / 2
+    // sessions, where limits.max_sessions asks for the default 4096.
     let wrapper = dir.path().join("ftp-alg-200-files");
     std::fs::write(
         &wrapper,
@@ -650,21 +660,26 @@ fn an_open_files_limit_without_room_for_max_sessions_caps_them_with_421() {
     let status = status_json(&socket);
     assert_eq!(status["open_files"]["limit"], 200, "{status}");
     assert_eq!(status["open_files"]["max_sessions"], 4096, "{status}");
-    assert_eq!(status["open_files"]["admitted"], 36, "{status}");
+    // Two threads' runtimes, listeners, netlink and status sockets: a few dozen open.
+    let admitted = status["open_files"]["admitted"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no admitted count: {status}"));
+    assert!((20..=65).contains(&admitted), "{status}");
     let text = status_text(&socket);
     assert!(
-        text.contains(
-            "open files: limit 200, room for 36 sessions, fewer than limits.max_sessions 4096"
-        ),
+        text.contains(&format!(
+            "open files: limit 200, room for {admitted} sessions, fewer than limits.max_sessions 4096"
+        )),
         "{text}"
     );
 
-    // 36 sessions get vsftpd's banner; the 37th a 421 from the gateway, not a hang.
+    // That many sessions get vsftpd's banner (the reserve was enough); the next one a 421
+    // from the gateway, not a hang.
     let (held, refused) = lab
         .client
-        .run_in(|| {
+        .run_in(move || {
             let mut held = Vec::new();
-            for i in 0..36 {
+            for i in 0..admitted {
                 let (stream, line) = connect_and_greet();
                 assert!(line.starts_with("220"), "session {i}: {line:?}");
                 held.push(stream);
@@ -674,11 +689,12 @@ fn an_open_files_limit_without_room_for_max_sessions_caps_them_with_421() {
         .expect("client thread");
     assert!(
         refused.starts_with("421 Too many sessions"),
-        "the 37th session got {refused:?}"
+        "session {} got {refused:?}",
+        admitted + 1
     );
     assert_eq!(
         status_json(&socket)["sessions"].as_array().map(Vec::len),
-        Some(36)
+        usize::try_from(admitted).ok()
     );
     // Room again once they are gone.
     drop(held);

@@ -4,7 +4,7 @@
 //! Access is by file permissions: the socket is created mode 0660 (owner root, group as
 //! configured) inside a directory the admin controls (systemd's RuntimeDirectory).
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +32,7 @@ pub enum StatusError {
     NoSuchGroup(String),
     /// `ftp-alg status` could not talk to the daemon.
     #[error(
-        "cannot read status from {path}: {source} (is the daemon running? are you root or in the status group?)"
+        "cannot read status from {path}: {source} (is the daemon running? are you root or in the status group? if status.socket is set, pass --socket PATH)"
     )]
     Fetch {
         /// The socket path.
@@ -44,6 +44,14 @@ pub enum StatusError {
     /// readers as it allows.
     #[error("the daemon at {0} is busy serving other status readers; try again in a moment")]
     Busy(PathBuf),
+    /// The configured path holds something that is not a socket (a typo naming a real file).
+    #[error("{0} exists and is not a socket; remove it or pick another status.socket")]
+    NotASocket(PathBuf),
+    /// Another process (a second ftp-alg?) answers on the configured socket.
+    #[error(
+        "another process is serving status at {0} (a second ftp-alg?); stop it or pick another status.socket"
+    )]
+    InUse(PathBuf),
 }
 
 /// Binds the status socket, replacing a stale one, with mode 0660 and the given group.
@@ -55,9 +63,20 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, StatusErro
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(bind_err)?;
     }
-    // A socket file left by a crash would make bind fail; it is ours to replace.
-    if path.exists() {
-        std::fs::remove_file(path).map_err(bind_err)?;
+    // A socket file left by a crash would make bind fail; it is ours to replace. Anything
+    // else there (a file named by mistake, a live daemon's socket) is not.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(StatusError::NotASocket(path.to_owned()));
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(StatusError::InUse(path.to_owned()));
+            }
+            std::fs::remove_file(path).map_err(bind_err)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
     }
     let listener = UnixListener::bind(path).map_err(bind_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
@@ -150,5 +169,34 @@ mod tests {
         turned_away.join().expect("listener thread");
         assert!(matches!(error, StatusError::Busy(_)), "{error}");
         assert!(error.to_string().contains("try again"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_socket_names_the_socket_flag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = fetch(&dir.path().join("none.sock")).expect_err("nothing there");
+        assert!(error.to_string().contains("--socket PATH"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn only_a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A regular file named by mistake (the config, say) is left alone.
+        let file = dir.path().join("ftp-alg.toml");
+        std::fs::write(&file, b"keep me").expect("write");
+        let error = bind(&file, None).expect_err("not a socket");
+        assert!(matches!(error, StatusError::NotASocket(_)), "{error}");
+        assert_eq!(std::fs::read(&file).expect("still there"), b"keep me");
+
+        // A live socket (a second daemon's) is not taken over.
+        let path = dir.path().join("status.sock");
+        let live = bind(&path, None).expect("first bind");
+        let error = bind(&path, None).expect_err("in use");
+        assert!(matches!(error, StatusError::InUse(_)), "{error}");
+
+        // A stale one (its listener gone) is replaced.
+        drop(live);
+        assert!(path.exists());
+        bind(&path, None).expect("stale socket replaced");
     }
 }
