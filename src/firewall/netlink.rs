@@ -1203,7 +1203,9 @@ impl Backend {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if done {
+                    // The kernel answers a batch inside sendmsg: after a problem (answers
+                    // dropped on overrun), what is not queued now never comes.
+                    if done || problem.is_some() {
                         break;
                     }
                     let left = deadline.saturating_duration_since(Instant::now());
