@@ -469,9 +469,13 @@ impl NftFirewall {
     ) -> Result<(), FirewallError> {
         match kind {
             Kind::Add { .. } => {
-                let hold = Hold::take(&self.inner.owners, &mut elements).await;
+                let mut hold = Hold::take(&self.inner.owners, &mut elements).await;
                 let hot = elements.iter().any(|e| owners::is_hot(e.set));
+                // Dropped from here until answered (the caller gave up), the add may still
+                // reach the kernel: the hold then leaves an orphan for the next close.
+                hold.in_doubt = true;
                 let result = self.run_request(kind, pinhole, elements, None).await;
+                hold.in_doubt = false;
                 match &result {
                     Ok(()) => {
                         hold.keep();

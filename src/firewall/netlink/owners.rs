@@ -216,6 +216,29 @@ impl Owners {
         }
     }
 
+    /// Undoes a [`Owners::hold`] whose add was given up after it was sent: the kernel may
+    /// have it (where it was placed), so it is treated as left in the kernel by a holder
+    /// that closed: owned by whoever holds it next, else removed by the next close.
+    fn unhold_in_doubt(&self, elements: &[Element]) {
+        let mut state = self.state();
+        for element in elements {
+            let id = main_id(element);
+            let Some(holders) = state.holders.get_mut(&id) else {
+                continue;
+            };
+            holders.count = holders.count.saturating_sub(1);
+            holders.pending = holders.pending.saturating_sub(1);
+            if holders.count > holders.pending {
+                // Another holder's add is answered: the element is in the kernel and owned.
+                continue;
+            }
+            holders.orphaned = true;
+            if holders.count == 0 && !std::mem::replace(&mut holders.queued, true) {
+                state.orphans.push((id, element.clone()));
+            }
+        }
+    }
+
     /// The add of a [`Owners::hold`] succeeded: its elements are in the kernel and owned.
     fn kept(&self, elements: &[Element]) {
         let mut state = self.state();
@@ -342,12 +365,15 @@ impl Drop for Removal {
 }
 
 /// One [`Owners::hold`], undone on drop unless [`Hold::keep`] was called: an add that failed,
-/// or whose caller stopped waiting, leaves no holder behind.
+/// or whose caller stopped waiting, leaves no holder behind. One dropped while its add is
+/// [`Hold::in_doubt`] leaves an orphan instead (see [`Owners::unhold_in_doubt`]).
 #[derive(Debug)]
 pub(super) struct Hold {
     owners: Arc<Owners>,
     elements: Vec<Element>,
     kept: bool,
+    /// The add is on its way to the kernel and not answered yet.
+    pub(super) in_doubt: bool,
 }
 
 impl Hold {
@@ -359,6 +385,7 @@ impl Hold {
             owners: owners.clone(),
             elements: elements.to_vec(),
             kept: false,
+            in_doubt: false,
         };
         for wait in waits {
             // Sent or dropped: either way the removal is over.
@@ -376,7 +403,10 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if !self.kept {
+        if self.kept {
+        } else if self.in_doubt {
+            self.owners.unhold_in_doubt(&self.elements);
+        } else {
             self.owners.unhold(&self.elements);
         }
     }
@@ -504,6 +534,52 @@ mod tests {
         Hold::take(&owners, &mut e.clone()).await.keep();
         let other = vec![element("passive_pin", 10)];
         assert_eq!(owners.release(other.clone()).elements(), &other[..]);
+        assert!(!owners.has_orphans());
+        assert_eq!(owners.release(e.clone()).elements().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_add_given_up_on_its_way_to_the_kernel_is_removed_by_the_next_close() {
+        let owners = Arc::new(Owners::default());
+        let e = vec![element("passive_pin", 11)];
+        let other = vec![element("passive_pin", 12)];
+        // The caller stops waiting after the add was sent: it may be in the kernel.
+        let mut a = Hold::take(&owners, &mut e.clone()).await;
+        a.in_doubt = true;
+        drop(a);
+        assert!(owners.has_orphans());
+        let removal = owners.release(other.clone());
+        assert_eq!(removal.elements().len(), 2, "{:?}", removal.elements());
+        assert!(removal.elements().contains(&e[0]));
+        drop(removal);
+        assert!(!owners.has_orphans());
+        assert_eq!(owners.len(), 0);
+
+        // Given up before it was sent: nothing to remove.
+        drop(Hold::take(&owners, &mut e.clone()).await);
+        assert!(!owners.has_orphans());
+        assert_eq!(owners.len(), 0);
+
+        // Taken over by a new holder before any close: it stays where the first add put it
+        // (not in the hot twin: one copy), and its new holder's close removes it.
+        let mut placed = e.clone();
+        let mut a = Hold::take(&owners, &mut placed).await;
+        a.in_doubt = true;
+        drop(a);
+        let mut again = e.clone();
+        Hold::take(&owners, &mut again).await.keep();
+        assert_eq!(
+            again[0].set, placed[0].set,
+            "a second copy in the other set"
+        );
+        assert_eq!(owners.release(other.clone()).elements().len(), 1);
+        assert_eq!(owners.release(e.clone()).elements(), &placed[..]);
+
+        // Given up while another holder's add is answered: that holder owns it.
+        Hold::take(&owners, &mut e.clone()).await.keep();
+        let mut b = Hold::take(&owners, &mut e.clone()).await;
+        b.in_doubt = true;
+        drop(b);
         assert!(!owners.has_orphans());
         assert_eq!(owners.release(e.clone()).elements().len(), 1);
     }

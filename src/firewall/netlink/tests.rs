@@ -1751,7 +1751,10 @@ fn answers_dropped_on_an_overrun_do_not_hold_the_socket_for_the_ack_wait() {
             backend.counters.replays.load(Ordering::Relaxed),
         )
     });
-    assert!(replays > 0, "no answer was dropped: the test proves nothing");
+    assert!(
+        replays > 0,
+        "no answer was dropped: the test proves nothing"
+    );
     assert!(answers.iter().all(Result::is_ok), "{answers:?}");
     assert_eq!(ns.count(T, "passive_pin"), 0);
     // What is not queued once the kernel has answered never comes: no wait for it.
