@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::alg_binary;
 use ftp_alg::lab::attacker::{
-    AttackLab, Canned, Control, REPLY_TIMEOUT, ScriptedServer, THIRD_HOST_IP, accept_within,
-    all_pinhole_elements, connect_in, counter_packets, gateway_port_in, listen_in, named_counter,
-    pinhole_elements, plain_ftp,
+    ATTACKER_IP, AttackLab, Canned, Control, REPLY_TIMEOUT, ScriptedServer, THIRD_HOST_IP,
+    accept_within, all_pinhole_elements, connect_in, counter_packets, gateway_port_in, listen_in,
+    named_counter, pinhole_elements, plain_ftp,
 };
 use ftp_alg::lab::raw_client::parse_227;
 use ftp_alg::lab::{
@@ -1033,6 +1033,7 @@ fn a_pending_passive_pinhole_cannot_be_used_from_the_attackers_address_nor_twice
     // The attacker's packets to the server go through the gateway, as a third party's would.
     lab.route_via_gateway(SERVER_IP, None)
         .expect("attacker route");
+    watch_wan_syns(&lab.gateway, ATTACKER_IP, PASV_PORT);
     let target = v4(SERVER_IP, PASV_PORT);
     let tried = attempts(
         &[(&lab.attacker, None, target), (&lab.attacker, None, target)],
@@ -1043,6 +1044,12 @@ fn a_pending_passive_pinhole_cannot_be_used_from_the_attackers_address_nor_twice
         [false, false],
         "the attacker got through\n{}",
         alg.output()
+    );
+    // They did reach the gateway's forwarding path: the rules were put to the test.
+    assert!(
+        watched(&lab.gateway, "forwarded") >= 1,
+        "the attacker's SYNs never reached the gateway's forward hook (arrived {})",
+        watched(&lab.gateway, "arrived")
     );
     assert!(accept_within(&data, Duration::from_millis(100)).is_none());
     assert_eq!(admitted(&lab), (0, 0));
@@ -1293,7 +1300,7 @@ fn an_active_mode_mapping_is_not_used_up_by_the_servers_address_forged_from_the_
 fn a_pending_pinhole_goes_with_its_session_and_expires_on_its_own() {
     require_lab!();
     let lab = plain_lab();
-    let _server = scripted(&lab, |_| None);
+    let server = scripted(&lab, |_| None);
     let data = listen_in(&lab.server, v4(SERVER_IP, PASV_PORT)).expect("data listener");
     let alg = start_alg_tuned(&lab.gateway, |o| o.pinhole_timeout_secs = 2, &[]);
 
@@ -1314,16 +1321,44 @@ fn a_pending_pinhole_goes_with_its_session_and_expires_on_its_own() {
         ended.elapsed()
     );
 
-    // One left pending in a live session expires after the pinhole timeout: the client's
-    // connection then finds nothing.
+    // Ones left pending in a live session (passive; active, with its DNAT mapping) expire
+    // after the pinhole timeout: the client's and the server's connections find nothing.
     let mut ctl = login(&lab);
     assert_eq!(ctl.cmd("PASV").expect("PASV").code, 227);
+    let mut active = login(&lab);
+    let listener = listen_in(&lab.client, v4(CLIENT_IP, 51203)).expect("client listener");
+    assert_eq!(
+        active
+            .cmd(&port_command(CLIENT_IP, 51203))
+            .expect("PORT")
+            .code,
+        200
+    );
+    let forwarded = data_commands_received(&server);
+    let leased = forwarded
+        .iter()
+        .rev()
+        .find_map(|line| gateway_port_in(line.as_bytes()))
+        .expect("rewritten PORT");
+    assert_eq!(pinholes(&lab).len(), 4, "{:#?}", pinholes(&lab));
     std::thread::sleep(Duration::from_millis(2600));
     assert!(pinholes(&lab).is_empty(), "{:#?}", pinholes(&lab));
-    let late = attempts(&[(&lab.client, None, v4(SERVER_IP, PASV_PORT))], BLOCKED);
-    assert_eq!(late, [false], "an expired pinhole admitted a connection");
+    let late = attempts(
+        &[
+            (&lab.client, None, v4(SERVER_IP, PASV_PORT)),
+            (&lab.server, None, v4(GATEWAY_WAN_IP, leased)),
+        ],
+        BLOCKED,
+    );
+    assert_eq!(
+        late,
+        [false, false],
+        "an expired pinhole admitted a connection"
+    );
     assert!(accept_within(&data, Duration::from_millis(100)).is_none());
+    assert!(accept_within(&listener, Duration::from_millis(100)).is_none());
     assert_eq!(admitted(&lab), (0, 0));
+    drop(active);
     // The session itself is fine and can ask again.
     assert_eq!(ctl.cmd("PASV").expect("PASV").code, 227);
     let fresh = connect_in(

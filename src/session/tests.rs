@@ -864,6 +864,33 @@ async fn ipv6_routed_eprt_and_epsv_open_pinholes_and_rewrite_nothing() {
 }
 
 #[tokio::test]
+async fn ipv6_eprt_naming_a_third_host_or_a_privileged_port_is_refused() {
+    let (topology, ends) = v6_routed();
+    let mut h = start_topology(topology, ends, policy(), FakeFirewall::default());
+    h.greet().await;
+    // Another host of the client's own /64, and the client itself at port 1023.
+    h.client_says(b"EPRT |2|2001:db8:1::3|50001|\r\nEPRT |2|2001:db8:1::2|1023|\r\n")
+        .await;
+    let first = read_line(&mut h.client).await;
+    let second = read_line(&mut h.client).await;
+    assert!(
+        first.starts_with("501 ") && first.contains("2001:db8:1::3"),
+        "{first}"
+    );
+    assert!(
+        second.starts_with("501 ") && second.contains("1023"),
+        "{second}"
+    );
+    assert_silent(&mut h.server).await;
+    assert!(h.firewall.live().is_empty());
+    // The client's own address at a high port: a pinhole.
+    let eprt = "EPRT |2|2001:db8:1::2|50001|\r\n";
+    h.client_says(eprt.as_bytes()).await;
+    assert_eq!(read_line(&mut h.server).await, eprt);
+    assert_eq!(h.firewall.live().len(), 1);
+}
+
+#[tokio::test]
 async fn port_and_pasv_on_ipv6_are_refused_with_522() {
     let (topology, ends) = v6_routed();
     let mut h = start_topology(topology, ends, policy(), FakeFirewall::default());
