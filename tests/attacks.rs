@@ -2060,6 +2060,79 @@ fn a_150_without_any_data_connection_does_not_suspend_the_idle_timeout_forever()
 }
 
 #[test]
+fn a_transfer_holds_its_session_past_the_idle_timeout_only_while_its_connection_lives() {
+    require_lab!("conntrack");
+    let lab = plain_lab();
+    // The server announces a transfer (150) and never ends it: only the data connection's
+    // state in the kernel's conntrack tells the ALG whether it still runs.
+    let server = scripted(&lab, |text| {
+        text.starts_with("RETR")
+            .then(|| b"150 Opening BINARY mode data connection\r\n".to_vec())
+    });
+    let alg = start_alg(&lab.gateway, &["--idle-timeout", "2"]);
+    for mode in ["PASV", "PORT"] {
+        let mut ctl = login(&lab);
+        // The data connection, made through the pinhole: (client end, server end).
+        let (client_end, server_end) = if mode == "PASV" {
+            let data = listen_in(&lab.server, v4(SERVER_IP, PASV_PORT)).expect("data listener");
+            assert_eq!(ctl.cmd("PASV").expect("PASV").code, 227);
+            let client_end = connect_in(
+                &lab.client,
+                None,
+                v4(SERVER_IP, PASV_PORT),
+                Duration::from_secs(3),
+            )
+            .expect("thread")
+            .expect("passive data connection");
+            let (server_end, _) = accept_within(&data, Duration::from_secs(2)).expect("accept");
+            (client_end, server_end)
+        } else {
+            let listener = listen_in(&lab.client, v4(CLIENT_IP, 51204)).expect("listener");
+            let reply = ctl.cmd(&port_command(CLIENT_IP, 51204)).expect("PORT");
+            assert_eq!(reply.code, 200);
+            let leased = data_commands_received(&server)
+                .iter()
+                .rev()
+                .find_map(|line| gateway_port_in(line.as_bytes()))
+                .expect("rewritten PORT");
+            let server_end = connect_in(
+                &lab.server,
+                None,
+                v4(GATEWAY_WAN_IP, leased),
+                Duration::from_secs(3),
+            )
+            .expect("thread")
+            .expect("active data connection");
+            let (client_end, _) = accept_within(&listener, Duration::from_secs(2)).expect("accept");
+            (client_end, server_end)
+        };
+        assert_eq!(ctl.cmd("RETR f").expect("RETR").code, 150);
+        // Silent for more than two idle timeouts while the data connection lives: kept.
+        assert!(
+            ctl.wait_closed(Duration::from_secs(5)).is_none(),
+            "{mode}: cut while its data connection was open\n{}",
+            alg.output()
+        );
+        // The data connection ends; the 226 never comes: cut at the next idle check.
+        drop((client_end, server_end));
+        let ended = Instant::now();
+        let closed = ctl.wait_closed(Duration::from_secs(6));
+        let (bytes, at) = closed.unwrap_or_else(|| {
+            panic!(
+                "{mode}: still up 6 s after its data connection ended (--idle-timeout 2)\n{}",
+                alg.output()
+            )
+        });
+        assert!(
+            String::from_utf8_lossy(&bytes).contains("421"),
+            "{mode}: closed without a 421: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert!(at.duration_since(ended) <= Duration::from_secs(5), "{mode}");
+    }
+}
+
+#[test]
 fn used_pinholes_do_not_count_against_the_pending_limit() {
     require_lab!();
     let lab = plain_lab();
