@@ -140,7 +140,7 @@ enum Stop {
 }
 
 /// One control connection in flight.
-pub struct Session<F> {
+pub struct Session<F: Firewall> {
     ends: Endpoints,
     topology: Topology,
     policy: Arc<Policy>,
@@ -1137,6 +1137,39 @@ impl<F: Firewall> Session<F> {
         let held = std::mem::take(&mut self.pinholes);
         self.closing.extend(held);
         self.finish_closing().await;
+    }
+}
+
+/// A session that did not end through [`Session::run`] (its task panicked, or was aborted)
+/// still takes its pinholes along: they are closed from a task of their own, and their port
+/// leases rest for the pinhole timeout.
+impl<F: Firewall> Drop for Session<F> {
+    fn drop(&mut self) {
+        let mut left = std::mem::take(&mut self.pinholes);
+        left.append(&mut self.closing);
+        if left.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        warn!(
+            pinholes = left.len(),
+            "session ended without closing its pinholes; closing them now"
+        );
+        let firewall = self.firewall.clone();
+        let ports = self.ports.clone();
+        let rest = self.policy.pinhole_timeout;
+        runtime.spawn(async move {
+            for held in left {
+                if let Err(e) = firewall.close(held.pinhole).await {
+                    warn!(pinhole = %held.pinhole, error = %e, "could not remove pinhole");
+                }
+                if let Some((owner, port)) = held.lease {
+                    ports.release_resting(owner, port, rest);
+                }
+            }
+        });
     }
 }
 

@@ -1755,3 +1755,25 @@ async fn a_gateway_port_still_mapped_in_the_kernel_is_skipped_for_another() {
     // The refused port rests (until that mapping's timeout); the one in use stays leased.
     assert_eq!(h.ports.leased(), 1);
 }
+
+#[tokio::test]
+async fn a_session_dropped_without_ending_still_closes_its_pinholes() {
+    let mut h = start();
+    h.greet().await;
+    h.client_says(b"PORT 10,0,0,2,195,80\r\n").await;
+    read_line(&mut h.server).await;
+    assert_eq!(h.firewall.live().len(), 1);
+    assert_eq!(h.ports.leased(), 1);
+    // As a panic in the session's task would: the task goes without `run` returning.
+    h.session.abort();
+    let _ = (&mut h.session).await;
+    for _ in 0..100 {
+        if h.firewall.live().is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(h.firewall.live().is_empty(), "{:?}", h.firewall.live());
+    assert_eq!(h.firewall.closed().len(), 1);
+    assert_eq!(h.ports.leased(), 0);
+}
