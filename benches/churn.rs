@@ -93,6 +93,8 @@ struct Settings {
 
 impl Settings {
     fn from_args() -> Self {
+        /// Most concurrent clients of one run.
+        const MAX_CLIENTS: usize = 256;
         let quick = std::env::args().any(|a| a == "--quick");
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let num = |name: &str, default: f64| {
@@ -106,6 +108,8 @@ impl Settings {
                     v.split(',')
                         .filter_map(|s| s.trim().parse().ok())
                         .filter(|&n: &usize| n > 0)
+                        // Bounded like the core sweep's sessions.
+                        .map(|n| n.min(MAX_CLIENTS))
                         .collect::<Vec<usize>>()
                 })
                 .filter(|v| !v.is_empty())
@@ -221,7 +225,7 @@ fn build_alg(settings: &Settings) -> BoxResult<Bed> {
     let lab = ClientNatLab::build(ClientNatOptions::default())?;
     let server = start_server(&lab, settings)?;
     let alg = AlgDaemon::start(&lab.gateway, &alg_options(settings))?;
-    let pid = process_pid(&lab.gateway, "ftp-alg").ok_or("ftp-alg's pid not found")?;
+    let pid = common::daemon_pid(&lab.gateway).ok_or("ftp-alg's pid not found")?;
     let command = alg.command_line();
     Ok(Bed {
         daemon: Some(Daemon {
@@ -302,6 +306,7 @@ fn main() {
             std::process::exit(1);
         }
     }
+    common::clean_up_on_interrupt();
     let relay_skip = common::relay_unavailable();
     let variants: Vec<&'static Variant> = VARIANTS
         .iter()
@@ -840,12 +845,6 @@ async fn session(phases: &mut [Duration; PHASES], buf: &mut Vec<u8>) -> io::Resu
 
 // ------------------------------------------------------------------------------------------
 // Processes, threads and CPUs
-
-fn process_pid(ns: &Netns, comm: &str) -> Option<i32> {
-    ns.pids().into_iter().find(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-    })
-}
 
 /// Pins every thread of `pid` to `cpu` and says what the kernel reports afterwards.
 fn pin_process(pid: i32, cpu: usize) -> BoxResult<String> {

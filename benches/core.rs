@@ -187,6 +187,7 @@ fn main() {
             std::process::exit(1);
         }
     }
+    common::clean_up_on_interrupt();
     let started = Instant::now();
     let mut report = Report::default();
     if let Err(e) = run(settings, &mut report) {
@@ -2086,11 +2087,14 @@ impl Report {
                     .first_failure_at
                     .map_or(format!("none in {}", probe.ok), |i| (i - 1).to_string()),
             ];
-            cells.extend(others.iter().map(|v| {
-                format!(
-                    "none refused ({} in one session)",
-                    self.cell(1, Mode::Pasv, *v).map_or(0, |r| r.ok)
-                )
+            cells.extend(others.iter().map(|v| match self.cell(1, Mode::Pasv, *v) {
+                Some(r) if r.failures == 0 => format!("none refused ({} in one session)", r.ok),
+                Some(r) => format!(
+                    "{} failed of {} in one session",
+                    r.failures,
+                    r.ok + r.failures
+                ),
+                None => "not measured".to_owned(),
             }));
             row(
                 &mut t,
@@ -2397,7 +2401,16 @@ impl Report {
                         Json::Arr(vias.iter().map(|v| Json::Str(v.key().into())).collect()),
                     ),
                     ("points", Json::Arr(points)),
-                    ("plot", Json::Str("target/bench/concurrency.svg".into())),
+                    (
+                        "plot",
+                        Json::Str(
+                            common::target_dir()
+                                .join("bench")
+                                .join("concurrency.svg")
+                                .display()
+                                .to_string(),
+                        ),
+                    ),
                 ]),
             ),
             (
@@ -2547,7 +2560,7 @@ impl Json {
                 let _ = write!(out, "{i}");
             }
             Self::Num(n) if n.is_finite() => {
-                let _ = write!(out, "{}", (n * 1000.0).round() / 1000.0);
+                let _ = write!(out, "{}", (n * 1e6).round() / 1e6);
             }
             Self::Num(_) => out.push_str("null"),
             Self::Str(s) => {

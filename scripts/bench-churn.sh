@@ -13,7 +13,7 @@
 # Needs root: the lab builds its own network namespaces (deleted again on exit) and nftables
 # tables inside them; nothing is configured in the host's own namespace.
 #
-# Knobs (environment): FTP_ALG_CHURN_CLIENTS ("1,8,32": the concurrency sweep),
+# Knobs (environment): FTP_ALG_CHURN_CLIENTS ("1,8,32": the concurrency sweep, at most 256 each),
 # FTP_ALG_CHURN_ROUNDS (3), FTP_ALG_CHURN_SECS (4), FTP_ALG_CHURN_MAX (25000 sessions per run,
 # which keeps the gateway's conntrack table below nf_conntrack_max),
 # FTP_ALG_CHURN_LOAD_THREADS (1), FTP_ALG_CHURN_SERVER_THREADS (1), FTP_ALG_CHURN_DAEMON_CPU (0),

@@ -60,6 +60,7 @@ wait_quiet() {
 	local name="$1"
 	local limit="${FTP_ALG_BENCH_QUIET_WAIT:-120}"
 	local cpus load waited=0
+	[[ "$limit" =~ ^[0-9]+$ ]] || die "FTP_ALG_BENCH_QUIET_WAIT must be a whole number of seconds, not '$limit'"
 	cpus="$(nproc)"
 	while :; do
 		load="$(cut -d' ' -f1 /proc/loadavg)"

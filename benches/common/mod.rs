@@ -60,6 +60,24 @@ pub(crate) fn alg_options(base_args: &[&str]) -> AlgOptions {
     options
 }
 
+/// The pid of the daemon under test in `gateway`: the process named `ftp-alg`, or named as
+/// `FTP_ALG_BENCH_BINARY`'s file (the kernel keeps 15 bytes of a name).
+pub(crate) fn daemon_pid(gateway: &Netns) -> Option<i32> {
+    let other = std::env::var_os("FTP_ALG_BENCH_BINARY").and_then(|path| {
+        let name = PathBuf::from(path)
+            .file_name()?
+            .to_string_lossy()
+            .into_owned();
+        Some(name.chars().take(15).collect::<String>())
+    });
+    gateway.pids().into_iter().find(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| {
+            let comm = comm.trim();
+            comm == "ftp-alg" || other.as_deref() == Some(comm)
+        })
+    })
+}
+
 /// The daemon's admission limits opened up, so that a run measures the daemon and not its
 /// policy (one client address opens thousands of sessions per second in these labs).
 pub(crate) const OPEN_LIMITS: [&str; 10] = [
@@ -165,6 +183,44 @@ pub(crate) fn raise_nofile(want: u64) -> u64 {
     // SAFETY: as above.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     lim.rlim_cur
+}
+
+/// Makes Ctrl-C or SIGTERM in the middle of a run clean up as the guards' `Drop` would
+/// have: the namespaces this process made, with what runs in them (vsftpd, ftp-alg,
+/// ftp-proxy, their own process groups, which the terminal's signal does not reach), its
+/// scratch directories and its files in /dev/shm; then exits 130. Call once, before building any namespace.
+pub(crate) fn clean_up_on_interrupt() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        // Async-signal-safe: only the flag; the watcher thread does the work.
+        STOP.store(true, Ordering::SeqCst);
+    }
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only stores to an atomic.
+        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+    }
+    std::thread::spawn(|| {
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            if STOP.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        eprintln!("interrupted: removing this run's namespaces and files");
+        ftp_alg::lab::remove_own_namespaces();
+        ftp_alg::lab::remove_own_scratch_dirs();
+        let prefix = format!("ftp-alg-bench-{}-", std::process::id());
+        if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        std::process::exit(130);
+    });
 }
 
 pub(crate) fn load_average() -> String {

@@ -50,12 +50,14 @@ pub use cli_clients::{curl_at, lftp_at};
 pub use eprt_shim::EprtShim;
 pub use error::{LabError, Result};
 pub use mode::{DataMode, FtpOp, OpOutcome, SessionReport, TransferPlan};
-pub use netns::{Netns, NsThread, mark_kept, remove_stale_namespaces, unique_tag};
+pub use netns::{
+    Netns, NsThread, mark_kept, remove_own_namespaces, remove_stale_namespaces, unique_tag,
+};
 pub use process::{Bounded, ServiceChild};
 pub use reverse::{ReverseLab, ReverseOptions};
 pub use routed::RoutedLab;
 pub use routing_state::{ALG_ROUTE_MARK, ALG_ROUTE_TABLE, policy_routing_entries};
-pub use scratch::{PAYLOAD_LEN, ScratchDir, set_mode, write_random_file};
+pub use scratch::{PAYLOAD_LEN, ScratchDir, remove_own_scratch_dirs, set_mode, write_random_file};
 pub use topology::{
     ALG_CT_MARK, CLIENT_IP, ClientNatLab, ClientNatOptions, GATEWAY_LAN_IP, GATEWAY_WAN_IP, LAN_IF,
     SERVER_IP, WAN_IF, gateway_ruleset, kernel_helper_table,

@@ -295,6 +295,21 @@ pub fn remove_stale_namespaces() {
     }
 }
 
+/// Deletes the namespaces this process made (with what runs in them), kept ones excepted:
+/// for a benchmark or lab interrupted by a signal, whose guards' `Drop` will not run.
+pub fn remove_own_namespaces() {
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return;
+    };
+    let own = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if tag_owner(&name) == Some(own) && !Path::new(KEPT_DIR).join(&name).exists() {
+            delete_namespace(&name);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::tag_owner;

@@ -47,6 +47,20 @@ impl ScratchDir {
     }
 }
 
+/// Removes this process's scratch directories: for a benchmark or lab interrupted by a
+/// signal, whose guards' `Drop` will not run.
+pub fn remove_own_scratch_dirs() {
+    let prefix = format!("ftp-alg-lab-{}-", std::process::id());
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
