@@ -93,3 +93,38 @@ fn routed_through_alg_libunftp_suppaftp_every_supported_mode_both_families() {
     assert_drained(&lab.gateway, &alg);
     assert_nothing_left(&lab.gateway, alg);
 }
+
+#[test]
+fn routed_a_sigkill_and_a_restart_leave_one_policy_rule_per_family_and_work() {
+    require_lab!();
+    let (payload, payload_sha) = random_payload();
+    let lab = RoutedLab::build().expect("lab");
+    let servers = Servers::both(
+        FtpServer::embedded(&lab.server, server_addr(false).ip(), &payload),
+        FtpServer::embedded(&lab.server, server_addr(true).ip(), &payload),
+    );
+    let mut crashed = start_alg(&lab);
+    let installed = policy_routing_entries(&lab.gateway, ALG_ROUTE_MARK, ALG_ROUTE_TABLE)
+        .expect("ip rule/route show");
+    // A crash: nothing is removed.
+    crashed.kill();
+    let stale = policy_routing_entries(&lab.gateway, ALG_ROUTE_MARK, ALG_ROUTE_TABLE)
+        .expect("ip rule/route show");
+    assert_eq!(stale, installed, "the killed daemon cleaned up after all?");
+    // The restart finds its own policy routing: one rule and one route per family, no
+    // duplicates, and sessions work through it.
+    let alg = start_alg(&lab);
+    let mut after = policy_routing_entries(&lab.gateway, ALG_ROUTE_MARK, ALG_ROUTE_TABLE)
+        .expect("ip rule/route show");
+    after.sort();
+    let mut expected = installed.clone();
+    expected.sort();
+    assert_eq!(after, expected, "{}", gateway_context(&lab.gateway, &alg));
+    let mut runs = embedded_runs(false);
+    runs.extend(embedded_runs(true));
+    let done = run_sessions(&lab.client, &servers, &target, &runs);
+    let problems = judge(TOPOLOGY, true, &done, &payload_sha, &client_ip);
+    assert_no_problems(&problems, &gateway_context(&lab.gateway, &alg));
+    assert_drained(&lab.gateway, &alg);
+    assert_nothing_left(&lab.gateway, alg);
+}

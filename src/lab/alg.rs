@@ -179,18 +179,70 @@ pub struct AlgDaemon {
     argv: Vec<String>,
 }
 
+/// A `NOTIFY_SOCKET` of the lab's own: the daemon says `READY=1` there once its table,
+/// policy routing and listeners are all up (its listeners are bound first, and a table left
+/// by a killed daemon is already there, so those two alone say nothing after a crash).
+struct ReadySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+    ready: bool,
+}
+
+impl ReadySocket {
+    fn bind() -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A path, not an abstract name: those belong to a network namespace.
+        let path = std::env::temp_dir().join(format!("fa-notify-{}-{n}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path)
+            .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+            .map_err(|e| LabError::io(format!("binding {}", path.display()), e))?;
+        Ok(Self {
+            socket,
+            path,
+            ready: false,
+        })
+    }
+
+    /// Whether `READY=1` has come (reads what is queued).
+    fn ready(&mut self) -> bool {
+        let mut buf = [0u8; 512];
+        while !self.ready {
+            match self.socket.recv(&mut buf) {
+                Ok(n) => self.ready = buf[..n].split(|b| *b == b'\n').any(|l| l == b"READY=1"),
+                Err(_) => break,
+            }
+        }
+        self.ready
+    }
+}
+
+impl Drop for ReadySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl AlgDaemon {
-    /// Starts the daemon in `gateway` and waits until its table exists and its listener accepts.
+    /// Starts the daemon in `gateway` and waits until it says it is ready (`READY=1` on a
+    /// `NOTIFY_SOCKET` of the lab's, unless `options.env` sets one), its table exists and its
+    /// listener accepts.
     pub fn start(gateway: &Netns, options: &AlgOptions) -> Result<Self> {
         let argv = options.argv();
-        // `env NAME=value… ftp-alg …`: env execs the daemon, which keeps its own name.
-        let prefix = if options.env.is_empty() {
-            Vec::new()
+        let mut notify = if options.env.iter().any(|e| e.starts_with("NOTIFY_SOCKET=")) {
+            None
         } else {
-            std::iter::once("env")
-                .chain(options.env.iter().map(String::as_str))
-                .collect()
+            Some(ReadySocket::bind()?)
         };
+        let mut env = options.env.clone();
+        if let Some(notify) = &notify {
+            env.push(format!("NOTIFY_SOCKET={}", notify.path.display()));
+        }
+        // `env NAME=value… ftp-alg …`: env execs the daemon, which keeps its own name.
+        let prefix: Vec<&str> = std::iter::once("env")
+            .chain(env.iter().map(String::as_str))
+            .collect();
         let args: Vec<&str> = prefix
             .into_iter()
             .chain(argv.iter().map(String::as_str))
@@ -208,7 +260,7 @@ impl AlgDaemon {
                     .trim()
                     .is_empty();
             }
-            if listening {
+            if listening && notify.as_mut().is_none_or(ReadySocket::ready) {
                 return Ok(Self { child, argv });
             }
             if let Some(status) = child.try_status() {
