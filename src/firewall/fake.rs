@@ -28,6 +28,7 @@ struct State {
     close_failures: VecDeque<FirewallError>,
     open_delay: Duration,
     close_delay: Duration,
+    panic_next_open: bool,
     in_flight: usize,
     /// What `connection_alive` and `peers_connected` answer (None: true, a transfer is
     /// assumed to run).
@@ -75,7 +76,12 @@ impl FakeFirewall {
         self.state().open_delay = delay;
     }
 
-    /// Makes every later `close` wait this long before the pinhole goes.
+    /// Makes the next `open` panic, as a bug in the layers above would panic their task.
+    pub fn panic_on_next_open(&self) {
+        self.state().panic_next_open = true;
+    }
+
+    /// Makes every later `close` wait this long for its answer (the pinhole goes at once).
     pub fn set_close_delay(&self, delay: Duration) {
         self.state().close_delay = delay;
     }
@@ -124,6 +130,9 @@ impl Firewall for FakeFirewall {
         if !pinhole.is_single_family() {
             return Err(FirewallError::MixedFamilies(pinhole));
         }
+        if std::mem::take(&mut self.state().panic_next_open) {
+            panic!("injected panic in open (FakeFirewall::panic_on_next_open)");
+        }
         let (delay, failure) = {
             let mut state = self.state();
             state.in_flight += 1;
@@ -145,17 +154,24 @@ impl Firewall for FakeFirewall {
     }
 
     async fn close(&self, pinhole: Pinhole) -> Result<(), FirewallError> {
-        let delay = self.state().close_delay;
+        // As the kernel backend: the removal is under way from the first poll; only its
+        // answer waits (a caller that gives up does not undo it).
+        let (result, delay) = {
+            let mut state = self.state();
+            let result = match state.close_failures.pop_front() {
+                Some(error) => Err(error),
+                None => {
+                    state.live.retain(|p| *p != pinhole);
+                    state.closed.push(pinhole);
+                    Ok(())
+                }
+            };
+            (result, state.close_delay)
+        };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let mut state = self.state();
-        if let Some(error) = state.close_failures.pop_front() {
-            return Err(error);
-        }
-        state.live.retain(|p| *p != pinhole);
-        state.closed.push(pinhole);
-        Ok(())
+        result
     }
 
     async fn connection_alive(&self, _pinhole: Pinhole) -> bool {

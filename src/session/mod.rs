@@ -666,11 +666,7 @@ impl<F: Firewall> Session<F> {
             let plan = self.topology.active(&self.ends, announced, leased);
             match self.open(plan, false).await {
                 Ok(seq) => break (plan, seq),
-                // The port's previous data connection is still running, or its mapping is
-                // still in the kernel (a close that failed): take another.
-                Err(error @ (FirewallError::PortInUse { .. } | FirewallError::Conflict { .. }))
-                    if leased.is_some() && attempts < PORT_ATTEMPTS =>
-                {
+                Err(error) if attempts < PORT_ATTEMPTS && port_taken(&error, leased.is_some()) => {
                     attempts += 1;
                     info!(%error, attempts, "gateway port busy; leasing another");
                 }
@@ -1038,14 +1034,15 @@ impl<F: Firewall> Session<F> {
         self.finish_closing().await;
     }
 
-    /// Closes the pinholes on their way out. Each stays in [`Session::closing`] until its
-    /// close is answered: a relay step cut off by its bound in the middle leaves it (and the
-    /// rest) there for [`Session::close_all`], instead of dropping them with their port
-    /// leases. (A close asked twice is harmless: the second finds nothing.)
+    /// Closes the pinholes on their way out. Those not started yet wait in
+    /// [`Session::closing`], not in a local list: a relay step cut off by its bound leaves
+    /// them there for [`Session::close_all`] instead of dropping them with their port leases.
+    /// The one cut off in the middle is not asked again: the firewall has its removal from the
+    /// first poll on (a second close would drop a co-holder's count), and its lease guard
+    /// returns the port.
     async fn finish_closing(&mut self) {
-        while let Some(held) = self.closing.last() {
-            self.release(held).await;
-            self.closing.pop();
+        while let Some(held) = self.closing.pop() {
+            self.release(&held).await;
         }
     }
 
@@ -1095,12 +1092,12 @@ impl<F: Firewall> Session<F> {
         // unless the port is still mapped in the kernel (to another client, until that
         // element's timeout), or the add's fate is unknown.
         lease.rest = match &opened {
-            Err(
-                FirewallError::Conflict { .. }
-                | FirewallError::Protocol(_)
-                | FirewallError::Io { .. }
-                | FirewallError::Stopped,
-            ) => self.policy.pinhole_timeout,
+            Err(FirewallError::Conflict { set }) if set.starts_with("dnat_to") => {
+                self.policy.pinhole_timeout
+            }
+            Err(FirewallError::Protocol(_) | FirewallError::Io { .. } | FirewallError::Stopped) => {
+                self.policy.pinhole_timeout
+            }
             _ => Duration::ZERO,
         };
         match opened {
@@ -1140,11 +1137,14 @@ impl<F: Firewall> Session<F> {
     }
 }
 
-/// A session that did not end through [`Session::run`] (its task panicked, or was aborted)
-/// still takes its pinholes along: they are closed from a task of their own, and their port
-/// leases rest for the pinhole timeout.
+/// A session whose task panicked (a bug) still takes its pinholes along: they are closed
+/// from a task of their own, and their port leases rest for the pinhole timeout. (A session
+/// dropped otherwise without ending is one the daemon drops at exit, with the whole table.)
 impl<F: Firewall> Drop for Session<F> {
     fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
         let mut left = std::mem::take(&mut self.pinholes);
         left.append(&mut self.closing);
         if left.is_empty() {
@@ -1155,7 +1155,7 @@ impl<F: Firewall> Drop for Session<F> {
         };
         warn!(
             pinholes = left.len(),
-            "session ended without closing its pinholes; closing them now"
+            "session task panicked; closing its pinholes"
         );
         let firewall = self.firewall.clone();
         let ports = self.ports.clone();
@@ -1170,6 +1170,17 @@ impl<F: Firewall> Drop for Session<F> {
                 }
             }
         });
+    }
+}
+
+/// Whether an active pinhole failed because of its gateway port, so that another would do:
+/// the port's previous data connection is still running, or (`leased`) its DNAT mapping is
+/// still in the kernel (a close that failed).
+fn port_taken(error: &FirewallError, leased: bool) -> bool {
+    match error {
+        FirewallError::PortInUse { .. } => true,
+        FirewallError::Conflict { set } => leased && set.starts_with("dnat_to"),
+        _ => false,
     }
 }
 
