@@ -70,7 +70,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, StatusErro
             return Err(StatusError::NotASocket(path.to_owned()));
         }
         Ok(_) => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if serving(path) {
                 return Err(StatusError::InUse(path.to_owned()));
             }
             std::fs::remove_file(path).map_err(bind_err)?;
@@ -85,6 +85,25 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, StatusErro
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(bind_err)?;
     }
     Ok(listener)
+}
+
+/// Whether a process listens on the socket at `path`. Without blocking: a hung daemon's full
+/// backlog answers "in use" at once instead of holding this start.
+fn serving(path: &Path) -> bool {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let Ok(socket) = Socket::new(Domain::UNIX, Type::STREAM, None) else {
+        return false;
+    };
+    let Ok(addr) = SockAddr::unix(path) else {
+        return false;
+    };
+    if socket.set_nonblocking(true).is_err() {
+        return false;
+    }
+    match socket.connect(&addr) {
+        Ok(()) => true,
+        Err(e) => matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINPROGRESS)),
+    }
 }
 
 /// Snapshots being written at once; a further connection is closed at once. A snapshot of
