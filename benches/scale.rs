@@ -1109,14 +1109,19 @@ fn ftp_bulk(
                         drop(data);
                         ctl.expect(&[226])?;
                         let elapsed = start.elapsed();
-                        // What the server has, not what was sent.
-                        let path = stor_target.strip_prefix("STOR ").unwrap_or(&stor_target);
-                        ctl.send(&format!("SIZE {path}"))?;
-                        ctl.expect(&[213])?;
-                        let stored = ctl.line.get(4..).unwrap_or("").trim().parse::<u64>();
-                        let stored = stored.map_err(|_| {
-                            io::Error::other(format!("bad SIZE reply: {}", ctl.line))
-                        })?;
+                        // What the server has, not what was sent (a file sink; /dev/null,
+                        // appended to, has no size).
+                        let stored = match stor_target.strip_prefix("STOR ") {
+                            Some(path) => {
+                                ctl.send(&format!("SIZE {path}"))?;
+                                ctl.expect(&[213])?;
+                                let size = ctl.line.get(4..).unwrap_or("").trim().parse::<u64>();
+                                size.map_err(|_| {
+                                    io::Error::other(format!("bad SIZE reply: {}", ctl.line))
+                                })?
+                            }
+                            None => len,
+                        };
                         (elapsed, stored)
                     } else {
                         ctl.send(&format!("RETR {BULK_NAME}"))?;

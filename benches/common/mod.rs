@@ -208,6 +208,11 @@ pub(crate) fn clean_up_on_interrupt() {
                 break;
             }
         }
+        // A second Ctrl-C ends a cleanup that hangs.
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: restores the default disposition.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
         eprintln!("interrupted: removing this run's namespaces and files");
         ftp_alg::lab::remove_own_namespaces();
         ftp_alg::lab::remove_own_scratch_dirs();
