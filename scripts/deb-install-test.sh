@@ -7,7 +7,8 @@
 #     scripts, shipped bytes. `--static-only` stops here (what CI runs).
 #  2. Debootstraps a minimal bookworm root with systemd (packages cached under
 #     target/deb-install-test/cache; downloads come from the Debian mirror only).
-#  3. `dpkg -i` in that root must stop on the missing Depends (nftables, iproute2, procps);
+#  3. `dpkg -i` in that root must stop on the missing Depends (nftables, iproute2, procps,
+#     conntrack);
 #     `apt-get -f install` fetches them and configures ftp-alg, as an admin would.
 #  4. In the chroot: `ftp-alg --version`, `ftp-alg check --config /etc/ftp-alg/ftp-alg.toml`,
 #     `systemd-analyze verify` of the installed unit against that root, the unit is disabled.

@@ -28,6 +28,10 @@ pub enum Subcommands {
     Check(Settings),
     /// Print the nftables table the daemon would install.
     Rules(Settings),
+    /// Remove what a daemon that did not exit cleanly (SIGKILL, OOM) left in the kernel: its
+    /// table (whose redirect would send LAN FTP nowhere) and, in routed mode, its policy
+    /// routing. Run it while the daemon is stopped (the unit does, as ExecStopPost).
+    Cleanup(Settings),
     /// Write the man page and shell completions (for packaging).
     #[command(hide = true)]
     Generate(crate::generate::GenerateArgs),

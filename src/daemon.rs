@@ -78,7 +78,10 @@ fn session_threads(workers: usize) -> usize {
 
 /// The base table described by a validated config.
 pub fn base_table(settings: &Validated) -> BaseTable {
-    let c = &settings.config;
+    table_of(&settings.config)
+}
+
+fn table_of(c: &crate::config::Config) -> BaseTable {
     BaseTable {
         table: c.nftables.table.clone(),
         lan_interfaces: c.lan_interfaces.clone(),
@@ -88,6 +91,40 @@ pub fn base_table(settings: &Validated) -> BaseTable {
         gc_interval_ms: c.nftables.gc_interval_ms,
         route_mark: c.routing.fwmark,
     }
+}
+
+/// What [`cleanup`] found and removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cleaned {
+    /// The table was there (and is gone now).
+    pub table: bool,
+    /// Routed mode: its policy routing was removed (whether or not it was there).
+    pub routing: bool,
+}
+
+/// Removes what a daemon that did not exit cleanly (SIGKILL, an OOM or watchdog kill, a stop
+/// that timed out) left in the kernel: its table, whose redirect sends the LAN's FTP control
+/// connections to a port nothing listens on, and in routed mode its policy routing. A
+/// table or routing that is not there is not an error. For systemd's `ExecStopPost` and for
+/// an admin after a crash; not while the daemon runs (it would reinstall its table).
+pub fn cleanup(config: &crate::config::Config) -> Result<Cleaned, DaemonError> {
+    let table = table_of(config);
+    let present = table.exists()?;
+    if present {
+        table.remove()?;
+    }
+    let routed = config.mode == Mode::Routed;
+    if routed {
+        TransparentRouting {
+            fwmark: config.routing.fwmark,
+            table: config.routing.table,
+        }
+        .remove();
+    }
+    Ok(Cleaned {
+        table: present,
+        routing: routed,
+    })
 }
 
 /// Applies a new log filter (an EnvFilter string).

@@ -39,6 +39,32 @@ fn real_main() -> anyhow::Result<()> {
                 println!("# note, this host: CPU idle {}: {advice}", idle.summary());
             }
         }
+        Subcommands::Cleanup(settings) => {
+            // Only the table's name, the mode and the routing are needed: a file that no
+            // longer validates (an edit that broke the restart) still names them.
+            let config = match settings.load() {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!(
+                        "cannot read the configuration ({e}); cleaning up after the defaults"
+                    );
+                    ftp_alg::config::Config::default()
+                }
+            };
+            let cleaned = ftp_alg::daemon::cleanup(&config)?;
+            let table = &config.nftables.table;
+            if cleaned.table {
+                println!("removed table inet {table}");
+            } else {
+                println!("no table inet {table}: nothing to remove");
+            }
+            if cleaned.routing {
+                println!(
+                    "removed the policy routing of routed mode (fwmark {:#x}, table {}), if any",
+                    config.routing.fwmark, config.routing.table
+                );
+            }
+        }
         Subcommands::Rules(settings) => {
             let validated = settings.load()?.validate()?;
             print!("{}", ftp_alg::daemon::base_table(&validated).render());

@@ -119,6 +119,12 @@ fn unit_starts_the_packaged_binary_with_the_packaged_config() {
         exec,
         "/usr/sbin/ftp-alg run --config /etc/ftp-alg/ftp-alg.toml"
     );
+    // After any stop (a SIGKILL too) what the daemon left in the kernel goes; a failure of
+    // the cleanup ('-') does not mark the unit failed.
+    assert_eq!(
+        unit.service("ExecStopPost"),
+        "-/usr/sbin/ftp-alg cleanup --config /etc/ftp-alg/ftp-alg.toml"
+    );
     let assets = assets();
     assert!(
         assets

@@ -87,6 +87,17 @@ impl BaseTable {
         run_nft(&["-f", "-"], Some(&script))
     }
 
+    /// Whether the table is in the kernel now.
+    pub fn exists(&self) -> Result<bool, TableError> {
+        let out = Command::new("nft")
+            .args(["list", "table", "inet", &self.table])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(TableError::Spawn)?;
+        Ok(out.success())
+    }
+
     /// Deletes the table; a table that is already gone is not an error.
     pub fn remove(&self) -> Result<(), TableError> {
         let script = format!("table inet {t}\ndelete table inet {t}\n", t = self.table);
