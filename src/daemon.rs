@@ -210,6 +210,16 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
             }
         }
         warn_unreachable_listener(c.listen, &c.lan_interfaces);
+        for (key, name) in missing_interfaces(c)
+            .into_iter()
+            .filter(|(key, _)| *key == "lan_interfaces")
+        {
+            warn!(
+                interface = %name,
+                "{key}: this host has no interface {name} (yet): FTP from it is intercepted \
+                 only once it exists; check the name (ip link)"
+            );
+        }
     }
     for published in &c.reverse {
         listeners.push((
@@ -427,6 +437,19 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
 }
 
 /// Applies what can change without a restart, and says what cannot.
+/// The interfaces the configuration names that this host does not have (now), with their
+/// key: a LAN interface is intercepted by name, so a missing one is not intercepted until it
+/// appears, and a misspelt one never; a missing `wan_interface` stops the start.
+pub fn missing_interfaces(c: &crate::config::Config) -> Vec<(&'static str, String)> {
+    c.lan_interfaces
+        .iter()
+        .map(|name| ("lan_interfaces", name))
+        .chain(c.wan_interface.iter().map(|name| ("wan_interface", name)))
+        .filter(|(_, name)| !proxy::interface_exists(name))
+        .map(|(key, name)| (key, name.clone()))
+        .collect()
+}
+
 /// The intercept rule redirects to the primary address of the interface a connection came
 /// in on: a `listen` address that is not the wildcard and not that address never receives
 /// them, and every intercepted connection is reset.

@@ -33,6 +33,16 @@ fn real_main() -> anyhow::Result<()> {
             let text = toml::to_string_pretty(&validated.config)
                 .context("cannot print the effective settings")?;
             println!("# configuration is valid; effective settings:\n{text}");
+            for (key, name) in ftp_alg::daemon::missing_interfaces(&validated.config) {
+                println!(
+                    "# note, this host: {key}: no interface {name} (yet){}",
+                    if key == "wan_interface" {
+                        "; the daemon will not start until it exists"
+                    } else {
+                        "; FTP from it is intercepted only once it exists"
+                    }
+                );
+            }
             // What the host does to the control channel's latency, where it matters.
             let idle = ftp_alg::host::IdleState::read();
             if let Some(advice) = idle.advice() {

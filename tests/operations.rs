@@ -747,6 +747,30 @@ fn check_names_a_cpu_idle_setup_that_taxes_every_wake_up() {
 }
 
 #[test]
+fn check_names_interfaces_this_host_does_not_have() {
+    let out = check(&[
+        "--lan-interface",
+        "lo",
+        "--lan-interface",
+        "fa-nosuch0",
+        "--wan-interface",
+        "fa-nosuch1",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("# note, this host: lan_interfaces: no interface fa-nosuch0 (yet)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# note, this host: wan_interface: no interface fa-nosuch1 (yet)"),
+        "{text}"
+    );
+    // One that exists is not named.
+    assert!(!text.contains("no interface lo "), "{text}");
+}
+
+#[test]
 fn realtime_thread_scope_with_busy_polling_is_refused_at_start() {
     let out = check(&[
         "--realtime-priority",
