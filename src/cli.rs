@@ -30,7 +30,8 @@ pub enum Subcommands {
     Rules(Settings),
     /// Remove what a daemon that did not exit cleanly (SIGKILL, OOM) left in the kernel: its
     /// table (whose redirect would send LAN FTP nowhere) and, in routed mode, its policy
-    /// routing. Run it while the daemon is stopped (the unit does, as ExecStopPost).
+    /// routing, as its record in /run/ftp-alg names them (else the configuration). A running
+    /// daemon's table is left alone. The unit runs it after every stop (ExecStopPost).
     Cleanup(Settings),
     /// Write the man page and shell completions (for packaging).
     #[command(hide = true)]

@@ -281,6 +281,14 @@ impl Default for StatusConfig {
     }
 }
 
+/// Whether `name` is a table name the daemon accepts: 1-32 of `[A-Za-z0-9_]` (safe to paste
+/// into an `nft` script).
+pub fn is_table_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// A setting that is on by default and switched off with `""` (TOML has no null, and a key
 /// left out takes its default): written and read as text.
 mod off_when_empty {
@@ -774,14 +782,7 @@ impl Config {
                  active source port",
             ));
         }
-        if self.nftables.table.is_empty()
-            || self.nftables.table.len() > 32
-            || !self
-                .nftables
-                .table
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
+        if !is_table_name(&self.nftables.table) {
             return Err(invalid(
                 "nftables.table",
                 "use 1-32 characters of [A-Za-z0-9_]",

@@ -1,6 +1,7 @@
 //! The daemon's life: install the base table, start the firewall task, listen, serve until a
 //! signal, then remove everything we put into the kernel.
 
+pub mod instance;
 mod notify;
 
 use std::sync::Arc;
@@ -48,6 +49,18 @@ pub enum DaemonError {
     /// The session threads could not be started.
     #[error("cannot start the session threads: {0} (try a smaller runtime.workers)")]
     Threads(std::io::Error),
+    /// Another daemon runs with the same table in this network namespace.
+    #[error(transparent)]
+    Instance(#[from] instance::InstanceError),
+    /// `ftp-alg cleanup` found nothing it could trust to name what to remove.
+    #[error(
+        "no record of a daemon that died and the configuration cannot be read ({0}); name the \
+         table: ftp-alg cleanup --table NAME [--mode routed]"
+    )]
+    NothingKnown(String),
+    /// A table name that cannot be one (from an edited file).
+    #[error("{0:?} is not an nftables table name this daemon uses (letters, digits, _; 1-32)")]
+    BadTable(String),
     /// Real-time scheduling (`runtime.realtime_priority`) was refused.
     #[error("runtime.realtime_priority: {0}")]
     Realtime(std::io::Error),
@@ -93,37 +106,126 @@ fn table_of(c: &crate::config::Config) -> BaseTable {
     }
 }
 
-/// What [`cleanup`] found and removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cleaned {
-    /// The table was there (and is gone now).
-    pub table: bool,
-    /// Routed mode: its policy routing was removed (whether or not it was there).
-    pub routing: bool,
+/// One thing [`cleanup`] did or found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CleanedUp {
+    /// A table removed, with the policy routing its daemon had installed (if any).
+    Removed {
+        /// The table.
+        table: String,
+        /// Routed mode's (fwmark, routing table).
+        routing: Option<(u32, u32)>,
+    },
+    /// A table not in the kernel: nothing to remove.
+    Absent {
+        /// The table.
+        table: String,
+    },
+    /// A daemon that holds this table's lock is running: left alone.
+    Running {
+        /// The table.
+        table: String,
+    },
+}
+
+impl std::fmt::Display for CleanedUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Removed { table, routing } => {
+                write!(f, "removed table inet {table}")?;
+                if let Some((fwmark, routing_table)) = routing {
+                    write!(
+                        f,
+                        " and the policy routing of routed mode (fwmark {fwmark:#x}, table \
+                         {routing_table})"
+                    )?;
+                }
+                Ok(())
+            }
+            Self::Absent { table } => write!(f, "no table inet {table}: nothing to remove"),
+            Self::Running { table } => {
+                write!(
+                    f,
+                    "table inet {table} belongs to a running ftp-alg: left alone"
+                )
+            }
+        }
+    }
 }
 
 /// Removes what a daemon that did not exit cleanly (SIGKILL, an OOM or watchdog kill, a stop
 /// that timed out) left in the kernel: its table, whose redirect sends the LAN's FTP control
-/// connections to a port nothing listens on, and in routed mode its policy routing. A
-/// table or routing that is not there is not an error. For systemd's `ExecStopPost` and for
-/// an admin after a crash; not while the daemon runs (it would reinstall its table).
-pub fn cleanup(config: &crate::config::Config) -> Result<Cleaned, DaemonError> {
-    let table = table_of(config);
+/// connections to a port nothing listens on, and in routed mode its policy routing. What it
+/// installed comes from its record ([`instance`]), so a configuration edited since its start
+/// (or broken) does not matter; the configuration's own table is cleaned too when no record
+/// names it. A daemon still running (holding its lock) is left alone; what is not there is
+/// not an error. For systemd's `ExecStopPost` and for an admin after a crash.
+pub fn cleanup(
+    config: Result<&crate::config::Config, String>,
+) -> Result<Vec<CleanedUp>, DaemonError> {
+    let (gone, running) = instance::survey(std::path::Path::new(instance::DIR));
+    let mut done = Vec::new();
+    for leftover in gone {
+        done.push(remove_installed(&leftover.installed)?);
+        leftover.forget();
+    }
+    done.extend(
+        running
+            .into_iter()
+            .map(|table| CleanedUp::Running { table }),
+    );
+    let named = |table: &str| {
+        done.iter().any(|item| match item {
+            CleanedUp::Removed { table: t, .. }
+            | CleanedUp::Absent { table: t }
+            | CleanedUp::Running { table: t } => t == table,
+        })
+    };
+    match config {
+        Ok(c) if !named(&c.nftables.table) => {
+            let installed = instance::Installed {
+                table: c.nftables.table.clone(),
+                routing: (c.mode == Mode::Routed).then_some((c.routing.fwmark, c.routing.table)),
+            };
+            done.push(remove_installed(&installed)?);
+        }
+        Ok(_) => {}
+        Err(why) if done.is_empty() => return Err(DaemonError::NothingKnown(why)),
+        Err(_) => {}
+    }
+    Ok(done)
+}
+
+fn remove_installed(installed: &instance::Installed) -> Result<CleanedUp, DaemonError> {
+    // From a file an admin may have edited: pasted into an nft script only if it is a name.
+    if !crate::config::is_table_name(&installed.table) {
+        return Err(DaemonError::BadTable(installed.table.clone()));
+    }
+    let table = BaseTable {
+        table: installed.table.clone(),
+        ..table_of(&crate::config::Config::default())
+    };
     let present = table.exists()?;
     if present {
         table.remove()?;
     }
-    let routed = config.mode == Mode::Routed;
-    if routed {
+    if let Some((fwmark, routing_table)) = installed.routing {
         TransparentRouting {
-            fwmark: config.routing.fwmark,
-            table: config.routing.table,
+            fwmark,
+            table: routing_table,
+            ipv6: true,
         }
         .remove();
     }
-    Ok(Cleaned {
-        table: present,
-        routing: routed,
+    Ok(if present {
+        CleanedUp::Removed {
+            table: installed.table.clone(),
+            routing: installed.routing,
+        }
+    } else {
+        CleanedUp::Absent {
+            table: installed.table.clone(),
+        }
     })
 }
 
@@ -145,6 +247,20 @@ pub struct Hooks {
 /// Runs the gateway until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     let c = &settings.config;
+    // One daemon per table and namespace, and a record of what it installs for `cleanup`;
+    // held until this function returns (the record goes at a clean exit).
+    let _instance = match instance::InstanceLock::take(&instance::Installed {
+        table: c.nftables.table.clone(),
+        routing: (c.mode == Mode::Routed && !c.lan_interfaces.is_empty())
+            .then_some((c.routing.fwmark, c.routing.table)),
+    }) {
+        Ok(lock) => Some(lock),
+        Err(e @ instance::InstanceError::Running { .. }) => return Err(e.into()),
+        Err(e) => {
+            warn!(error = %e, "no instance record: ftp-alg cleanup will go by the configuration");
+            None
+        }
+    };
     // This thread is the first session thread; before anything is installed, so that a
     // refusal leaves nothing behind.
     let realtime = realtime::resolve(
@@ -245,9 +361,13 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     let table = base_table(&settings);
     table.install()?;
     let routing =
-        (c.mode == Mode::Routed && !c.lan_interfaces.is_empty()).then_some(TransparentRouting {
+        (c.mode == Mode::Routed && !c.lan_interfaces.is_empty()).then(|| TransparentRouting {
             fwmark: c.routing.fwmark,
             table: c.routing.table,
+            ipv6: proxy::ipv6_supported() || {
+                warn!("IPv6 is disabled on this host; routed mode routes IPv4 only");
+                false
+            },
         });
     if let Some(routing) = routing
         && let Err(e) = routing.install()
@@ -436,7 +556,6 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Applies what can change without a restart, and says what cannot.
 /// The interfaces the configuration names that this host does not have (now), with their
 /// key: a LAN interface is intercepted by name, so a missing one is not intercepted until it
 /// appears, and a misspelt one never; a missing `wan_interface` stops the start.
@@ -474,6 +593,7 @@ fn warn_unreachable_listener(listen: std::net::SocketAddr, lan_interfaces: &[Str
     }
 }
 
+/// Applies what can change without a restart, and says what cannot.
 /// `old`: the configuration in force (reloadable keys); `started`: the one the daemon started
 /// with, which restart-only keys still follow.
 fn apply_reload(

@@ -33,7 +33,12 @@ fn real_main() -> anyhow::Result<()> {
             let text = toml::to_string_pretty(&validated.config)
                 .context("cannot print the effective settings")?;
             println!("# configuration is valid; effective settings:\n{text}");
-            for (key, name) in ftp_alg::daemon::missing_interfaces(&validated.config) {
+            let config = &validated.config;
+            for (key, name) in ftp_alg::daemon::missing_interfaces(config)
+                .into_iter()
+                // With wan_address set the daemon does not look at wan_interface.
+                .filter(|(key, _)| *key != "wan_interface" || config.wan_address.is_none())
+            {
                 println!(
                     "# note, this host: {key}: no interface {name} (yet){}",
                     if key == "wan_interface" {
@@ -50,29 +55,10 @@ fn real_main() -> anyhow::Result<()> {
             }
         }
         Subcommands::Cleanup(settings) => {
-            // Only the table's name, the mode and the routing are needed: a file that no
-            // longer validates (an edit that broke the restart) still names them.
-            let config = match settings.load() {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!(
-                        "cannot read the configuration ({e}); cleaning up after the defaults"
-                    );
-                    ftp_alg::config::Config::default()
-                }
-            };
-            let cleaned = ftp_alg::daemon::cleanup(&config)?;
-            let table = &config.nftables.table;
-            if cleaned.table {
-                println!("removed table inet {table}");
-            } else {
-                println!("no table inet {table}: nothing to remove");
-            }
-            if cleaned.routing {
-                println!(
-                    "removed the policy routing of routed mode (fwmark {:#x}, table {}), if any",
-                    config.routing.fwmark, config.routing.table
-                );
+            // A file that no longer loads still leaves the daemons' records to go by.
+            let config = settings.load().map_err(|e| e.to_string());
+            for item in ftp_alg::daemon::cleanup(config.as_ref().map_err(Clone::clone))? {
+                println!("{item}");
             }
         }
         Subcommands::Rules(settings) => {

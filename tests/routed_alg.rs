@@ -127,23 +127,40 @@ fn routed_a_sigkill_and_a_restart_leave_one_policy_rule_per_family_and_cleanup_t
     assert_no_problems(&problems, &gateway_context(&lab.gateway, &alg));
     assert_drained(&lab.gateway, &alg);
 
+    // A second daemon for the same table in the same namespace is refused, and cleanup
+    // leaves a running daemon's table alone.
+    let second = AlgDaemon::start(
+        &lab.gateway,
+        &AlgOptions::with_deployment(alg_binary(), AlgDeployment::Routed),
+    );
+    let refused = second
+        .expect_err("a second daemon for the same table")
+        .to_string();
+    assert!(refused.contains("another ftp-alg is running"), "{refused}");
+    let cleanup = || {
+        lab.gateway
+            .exec(&[&alg_binary().display().to_string(), "cleanup"])
+            .expect("ftp-alg cleanup")
+    };
+    let out = cleanup();
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("belongs to a running ftp-alg"),
+        "{out:?}"
+    );
+    assert!(nft::table_exists(&lab.gateway, "inet", nft::ALG_TABLE).expect("nft"));
+
     // Killed again and not restarted: `ftp-alg cleanup` (the unit's ExecStopPost) removes
-    // the table and the policy routing; a second run finds nothing and succeeds too.
+    // the table and the policy routing, as the daemon's record names them (no --mode given
+    // here); a second run finds nothing and succeeds too.
     let mut alg = alg;
     alg.kill();
     assert!(nft::table_exists(&lab.gateway, "inet", nft::ALG_TABLE).expect("nft"));
-    for expected in ["removed table inet ftp_alg", "no table inet ftp_alg"] {
-        let out = lab
-            .gateway
-            .exec(&[
-                &alg_binary().display().to_string(),
-                "cleanup",
-                "--mode",
-                "routed",
-                "--lan-interface",
-                "lan0",
-            ])
-            .expect("ftp-alg cleanup");
+    for expected in [
+        "removed table inet ftp_alg and the policy routing of routed mode",
+        "no table inet ftp_alg",
+    ] {
+        let out = cleanup();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && text.contains(expected), "{out:?}");
         assert!(!nft::table_exists(&lab.gateway, "inet", nft::ALG_TABLE).expect("nft"));

@@ -87,15 +87,21 @@ impl BaseTable {
         run_nft(&["-f", "-"], Some(&script))
     }
 
-    /// Whether the table is in the kernel now.
+    /// Whether the table is in the kernel now (an error when `nft` cannot tell, e.g. run
+    /// without CAP_NET_ADMIN).
     pub fn exists(&self) -> Result<bool, TableError> {
         let out = Command::new("nft")
             .args(["list", "table", "inet", &self.table])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .stderr(Stdio::piped())
+            .output()
             .map_err(TableError::Spawn)?;
-        Ok(out.success())
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match out.status.success() {
+            true => Ok(true),
+            false if stderr.contains("No such file or directory") => Ok(false),
+            false => Err(TableError::Nft(stderr.trim().to_string())),
+        }
     }
 
     /// Deletes the table; a table that is already gone is not an error.

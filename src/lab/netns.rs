@@ -216,8 +216,21 @@ fn pids_of(name: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// Kills what runs in the namespace (by pid) and deletes it. Best effort: used from Drop.
+/// Kills what runs in the namespace (by pid) and deletes it, with the instance records its
+/// daemons left (`/run/ftp-alg/instance-<netns inode>-*.lock`, see `daemon::instance`).
+/// Best effort: used from Drop.
 fn delete_namespace(name: &str) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::metadata(Path::new(NETNS_DIR).join(name)) {
+        let prefix = format!("instance-{}-", meta.ino());
+        if let Ok(entries) = std::fs::read_dir("/run/ftp-alg") {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
     let own = i32::try_from(std::process::id()).unwrap_or(-1);
     for pid in pids_of(name)
         .into_iter()

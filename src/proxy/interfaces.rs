@@ -31,6 +31,16 @@ pub fn interface_exists(name: &str) -> bool {
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
+/// Whether this host has IPv6 at all: a kernel booted with `ipv6.disable=1` refuses IPv6
+/// sockets (EAFNOSUPPORT). Asked by opening one, not from `/proc/sys/net/ipv6`, which the
+/// unit's `ProcSubset=pid` hides.
+pub fn ipv6_supported() -> bool {
+    match socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None) {
+        Ok(_) => true,
+        Err(e) => e.raw_os_error() != Some(libc::EAFNOSUPPORT),
+    }
+}
+
 /// The first global address of `family` (IPv4 when `v6` is false) on interface `name`.
 pub fn first_address(name: &str, v6: bool) -> Result<IpAddr, InterfaceError> {
     let mut found = None;
@@ -99,5 +109,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nonexistent0"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod ipv6_tests {
+    #[test]
+    fn ipv6_is_found_where_the_kernel_has_it() {
+        // This host has IPv6 unless booted without it, which its /proc then says too.
+        let booted_without = !std::path::Path::new("/proc/sys/net/ipv6").exists();
+        assert_eq!(super::ipv6_supported(), !booted_without);
     }
 }

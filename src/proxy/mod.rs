@@ -29,7 +29,7 @@ use crate::session::{Endpoints, Policy, PortAllocator, Session, Topology};
 use crate::telemetry::{SessionRefusal, Telemetry};
 use busy_poll::Watched;
 
-pub use interfaces::{InterfaceError, first_address, interface_exists};
+pub use interfaces::{InterfaceError, first_address, interface_exists, ipv6_supported};
 pub use limits::{Admission, ClientLimiter, Rejection};
 pub use shards::{Shards, Spawner};
 

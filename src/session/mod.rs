@@ -827,13 +827,13 @@ impl<F: Firewall> Session<F> {
             lease: held.lease,
             rest: self.policy.pinhole_timeout,
         };
+        // Counted first: a close cut off by the relay step's bound still happens.
+        if let Some(entry) = &self.telemetry {
+            entry.pinhole_closed(&held.pinhole);
+        }
         match self.firewall.close(held.pinhole).await {
             Ok(()) => lease.rest = Duration::ZERO,
             Err(e) => warn!(pinhole = %held.pinhole, error = %e, "could not remove pinhole"),
-        }
-        drop(lease);
-        if let Some(entry) = &self.telemetry {
-            entry.pinhole_closed(&held.pinhole);
         }
     }
 
