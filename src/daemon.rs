@@ -121,11 +121,37 @@ pub enum CleanedUp {
         /// The table.
         table: String,
     },
-    /// A daemon that holds this table's lock is running: left alone.
+    /// A running daemon claims this table: left alone.
     Running {
         /// The table.
         table: String,
     },
+    /// Removing it failed (the rest went on).
+    Failed {
+        /// The table.
+        table: String,
+        /// Why.
+        error: String,
+        /// The name is not a table name (a record or file edited by hand).
+        bad_name: bool,
+    },
+}
+
+impl CleanedUp {
+    /// The table it is about.
+    pub fn table(&self) -> &str {
+        match self {
+            Self::Removed { table, .. }
+            | Self::Absent { table }
+            | Self::Running { table }
+            | Self::Failed { table, .. } => table,
+        }
+    }
+
+    /// Whether it failed.
+    pub fn failed(&self) -> bool {
+        matches!(self, Self::Failed { .. })
+    }
 }
 
 impl std::fmt::Display for CleanedUp {
@@ -149,6 +175,9 @@ impl std::fmt::Display for CleanedUp {
                     "table inet {table} belongs to a running ftp-alg: left alone"
                 )
             }
+            Self::Failed { table, error, .. } => {
+                write!(f, "table inet {table} could not be removed: {error}")
+            }
         }
     }
 }
@@ -158,36 +187,50 @@ impl std::fmt::Display for CleanedUp {
 /// connections to a port nothing listens on, and in routed mode its policy routing. What it
 /// installed comes from its record ([`instance`]), so a configuration edited since its start
 /// (or broken) does not matter; the configuration's own table is cleaned too when no record
-/// names it. A daemon still running (holding its lock) is left alone; what is not there is
-/// not an error. For systemd's `ExecStopPost` and for an admin after a crash.
+/// names it. A table a running daemon claims is left alone; what is not there is not an
+/// error; one failure does not stop the rest ([`CleanedUp::Failed`]). For systemd's
+/// `ExecStopPost` and for an admin after a crash.
 pub fn cleanup(
     config: Result<&crate::config::Config, String>,
 ) -> Result<Vec<CleanedUp>, DaemonError> {
-    let (gone, running) = instance::survey(std::path::Path::new(instance::DIR));
+    let survey = instance::survey(std::path::Path::new(instance::DIR));
     let mut done = Vec::new();
-    for leftover in gone {
-        done.push(remove_installed(&leftover.installed)?);
-        leftover.forget();
+    for (installed, record, claim) in survey.gone {
+        let outcome = remove_installed(&installed);
+        // The record goes once what it names is gone, or when it cannot name anything.
+        if !matches!(
+            outcome,
+            CleanedUp::Failed {
+                bad_name: false,
+                ..
+            }
+        ) {
+            let _ = std::fs::remove_file(record);
+        }
+        drop(claim);
+        done.push(outcome);
     }
     done.extend(
-        running
+        survey
+            .running
             .into_iter()
             .map(|table| CleanedUp::Running { table }),
     );
-    let named = |table: &str| {
-        done.iter().any(|item| match item {
-            CleanedUp::Removed { table: t, .. }
-            | CleanedUp::Absent { table: t }
-            | CleanedUp::Running { table: t } => t == table,
-        })
-    };
+    let named = |table: &str| done.iter().any(|item| item.table() == table);
     match config {
         Ok(c) if !named(&c.nftables.table) => {
             let installed = instance::Installed {
                 table: c.nftables.table.clone(),
                 routing: (c.mode == Mode::Routed).then_some((c.routing.fwmark, c.routing.table)),
             };
-            done.push(remove_installed(&installed)?);
+            // Claimed meanwhile, so that no daemon starts on it halfway; a running one
+            // (without a record: its directory was not writable, or was wiped) keeps it.
+            match instance::Claim::take(&installed.table) {
+                Ok(_claim) => done.push(remove_installed(&installed)),
+                Err(_) => done.push(CleanedUp::Running {
+                    table: installed.table,
+                }),
+            }
         }
         Ok(_) => {}
         Err(why) if done.is_empty() => return Err(DaemonError::NothingKnown(why)),
@@ -196,19 +239,31 @@ pub fn cleanup(
     Ok(done)
 }
 
-fn remove_installed(installed: &instance::Installed) -> Result<CleanedUp, DaemonError> {
+fn remove_installed(installed: &instance::Installed) -> CleanedUp {
+    let failed = |error: String, bad_name: bool| CleanedUp::Failed {
+        table: installed.table.clone(),
+        error,
+        bad_name,
+    };
     // From a file an admin may have edited: pasted into an nft script only if it is a name.
     if !crate::config::is_table_name(&installed.table) {
-        return Err(DaemonError::BadTable(installed.table.clone()));
+        return failed(
+            DaemonError::BadTable(installed.table.clone()).to_string(),
+            true,
+        );
     }
     let table = BaseTable {
         table: installed.table.clone(),
         ..table_of(&crate::config::Config::default())
     };
-    let present = table.exists()?;
-    if present {
-        table.remove()?;
-    }
+    let present = match table.exists() {
+        Ok(true) => table.remove().map(|()| true),
+        other => other,
+    };
+    let present = match present {
+        Ok(present) => present,
+        Err(e) => return failed(DaemonError::from(e).to_string(), false),
+    };
     if let Some((fwmark, routing_table)) = installed.routing {
         TransparentRouting {
             fwmark,
@@ -217,16 +272,15 @@ fn remove_installed(installed: &instance::Installed) -> Result<CleanedUp, Daemon
         }
         .remove();
     }
-    Ok(if present {
+    let table = installed.table.clone();
+    if present {
         CleanedUp::Removed {
-            table: installed.table.clone(),
+            table,
             routing: installed.routing,
         }
     } else {
-        CleanedUp::Absent {
-            table: installed.table.clone(),
-        }
-    })
+        CleanedUp::Absent { table }
+    }
 }
 
 /// Applies a new log filter (an EnvFilter string).
@@ -247,20 +301,21 @@ pub struct Hooks {
 /// Runs the gateway until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     let c = &settings.config;
-    // One daemon per table and namespace, and a record of what it installs for `cleanup`;
-    // held until this function returns (the record goes at a clean exit).
-    let _instance = match instance::InstanceLock::take(&instance::Installed {
+    // One daemon per table and namespace, and a record of what it installs for `cleanup`:
+    // claimed until this function returns; the record goes once the table is removed.
+    let (instance, unrecorded) = instance::Instance::start(&instance::Installed {
         table: c.nftables.table.clone(),
         routing: (c.mode == Mode::Routed && !c.lan_interfaces.is_empty())
             .then_some((c.routing.fwmark, c.routing.table)),
-    }) {
-        Ok(lock) => Some(lock),
-        Err(e @ instance::InstanceError::Running { .. }) => return Err(e.into()),
-        Err(e) => {
-            warn!(error = %e, "no instance record: ftp-alg cleanup will go by the configuration");
-            None
-        }
-    };
+    })?;
+    if let Some(e) = unrecorded {
+        warn!(
+            error = %e,
+            "cannot record what this daemon installs in {}: after a crash, ftp-alg cleanup \
+             goes by the configuration",
+            instance::DIR
+        );
+    }
     // This thread is the first session thread; before anything is installed, so that a
     // refusal leaves nothing behind.
     let realtime = realtime::resolve(
@@ -549,6 +604,7 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
         routing.remove();
     }
     table.remove()?;
+    instance.finish();
     if let Some(path) = &started.config.status.socket {
         let _ = std::fs::remove_file(path);
     }

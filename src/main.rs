@@ -57,8 +57,12 @@ fn real_main() -> anyhow::Result<()> {
         Subcommands::Cleanup(settings) => {
             // A file that no longer loads still leaves the daemons' records to go by.
             let config = settings.load().map_err(|e| e.to_string());
-            for item in ftp_alg::daemon::cleanup(config.as_ref().map_err(Clone::clone))? {
+            let done = ftp_alg::daemon::cleanup(config.as_ref().map_err(Clone::clone))?;
+            for item in &done {
                 println!("{item}");
+            }
+            if done.iter().any(|item| item.failed()) {
+                anyhow::bail!("some of what was left behind could not be removed (see above)");
             }
         }
         Subcommands::Rules(settings) => {

@@ -217,7 +217,7 @@ fn pids_of(name: &str) -> Vec<i32> {
 }
 
 /// Kills what runs in the namespace (by pid) and deletes it, with the instance records its
-/// daemons left (`/run/ftp-alg/instance-<netns inode>-*.lock`, see `daemon::instance`).
+/// daemons left (`/run/ftp-alg/instance-<netns inode>-*.json`, see `daemon::instance`).
 /// Best effort: used from Drop.
 fn delete_namespace(name: &str) {
     use std::os::unix::fs::MetadataExt;
