@@ -1102,18 +1102,11 @@ fn watch_syns(gateway: &Netns, iif: &str, src: Ipv4Addr, dport: u16) {
         .expect("watch table");
 }
 
-fn watched(gateway: &Netns, name: &str) -> u64 {
-    named_counter(gateway, "lab_watch", name).expect("watch counter")
-}
-
-#[test]
-fn a_pending_passive_pinhole_cannot_be_used_with_the_clients_address_spoofed_from_the_wan() {
-    require_lab!();
-    let lab = attack_lab();
-    // Reverse-path filtering is the host's business and often off on gateways (asymmetric
-    // routes): the ALG's rules must hold without it.
+/// Reverse-path filtering is the host's business and often off on gateways (asymmetric
+/// routes): the ALG's rules must hold without it.
+fn rp_filter_off(gateway: &Netns) {
     for key in ["all", "default", "wan0", "lan0"] {
-        lab.gateway
+        gateway
             .exec_ok(&[
                 "sysctl",
                 "-q",
@@ -1122,6 +1115,17 @@ fn a_pending_passive_pinhole_cannot_be_used_with_the_clients_address_spoofed_fro
             ])
             .expect("rp_filter");
     }
+}
+
+fn watched(gateway: &Netns, name: &str) -> u64 {
+    named_counter(gateway, "lab_watch", name).expect("watch counter")
+}
+
+#[test]
+fn a_pending_passive_pinhole_cannot_be_used_with_the_clients_address_spoofed_from_the_wan() {
+    require_lab!();
+    let lab = attack_lab();
+    rp_filter_off(&lab.gateway);
     let (_server, alg, ctl, data) = pending_passive(&lab);
     watch_wan_syns(&lab.gateway, CLIENT_IP, PASV_PORT);
     // The attacker sends from 10.0.0.2 (the client's address) into the gateway's WAN side.
@@ -1243,17 +1247,7 @@ fn forged_connect(
 fn the_servers_address_forged_from_the_lan_is_not_admitted_to_the_client() {
     require_lab!();
     let lab = attack_lab();
-    // As above: the ALG's rules must hold without reverse-path filtering.
-    for key in ["all", "default", "wan0", "lan0"] {
-        lab.gateway
-            .exec_ok(&[
-                "sysctl",
-                "-q",
-                "-w",
-                &format!("net.ipv4.conf.{key}.rp_filter=0"),
-            ])
-            .expect("rp_filter");
-    }
+    rp_filter_off(&lab.gateway);
     let server = scripted(&lab, |_| None);
     let alg = start_alg(&lab.gateway, &[]);
     let listener = listen_in(&lab.client, v4(CLIENT_IP, 51202)).expect("client listener");

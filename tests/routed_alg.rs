@@ -75,22 +75,33 @@ fn routed_through_alg_vsftpd_lftp_curl_every_mode_both_families_server_sees_the_
     assert_nothing_left(&lab.gateway, alg);
 }
 
+/// The embedded server (libunftp) on both families' server addresses.
+fn embedded_servers(lab: &RoutedLab, payload: &[u8]) -> Servers {
+    Servers::both(
+        FtpServer::embedded(&lab.server, server_addr(false).ip(), payload),
+        FtpServer::embedded(&lab.server, server_addr(true).ip(), payload),
+    )
+}
+
+/// Every mode both families support, with suppaftp against `servers`, passes the judge
+/// (the client's own address seen by the server), and the pinholes drain.
+fn embedded_sessions_pass(lab: &RoutedLab, servers: &Servers, alg: &AlgDaemon, payload_sha: &str) {
+    let mut runs = embedded_runs(false);
+    runs.extend(embedded_runs(true));
+    let done = run_sessions(&lab.client, servers, &target, &runs);
+    let problems = judge(TOPOLOGY, true, &done, payload_sha, &client_ip);
+    assert_no_problems(&problems, &gateway_context(&lab.gateway, alg));
+    assert_drained(&lab.gateway, alg);
+}
+
 #[test]
 fn routed_through_alg_libunftp_suppaftp_every_supported_mode_both_families() {
     require_lab!();
     let (payload, payload_sha) = random_payload();
     let lab = RoutedLab::build().expect("lab");
-    let servers = Servers::both(
-        FtpServer::embedded(&lab.server, server_addr(false).ip(), &payload),
-        FtpServer::embedded(&lab.server, server_addr(true).ip(), &payload),
-    );
+    let servers = embedded_servers(&lab, &payload);
     let alg = start_alg(&lab);
-    let mut runs = embedded_runs(false);
-    runs.extend(embedded_runs(true));
-    let done = run_sessions(&lab.client, &servers, &target, &runs);
-    let problems = judge(TOPOLOGY, true, &done, &payload_sha, &client_ip);
-    assert_no_problems(&problems, &gateway_context(&lab.gateway, &alg));
-    assert_drained(&lab.gateway, &alg);
+    embedded_sessions_pass(&lab, &servers, &alg, &payload_sha);
     assert_nothing_left(&lab.gateway, alg);
 }
 
@@ -99,10 +110,7 @@ fn routed_a_sigkill_and_a_restart_leave_one_policy_rule_per_family_and_cleanup_t
     require_lab!();
     let (payload, payload_sha) = random_payload();
     let lab = RoutedLab::build().expect("lab");
-    let servers = Servers::both(
-        FtpServer::embedded(&lab.server, server_addr(false).ip(), &payload),
-        FtpServer::embedded(&lab.server, server_addr(true).ip(), &payload),
-    );
+    let servers = embedded_servers(&lab, &payload);
     let mut crashed = start_alg(&lab);
     let installed = policy_routing_entries(&lab.gateway, ALG_ROUTE_MARK, ALG_ROUTE_TABLE)
         .expect("ip rule/route show");
@@ -120,12 +128,7 @@ fn routed_a_sigkill_and_a_restart_leave_one_policy_rule_per_family_and_cleanup_t
     let mut expected = installed.clone();
     expected.sort();
     assert_eq!(after, expected, "{}", gateway_context(&lab.gateway, &alg));
-    let mut runs = embedded_runs(false);
-    runs.extend(embedded_runs(true));
-    let done = run_sessions(&lab.client, &servers, &target, &runs);
-    let problems = judge(TOPOLOGY, true, &done, &payload_sha, &client_ip);
-    assert_no_problems(&problems, &gateway_context(&lab.gateway, &alg));
-    assert_drained(&lab.gateway, &alg);
+    embedded_sessions_pass(&lab, &servers, &alg, &payload_sha);
 
     // A second daemon for the same table in the same namespace is refused, and cleanup
     // leaves a running daemon's table alone.

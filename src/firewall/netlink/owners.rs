@@ -193,8 +193,11 @@ impl Owners {
 
     /// Undoes a [`Owners::hold`] whose add failed or was given up. An element that a closed
     /// holder left in the kernel for this add to keep becomes an orphan: the next close
-    /// removes it.
-    pub(super) fn unhold(&self, elements: &[Element]) {
+    /// removes it. `in_doubt`: the add was given up after it was sent, so the kernel may have
+    /// it (where it was placed); unless another holder's add is answered (then that holder
+    /// owns it), it counts as left by a closed holder: owned by whoever holds it next, else
+    /// removed by the next close.
+    fn unhold(&self, elements: &[Element], in_doubt: bool) {
         let mut state = self.state();
         for element in elements {
             let id = main_id(element);
@@ -203,6 +206,9 @@ impl Owners {
             };
             holders.count = holders.count.saturating_sub(1);
             holders.pending = holders.pending.saturating_sub(1);
+            if in_doubt && holders.count == holders.pending {
+                holders.orphaned = true;
+            }
             if holders.count > 0 {
                 continue;
             }
@@ -212,29 +218,6 @@ impl Owners {
                 }
             } else if holders.removing == 0 {
                 state.holders.remove(&id);
-            }
-        }
-    }
-
-    /// Undoes a [`Owners::hold`] whose add was given up after it was sent: the kernel may
-    /// have it (where it was placed), so it is treated as left in the kernel by a holder
-    /// that closed: owned by whoever holds it next, else removed by the next close.
-    fn unhold_in_doubt(&self, elements: &[Element]) {
-        let mut state = self.state();
-        for element in elements {
-            let id = main_id(element);
-            let Some(holders) = state.holders.get_mut(&id) else {
-                continue;
-            };
-            holders.count = holders.count.saturating_sub(1);
-            holders.pending = holders.pending.saturating_sub(1);
-            if holders.count > holders.pending {
-                // Another holder's add is answered: the element is in the kernel and owned.
-                continue;
-            }
-            holders.orphaned = true;
-            if holders.count == 0 && !std::mem::replace(&mut holders.queued, true) {
-                state.orphans.push((id, element.clone()));
             }
         }
     }
@@ -366,7 +349,7 @@ impl Drop for Removal {
 
 /// One [`Owners::hold`], undone on drop unless [`Hold::keep`] was called: an add that failed,
 /// or whose caller stopped waiting, leaves no holder behind. One dropped while its add is
-/// [`Hold::in_doubt`] leaves an orphan instead (see [`Owners::unhold_in_doubt`]).
+/// [`Hold::in_doubt`] leaves an orphan instead (see [`Owners::unhold`]).
 #[derive(Debug)]
 pub(super) struct Hold {
     owners: Arc<Owners>,
@@ -403,11 +386,8 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if self.kept {
-        } else if self.in_doubt {
-            self.owners.unhold_in_doubt(&self.elements);
-        } else {
-            self.owners.unhold(&self.elements);
+        if !self.kept {
+            self.owners.unhold(&self.elements, self.in_doubt);
         }
     }
 }
