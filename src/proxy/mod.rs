@@ -402,8 +402,13 @@ async fn handle<F: Firewall>(
                     )
                 }
                 _ => {
-                    warn!(error = %e, "server unreachable");
-                    format!("Cannot reach the FTP server {server}: {e}")
+                    warn!(error = %e, %server, "server unreachable");
+                    if topology == Topology::Reverse {
+                        // A published server's private address stays inside.
+                        "Cannot reach the FTP server; try again later".to_string()
+                    } else {
+                        format!("Cannot reach the FTP server {server}: {e}")
+                    }
                 }
             };
             refuse(client, &text).await;

@@ -231,7 +231,11 @@ impl<F: Firewall> Session<F> {
         if let (Some(entry), Some(kind)) = (&self.telemetry, refusal.channel_kind()) {
             entry.channel_refused(kind);
         }
-        refusal.reply()
+        if self.topology == Topology::Reverse {
+            refusal.reply_to_outside()
+        } else {
+            refusal.reply()
+        }
     }
 
     /// Relays until either side closes or the idle timeout fires, then removes every pinhole

@@ -113,7 +113,29 @@ pub enum Refusal {
 impl Refusal {
     /// The FTP reply for the side that sent the refused line.
     pub fn reply(&self) -> Vec<u8> {
-        let (code, text) = match self {
+        let (code, text) = self.text();
+        ftp::render_reply(code, &text)
+    }
+
+    /// The reply for a client outside the published server's network (reverse mode): the
+    /// server's private address and the gateway's firewall internals stay in the log.
+    pub fn reply_to_outside(&self) -> Vec<u8> {
+        match self {
+            Self::ForeignPassive { .. } => ftp::render_reply(
+                425,
+                "Can't open data connection: the server announced another host's address",
+            ),
+            Self::Firewall { .. } => ftp::render_reply(
+                425,
+                "Can't open data connection: gateway error; try again later",
+            ),
+            _ => self.reply(),
+        }
+    }
+
+    /// The reply code and the full text, as the log shows it.
+    fn text(&self) -> (u16, String) {
+        match self {
             Self::Malformed { verb, error } => (
                 501,
                 format!("Syntax error in {}: {error}", String::from_utf8_lossy(verb)),
@@ -215,8 +237,7 @@ impl Refusal {
                 425,
                 format!("Can't open data connection: firewall error: {error}"),
             ),
-        };
-        ftp::render_reply(code, &text)
+        }
     }
 
     /// What kind of data-channel refusal this is, for the metrics (none for command policy).
@@ -242,8 +263,7 @@ impl Refusal {
 
     /// Writes the log line for this refusal.
     pub fn log(&self) {
-        let reply = self.reply();
-        let reply = String::from_utf8_lossy(&reply);
-        warn!(reply = reply.trim_end(), "refused");
+        let (code, text) = self.text();
+        warn!(code, reason = %text, "refused");
     }
 }

@@ -995,6 +995,57 @@ async fn reverse_mode_publishes_passive_replies_on_the_public_address() {
     assert_eq!(ports.leased(), 0);
 }
 
+/// A published server's private address and the gateway's firewall internals never reach an
+/// outside client in a refusal; the forward-mode replies keep their detail.
+#[tokio::test]
+async fn reverse_mode_refusals_name_neither_the_backend_nor_the_firewall() {
+    let ends = Endpoints {
+        client: "203.0.113.2:50000".parse().unwrap(),
+        client_facing: "203.0.113.1:21".parse().unwrap(),
+        server: "198.51.100.2:21".parse().unwrap(),
+        upstream_local: "198.51.100.1:41000".parse().unwrap(),
+    };
+    let refuse = Policy {
+        pasv_address: PasvAddressPolicy::Refuse,
+        ..policy()
+    };
+    let mut h = start_topology(Topology::Reverse, ends, refuse, FakeFirewall::default());
+    h.greet().await;
+    // The backend announces another private host: refused, without naming either address.
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 Entering Passive Mode (10,0,0,9,117,48).\r\n")
+        .await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("425 "), "{line}");
+    assert!(
+        !line.contains("198.51.100") && !line.contains("10.0.0.9"),
+        "{line}"
+    );
+    // The kernel refuses the pinhole: a 425 without the kernel's words.
+    h.firewall.fail_next_open();
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 Entering Passive Mode (198,51,100,2,117,48).\r\n")
+        .await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.starts_with("425 "), "{line}");
+    assert!(
+        !line.contains("passive_pin") && !line.contains("injected"),
+        "{line}"
+    );
+    // Positive control: the same refusal in forward mode names the kernel's error.
+    let mut h = start();
+    h.greet().await;
+    h.firewall.fail_next_open();
+    h.client_says(b"PASV\r\n").await;
+    read_line(&mut h.server).await;
+    h.server_says(b"227 Entering Passive Mode (203,0,113,2,117,48).\r\n")
+        .await;
+    let line = read_line(&mut h.client).await;
+    assert!(line.contains("injected failure"), "{line}");
+}
+
 mod properties {
     //! For every input, every pinhole the session asks for names the session's own client
     //! and server and a port above 1023 (DESIGN.md, security invariants).
