@@ -502,18 +502,13 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     let mut background = tokio::task::JoinSet::new();
     background.spawn(firewall.clone().watch(TABLE_CHECK_PERIOD));
     if let Some(listener) = status {
-        background.spawn(status::serve(
-            listener,
-            telemetry.clone(),
-            settings.pinhole_timeout(),
-        ));
+        background.spawn(status::serve(listener, telemetry.clone()));
     }
     if let Some(listener) = metrics {
         background.spawn(proxy::metrics::serve(
             listener,
             telemetry.clone(),
             Arc::new(table.clone()),
-            settings.pinhole_timeout(),
         ));
     }
     info!(

@@ -22,12 +22,7 @@ const MAX_SCRAPES: usize = 4;
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `/metrics` until the task is dropped.
-pub async fn serve(
-    listener: TcpListener,
-    telemetry: Arc<Telemetry>,
-    table: Arc<BaseTable>,
-    pinhole_timeout: Duration,
-) {
+pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, table: Arc<BaseTable>) {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
     loop {
         let (mut stream, peer) = match listener.accept().await {
@@ -59,7 +54,7 @@ pub async fn serve(
                     .await
                     .ok()
                     .and_then(Result::ok);
-                let body = render_prometheus(&telemetry.snapshot(pinhole_timeout), admitted);
+                let body = render_prometheus(&telemetry.snapshot(), admitted);
                 format!(
                     "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
@@ -96,12 +91,7 @@ mod tests {
             route_mark: 1,
             gc_interval_ms: 20,
         });
-        let server = tokio::spawn(serve(
-            listener,
-            Arc::new(Telemetry::default()),
-            table,
-            Duration::from_secs(30),
-        ));
+        let server = tokio::spawn(serve(listener, Arc::new(Telemetry::default()), table));
         // Connections that send nothing hold every slot (until their 5 s read timeout).
         let mut idle = Vec::new();
         for _ in 0..MAX_SCRAPES {

@@ -115,7 +115,7 @@ const MAX_READERS: usize = 4;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves snapshots until the task is dropped.
-pub async fn serve(listener: UnixListener, telemetry: Arc<Telemetry>, pinhole_timeout: Duration) {
+pub async fn serve(listener: UnixListener, telemetry: Arc<Telemetry>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_READERS));
     loop {
         let (mut stream, _) = match listener.accept().await {
@@ -130,7 +130,7 @@ pub async fn serve(listener: UnixListener, telemetry: Arc<Telemetry>, pinhole_ti
             debug!("status: {MAX_READERS} snapshots being read; connection closed");
             continue;
         };
-        let snapshot = telemetry.snapshot(pinhole_timeout);
+        let snapshot = telemetry.snapshot();
         let Ok(json) = serde_json::to_vec(&snapshot) else {
             continue;
         };

@@ -1113,7 +1113,7 @@ impl<F: Firewall> Session<F> {
                     "pinhole acknowledged"
                 );
                 if let Some(entry) = &self.telemetry {
-                    entry.pinhole_opened(plan.pinhole, latency);
+                    entry.pinhole_opened(plan.pinhole, latency, self.policy.pinhole_timeout);
                 }
                 // The lease is the held pinhole's now.
                 lease.keep();

@@ -135,6 +135,7 @@ pub struct SessionEntry {
     bytes_from_client: AtomicU64,
     bytes_from_server: AtomicU64,
     data_channels: AtomicU64,
+    /// Each pinhole with the instant it expires unused.
     pinholes: Mutex<Vec<(Pinhole, Instant)>>,
     telemetry: Arc<Telemetry>,
 }
@@ -202,7 +203,7 @@ impl Telemetry {
     }
 
     /// A consistent copy of everything, for `status` and `/metrics`.
-    pub fn snapshot(&self, pinhole_timeout: Duration) -> Snapshot {
+    pub fn snapshot(&self) -> Snapshot {
         let now = Instant::now();
         let sessions: Vec<SessionView> = lock(&self.sessions)
             .values()
@@ -216,8 +217,8 @@ impl Telemetry {
                 control_bytes_from_server: s.bytes_from_server.load(Ordering::Relaxed),
                 pinholes: lock(&s.pinholes)
                     .iter()
-                    .filter_map(|(p, opened)| {
-                        let left = pinhole_timeout.checked_sub(now.duration_since(*opened))?;
+                    .filter_map(|(p, expires)| {
+                        let left = expires.checked_duration_since(now)?;
                         Some(PinholeView {
                             direction: match p.direction {
                                 Direction::Active => "active",
@@ -311,8 +312,9 @@ impl SessionEntry {
         )
     }
 
-    /// A pinhole was acknowledged by the kernel after `latency`.
-    pub fn pinhole_opened(&self, pinhole: Pinhole, latency: Duration) {
+    /// A pinhole was acknowledged by the kernel after `latency`; it lives `timeout` unused
+    /// (the session's own setting: a reload changes it for new sessions only).
+    pub fn pinhole_opened(&self, pinhole: Pinhole, latency: Duration, timeout: Duration) {
         self.data_channels.fetch_add(1, Ordering::Relaxed);
         let t = &self.telemetry;
         let slot = usize::from(pinhole.direction == Direction::Passive);
@@ -326,7 +328,7 @@ impl SessionEntry {
         t.latency_count.fetch_add(1, Ordering::Relaxed);
         t.latency_sum_ns
             .fetch_add(latency.as_nanos() as u64, Ordering::Relaxed);
-        lock(&self.pinholes).push((pinhole, Instant::now()));
+        lock(&self.pinholes).push((pinhole, Instant::now() + timeout));
     }
 
     /// A pinhole left the session (removed at its end, or aged out).
@@ -661,10 +663,12 @@ mod tests {
             30000,
         );
         registration.entry().from_client(6);
-        registration
-            .entry()
-            .pinhole_opened(pinhole, Duration::from_micros(8));
-        let snap = telemetry.snapshot(Duration::from_secs(30));
+        registration.entry().pinhole_opened(
+            pinhole,
+            Duration::from_micros(8),
+            Duration::from_secs(30),
+        );
+        let snap = telemetry.snapshot();
         assert_eq!(snap.sessions.len(), 1);
         assert_eq!(snap.sessions[0].control_bytes_from_client, 6);
         assert_eq!(snap.sessions[0].pinholes.len(), 1);
@@ -673,21 +677,47 @@ mod tests {
         assert_eq!(snap.latency_buckets[0], (5e-6, 0));
         assert_eq!(snap.latency_buckets[1], (10e-6, 1));
         registration.entry().pinhole_closed(&pinhole);
-        assert!(
-            telemetry.snapshot(Duration::from_secs(30)).sessions[0]
-                .pinholes
-                .is_empty()
-        );
+        assert!(telemetry.snapshot().sessions[0].pinholes.is_empty());
         drop(registration);
-        let snap = telemetry.snapshot(Duration::from_secs(30));
+        let snap = telemetry.snapshot();
         assert!(snap.sessions.is_empty());
         assert_eq!(snap.sessions_total, 1);
+    }
+
+    /// Each pinhole keeps the timeout it was opened with: a reload that changes
+    /// `pinhole.timeout_secs` neither hides a live pinhole nor lengthens an old one.
+    #[test]
+    fn a_pinhole_is_listed_until_its_own_timeout() {
+        let telemetry = Arc::new(Telemetry::default());
+        let registration = telemetry.register(
+            7,
+            "10.0.0.2:5000".parse().unwrap(),
+            "203.0.113.2:21".parse().unwrap(),
+            "client-nat",
+        );
+        let pinhole = |port| {
+            Pinhole::passive(
+                "10.0.0.2".parse().unwrap(),
+                "203.0.113.2".parse().unwrap(),
+                port,
+            )
+        };
+        let entry = registration.entry();
+        entry.pinhole_opened(pinhole(30000), Duration::ZERO, Duration::ZERO);
+        entry.pinhole_opened(pinhole(30001), Duration::ZERO, Duration::from_secs(120));
+        let listed = &telemetry.snapshot().sessions[0].pinholes;
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(listed[0].tuple.contains("30001"), "{listed:?}");
+        assert!(
+            (119..=120).contains(&listed[0].expires_in_secs),
+            "{listed:?}"
+        );
     }
 
     #[test]
     fn the_kernel_backends_counters_appear_once_a_source_is_set() {
         let telemetry = Telemetry::default();
-        let snap = telemetry.snapshot(Duration::from_secs(30));
+        let snap = telemetry.snapshot();
         assert!(snap.firewall.is_none());
         let text = render_status(&serde_json::to_value(&snap).expect("json"));
         assert!(!text.contains("nftables:"), "{text}");
@@ -703,7 +733,7 @@ mod tests {
             ports_in_use: 8,
             ..FirewallStats::default()
         }));
-        let snap = telemetry.snapshot(Duration::from_secs(30));
+        let snap = telemetry.snapshot();
         let fw = snap.firewall.expect("counters");
         assert_eq!((fw.requests, fw.transactions, fw.busy_retries), (10, 7, 2));
         let text = render_status(&serde_json::to_value(&snap).expect("json"));
@@ -727,7 +757,7 @@ mod tests {
                 max_sessions: 4096,
                 admitted,
             });
-            let snap = telemetry.snapshot(Duration::from_secs(30));
+            let snap = telemetry.snapshot();
             render_status(&serde_json::to_value(&snap).expect("json"))
         };
         let text = shown(65_536, 4096);
@@ -752,7 +782,7 @@ mod tests {
             if let Some(view) = view {
                 telemetry.set_host(view);
             }
-            let snap = telemetry.snapshot(Duration::from_secs(30));
+            let snap = telemetry.snapshot();
             render_status(&serde_json::to_value(&snap).expect("json"))
         };
         assert!(!shown(None).contains("CPU idle"));
@@ -780,7 +810,7 @@ mod tests {
                 priority,
                 scope: "pinholes".to_owned(),
             });
-            let snap = telemetry.snapshot(Duration::from_secs(30));
+            let snap = telemetry.snapshot();
             render_status(&serde_json::to_value(&snap).expect("json"))
         };
         let text = shown("auto", 10);
@@ -798,10 +828,8 @@ mod tests {
             text.contains("pinhole path: normal scheduler (realtime_priority 0)"),
             "{text}"
         );
-        let unset = render_status(
-            &serde_json::to_value(Telemetry::default().snapshot(Duration::from_secs(30)))
-                .expect("json"),
-        );
+        let unset =
+            render_status(&serde_json::to_value(Telemetry::default().snapshot()).expect("json"));
         assert!(!unset.contains("pinhole path"), "{unset}");
     }
 }

@@ -242,6 +242,7 @@ mod tests {
                 30000,
             ),
             Duration::from_micros(30),
+            Duration::from_secs(30),
         );
         registration.entry().channel_refused(ChannelRefusal::Bounce);
         telemetry.set_firewall_stats(FirewallStatsSource::new(|| FirewallStats {
@@ -265,7 +266,7 @@ mod tests {
             admitted: 448,
         });
         let text = render(
-            &telemetry.snapshot(Duration::from_secs(30)),
+            &telemetry.snapshot(),
             Some(Admitted {
                 active: 0,
                 passive: 1,
