@@ -112,12 +112,21 @@ impl BaseTable {
 }
 
 impl BaseTable {
-    /// The kernel's admission counters of this table (connections that consumed a pinhole).
-    pub fn admitted(&self) -> Result<Admitted, TableError> {
-        let out = Command::new("nft")
+    /// The kernel's admission counters of this table (connections that consumed a pinhole),
+    /// read by an `nft` child that is killed if it has not answered within `limit`: a scrape
+    /// must not hold its slot, or leave a process, for as long as `nft` hangs.
+    pub async fn admitted(&self, limit: std::time::Duration) -> Result<Admitted, TableError> {
+        let child = tokio::process::Command::new("nft")
             .args(["-j", "list", "counters", "table", "inet", &self.table])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .output()
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(TableError::Spawn)?;
+        let out = tokio::time::timeout(limit, child.wait_with_output())
+            .await
+            .map_err(|_| TableError::Nft(format!("no answer within {limit:?}; killed")))?
             .map_err(TableError::Spawn)?;
         if !out.status.success() {
             return Err(TableError::Nft(

@@ -202,11 +202,24 @@ impl Telemetry {
         lock(&self.sessions).len()
     }
 
-    /// A consistent copy of everything, for `status` and `/metrics`.
+    /// A consistent copy of everything, for `status`.
     pub fn snapshot(&self) -> Snapshot {
+        self.copy(true)
+    }
+
+    /// The counters without the per-session views, for `/metrics`: a scrape needs only how
+    /// many sessions there are, and the sessions' lock is held while their views are built.
+    pub fn counters(&self) -> Snapshot {
+        self.copy(false)
+    }
+
+    fn copy(&self, with_sessions: bool) -> Snapshot {
         let now = Instant::now();
-        let sessions: Vec<SessionView> = lock(&self.sessions)
+        let registry = lock(&self.sessions);
+        let sessions_active = registry.len() as u64;
+        let sessions: Vec<SessionView> = registry
             .values()
+            .filter(|_| with_sessions)
             .map(|s| SessionView {
                 id: s.id,
                 client: s.client,
@@ -231,6 +244,7 @@ impl Telemetry {
                     .collect(),
             })
             .collect();
+        drop(registry);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         // Read while installs are counted: made cumulative again, with the count (the +Inf
         // bucket) at least the largest bucket.
@@ -251,6 +265,7 @@ impl Telemetry {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             sessions_total: load(&self.sessions_total),
+            sessions_active,
             session_refusals: lock(&self.session_refusals).clone(),
             channels_opened_active: load(&self.channels_opened[0]),
             channels_opened_passive: load(&self.channels_opened[1]),
@@ -361,6 +376,8 @@ pub struct Snapshot {
     pub unix_time: u64,
     /// Sessions started since start.
     pub sessions_total: u64,
+    /// Sessions registered now (`sessions` lists them, except in [`Telemetry::counters`]).
+    pub sessions_active: u64,
     /// Sessions refused, by reason.
     pub session_refusals: BTreeMap<SessionRefusal, u64>,
     /// Active-mode data channels opened.

@@ -30,7 +30,7 @@ pub fn render(snapshot: &Snapshot, admitted: Option<Admitted>) -> String {
         "ftp_alg_sessions_active",
         "gauge",
         "Control sessions currently relayed.",
-        &plain(snapshot.sessions.len() as u64),
+        &plain(snapshot.sessions_active),
     );
     metric(
         "ftp_alg_sessions_total",
