@@ -165,13 +165,35 @@ pub fn fetch(path: &Path) -> Result<serde_json::Value, StatusError> {
     serde_json::from_slice(&text).map_err(|e| err(std::io::Error::other(e)))
 }
 
+/// The group's id through the C library, so a group from LDAP, sssd or systemd-userdb is
+/// found as well as one in `/etc/group`.
 fn group_id(name: &str) -> Option<u32> {
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        (fields.next()? == name).then_some(())?;
-        fields.nth(1)?.parse().ok()
-    })
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf: Vec<libc::c_char> = vec![0; 1024];
+    loop {
+        let mut group = std::mem::MaybeUninit::<libc::group>::uninit();
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: the name is NUL-terminated, `group` and `found` are valid for writes, and
+        // the buffer's true length is passed.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                group.as_mut_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() {
+            return None;
+        }
+        // SAFETY: on success `found` points at `group`, which the call filled.
+        return Some(unsafe { (*found).gr_gid });
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +210,13 @@ mod tests {
         turned_away.join().expect("listener thread");
         assert!(matches!(error, StatusError::Busy(_)), "{error}");
         assert!(error.to_string().contains("try again"), "{error}");
+    }
+
+    #[test]
+    fn groups_are_looked_up_through_the_c_library() {
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("ftp-alg-no-such-group"), None);
+        assert_eq!(group_id("nul\0inside"), None);
     }
 
     #[test]
