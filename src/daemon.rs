@@ -461,7 +461,10 @@ pub async fn run(settings: Validated, hooks: Hooks) -> Result<(), DaemonError> {
     });
     telemetry.set_firewall_stats(crate::telemetry::FirewallStatsSource::new({
         let firewall = firewall.clone();
-        move || firewall.inner().stats()
+        move || crate::firewall::FirewallStats {
+            table_reinstalls: firewall.reinstalls(),
+            ..firewall.inner().stats()
+        }
     }));
     let busy_poll = (c.runtime.busy_poll_us > 0)
         .then(|| std::time::Duration::from_micros(c.runtime.busy_poll_us));

@@ -254,6 +254,9 @@ pub struct FirewallStats {
     pub busy_retries: u64,
     /// Pinholes placed in the `_hot` twin sets (a key reused within seconds).
     pub hot_placements: u64,
+    /// Times the base table was reinstalled after it vanished: counted by the self-healing
+    /// wrapper (`healing`), 0 from this backend alone.
+    pub table_reinstalls: u64,
 }
 
 #[derive(Debug, Default)]
@@ -350,6 +353,7 @@ impl NftFirewall {
             ports_in_use: c.ports_in_use.load(Ordering::Relaxed),
             busy_retries: c.busy_retries.load(Ordering::Relaxed),
             hot_placements: c.hot_placements.load(Ordering::Relaxed),
+            table_reinstalls: 0,
         }
     }
 

@@ -837,7 +837,12 @@ impl<F: Firewall> Session<F> {
         }
         match self.firewall.close(held.pinhole).await {
             Ok(()) => lease.rest = Duration::ZERO,
-            Err(e) => warn!(pinhole = %held.pinhole, error = %e, "could not remove pinhole"),
+            Err(e) => {
+                warn!(pinhole = %held.pinhole, error = %e, "could not remove pinhole");
+                if let Some(entry) = &self.telemetry {
+                    entry.pinhole_close_failed();
+                }
+            }
         }
     }
 

@@ -354,6 +354,13 @@ impl SessionEntry {
         lock(&self.pinholes).retain(|(p, _)| p != pinhole);
     }
 
+    /// The kernel refused to remove a pinhole (it stays until its timeout).
+    pub fn pinhole_close_failed(&self) {
+        self.telemetry
+            .firewall_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A data channel was refused.
     pub fn channel_refused(&self, why: ChannelRefusal) {
         if why == ChannelRefusal::Firewall {
@@ -437,6 +444,9 @@ pub struct FirewallView {
     pub ports_in_use: u64,
     /// Pinholes placed in the `_hot` twin sets (keys reused within seconds).
     pub hot_placements: u64,
+    /// Times the table was reinstalled after it vanished (the kernel's admission counters
+    /// restarted at 0 each time).
+    pub table_reinstalls: u64,
 }
 
 impl From<FirewallStats> for FirewallView {
@@ -453,6 +463,7 @@ impl From<FirewallStats> for FirewallView {
             stale_flow_sweeps_deferred: s.flow_sweeps_deferred,
             ports_in_use: s.ports_in_use,
             hot_placements: s.hot_placements,
+            table_reinstalls: s.table_reinstalls,
         }
     }
 }
@@ -590,20 +601,36 @@ pub fn render_status(snapshot: &serde_json::Value) -> String {
     if fw.is_object() {
         let _ = writeln!(
             out,
-            "nftables: {} requests in {} transactions, {} EBUSY retries, {} pinholes in the \
-             _hot sets, {} stale flows removed ({} swept ahead, {} sweeps deferred for a live \
-             connection; {} installs skipped the delete; {} leased ports refused, their data \
-             connection still alive)",
+            "nftables: {} requests in {} transactions ({} replayed one by one), {} EBUSY \
+             retries, {} pinholes in the _hot sets, {} stale flows removed ({} swept ahead, {} \
+             sweeps deferred for a live connection; {} installs skipped the delete; {} leased \
+             ports refused, their data connection still alive); table reinstalled {} time(s)",
             num(&fw["requests"]),
             num(&fw["transactions"]),
+            num(&fw["replays"]),
             num(&fw["busy_retries"]),
             num(&fw["hot_placements"]),
             num(&fw["stale_flows_removed"]),
             num(&fw["stale_flows_swept"]),
             num(&fw["stale_flow_sweeps_deferred"]),
             num(&fw["stale_flow_deletes_skipped"]),
-            num(&fw["ports_in_use"])
+            num(&fw["ports_in_use"]),
+            num(&fw["table_reinstalls"])
         );
+    }
+    for (key, what) in [
+        ("session_refusals", "sessions refused"),
+        ("channel_refusals", "data channels refused"),
+    ] {
+        let counts: Vec<String> = snapshot[key]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(reason, n)| format!("{reason} {}", num(n)))
+            .collect();
+        if !counts.is_empty() {
+            let _ = writeln!(out, "{what}: {}", counts.join(", "));
+        }
     }
     let rt = &snapshot["realtime"];
     if rt.is_object() {
@@ -748,21 +775,26 @@ mod tests {
             flow_deletes_skipped: 4,
             flow_sweeps_deferred: 2,
             ports_in_use: 8,
+            replays: 6,
+            table_reinstalls: 1,
             ..FirewallStats::default()
         }));
+        telemetry.session_refused(SessionRefusal::PerClient);
         let snap = telemetry.snapshot();
         let fw = snap.firewall.expect("counters");
         assert_eq!((fw.requests, fw.transactions, fw.busy_retries), (10, 7, 2));
         let text = render_status(&serde_json::to_value(&snap).expect("json"));
         assert!(
             text.contains(
-                "nftables: 10 requests in 7 transactions, 2 EBUSY retries, 3 pinholes in the \
-                 _hot sets, 1 stale flows removed (5 swept ahead, 2 sweeps deferred for a live \
-                 connection; 4 installs skipped the delete; 8 leased ports refused, their data \
-                 connection still alive)"
+                "nftables: 10 requests in 7 transactions (6 replayed one by one), 2 EBUSY \
+                 retries, 3 pinholes in the _hot sets, 1 stale flows removed (5 swept ahead, 2 \
+                 sweeps deferred for a live connection; 4 installs skipped the delete; 8 leased \
+                 ports refused, their data connection still alive); table reinstalled 1 time(s)"
             ),
             "{text}"
         );
+        assert!(text.contains("sessions refused: per_client 1\n"), "{text}");
+        assert!(!text.contains("data channels refused"), "{text}");
     }
 
     #[test]

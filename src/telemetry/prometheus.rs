@@ -95,7 +95,7 @@ pub fn render(snapshot: &Snapshot, admitted: Option<Admitted>) -> String {
     metric(
         "ftp_alg_netlink_errors_total",
         "counter",
-        "Pinhole requests the kernel refused.",
+        "Pinhole opens the kernel refused (once per data channel refused, after any retry on another gateway port) and pinhole removals it refused (the pinhole stays until its timeout).",
         &plain(snapshot.firewall_errors),
     );
     metric(
@@ -178,6 +178,16 @@ pub fn render(snapshot: &Snapshot, admitted: Option<Admitted>) -> String {
                 fw.stale_flow_deletes_skipped.to_string(),
             ),
             (
+                "ftp_alg_nft_replays_total",
+                "Batches that failed and were replayed one request per transaction.",
+                fw.replays.to_string(),
+            ),
+            (
+                "ftp_alg_table_reinstalls_total",
+                "Times the table was reinstalled after it vanished; the admitted counters restart at 0 each time.",
+                fw.table_reinstalls.to_string(),
+            ),
+            (
                 "ftp_alg_pinholes_hot_total",
                 "Pinholes placed in the _hot twin sets (a key reused within seconds).",
                 fw.hot_placements.to_string(),
@@ -253,6 +263,8 @@ mod tests {
             flow_deletes_skipped: 6,
             flow_sweeps_deferred: 7,
             ports_in_use: 9,
+            replays: 5,
+            table_reinstalls: 2,
             ..FirewallStats::default()
         }));
         telemetry.set_realtime(RealtimeView {
@@ -286,6 +298,8 @@ mod tests {
             "ftp_alg_nft_transactions_total 3",
             "ftp_alg_nft_busy_retries_total 1",
             "ftp_alg_pinholes_hot_total 2",
+            "ftp_alg_nft_replays_total 5",
+            "ftp_alg_table_reinstalls_total 2",
             "ftp_alg_nft_stale_flow_deletes_skipped_total 6",
             "ftp_alg_nft_stale_flow_sweeps_deferred_total 7",
             "ftp_alg_nft_ports_in_use_total 9",
