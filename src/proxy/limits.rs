@@ -127,6 +127,59 @@ impl Drop for Admission {
     }
 }
 
+/// A budget of log lines: at most `burst` per `window`, the rest counted and reported with
+/// the next line that is written. Connections refused at admission come as fast as a client
+/// can open them; a line each would flood the journal, whose own rate limit then drops the
+/// daemon's other lines with them.
+#[derive(Debug)]
+pub struct LogBudget {
+    burst: u32,
+    window: std::time::Duration,
+    state: Mutex<BudgetState>,
+}
+
+#[derive(Debug)]
+struct BudgetState {
+    window_start: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    /// At most `burst` lines per `window`.
+    pub fn new(burst: u32, window: std::time::Duration) -> Self {
+        Self {
+            burst,
+            window,
+            state: Mutex::new(BudgetState {
+                window_start: None,
+                used: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// `Some(n)` if a line may be written now, `n` being the lines left out since the last
+    /// one written; `None` if this one is to be left out (and counted).
+    pub fn take(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let expired = state
+            .window_start
+            .is_none_or(|start| now.saturating_duration_since(start) >= self.window);
+        if expired {
+            state.window_start = Some(now);
+            state.used = 0;
+        }
+        if state.used < self.burst {
+            state.used += 1;
+            Some(std::mem::take(&mut state.suppressed))
+        } else {
+            state.suppressed += 1;
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +203,24 @@ mod tests {
         let _c = limiter.admit(addr("10.0.0.3"), now).unwrap();
         drop(a);
         assert!(limiter.admit(addr("10.0.0.2"), now).is_ok());
+    }
+
+    #[test]
+    fn the_log_budget_leaves_out_lines_past_its_burst_and_reports_them() {
+        let budget = LogBudget::new(2, std::time::Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(budget.take(t0), Some(0));
+        assert_eq!(budget.take(t0), Some(0));
+        assert_eq!(budget.take(t0), None);
+        assert_eq!(
+            budget.take(t0 + std::time::Duration::from_millis(999)),
+            None
+        );
+        // A new window: the first line reports the two left out.
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        assert_eq!(budget.take(t1), Some(2));
+        assert_eq!(budget.take(t1), Some(0));
+        assert_eq!(budget.take(t1), None);
     }
 
     #[test]

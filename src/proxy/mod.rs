@@ -30,7 +30,7 @@ use crate::telemetry::{SessionRefusal, Telemetry};
 use busy_poll::Watched;
 
 pub use interfaces::{InterfaceError, first_address, interface_exists, ipv6_supported};
-pub use limits::{Admission, ClientLimiter, Rejection};
+pub use limits::{Admission, ClientLimiter, LogBudget, Rejection};
 pub use shards::{Shards, Spawner};
 
 /// A failure of the proxy's own sockets.
@@ -136,6 +136,8 @@ struct Shared<F> {
     ports: Arc<PortAllocator>,
     slots: Arc<Semaphore>,
     limiter: Arc<ClientLimiter>,
+    /// Log lines for connections refused at admission (see [`LogBudget`]).
+    refusal_log: LogBudget,
     next_id: AtomicU64,
     /// The current upstream source (see [`ProxySettings::wan_interface`]).
     upstream_source: std::sync::Mutex<Option<IpAddr>>,
@@ -190,6 +192,7 @@ pub async fn serve<F: Firewall>(
             settings.new_sessions_per_second_per_client,
             settings.client_prefix_v6,
         )),
+        refusal_log: LogBudget::new(REFUSAL_LOG_BURST, Duration::from_secs(1)),
         settings,
         firewall,
         ports,
@@ -285,10 +288,12 @@ async fn accept_loop<F: Firewall>(
                             .settings
                             .telemetry
                             .session_refused(SessionRefusal::MaxSessions);
-                        warn!(
-                            max = shared.settings.max_sessions,
-                            "session limit reached; refused"
-                        );
+                        if let Some(not_logged) = shared.refusal_log.take(Instant::now()) {
+                            warn!(
+                                max = shared.settings.max_sessions,
+                                not_logged, "session limit reached; refused"
+                            );
+                        }
                         refuse(
                             client,
                             "Too many sessions through this gateway; try again later",
@@ -301,7 +306,9 @@ async fn accept_loop<F: Firewall>(
                             Rejection::Concurrent(_) => SessionRefusal::PerClient,
                             Rejection::Rate(_) => SessionRefusal::Rate,
                         });
-                        warn!(%rejection, "client over its limit; refused");
+                        if let Some(not_logged) = shared.refusal_log.take(Instant::now()) {
+                            warn!(%rejection, not_logged, "client over its limit; refused");
+                        }
                         refuse(client, &format!("Refused: {rejection}")).await;
                         return;
                     }
@@ -500,6 +507,10 @@ fn control_socket_options(stream: &TcpStream) {
         debug!(error = %e, "cannot set TCP keepalive on a control connection");
     }
 }
+
+/// Connections refused at admission that are logged per second; the rest are counted in the
+/// next line's `not_logged` (and always in the refusal metrics).
+const REFUSAL_LOG_BURST: u32 = 10;
 
 /// Idle time before a control connection's first keepalive probe.
 const KEEPALIVE: Duration = Duration::from_secs(60);

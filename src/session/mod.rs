@@ -168,7 +168,14 @@ pub struct Session<F: Firewall> {
     client_spoke: bool,
     /// Real-time while a pinhole is installed and its line released (see [`Policy`]).
     boost: Option<Boost>,
+    /// Refusals so far: past [`REFUSALS_LOGGED`] they are logged at debug level only.
+    refusals: u64,
 }
+
+/// Refusals a session logs at warn level. A client can send refusable lines as fast as its
+/// link carries them; a line each would flood the journal, whose own rate limit then drops
+/// every service's lines alike. The rest are counted, said once, and summed up at the end.
+const REFUSALS_LOGGED: u64 = 20;
 
 /// A pinhole this session opened, and the port lease it holds.
 #[derive(Debug)]
@@ -216,6 +223,7 @@ impl<F: Firewall> Session<F> {
             next_seq: 0,
             local_replies: VecDeque::new(),
             boost: None,
+            refusals: 0,
         }
     }
 
@@ -225,9 +233,20 @@ impl<F: Firewall> Session<F> {
         self
     }
 
-    /// Logs a refusal, counts it, and returns its reply.
-    fn refuse(&self, refusal: &Refusal) -> Vec<u8> {
-        refusal.log();
+    /// Logs a refusal (within the session's budget), counts it, and returns its reply.
+    fn refuse(&mut self, refusal: &Refusal) -> Vec<u8> {
+        self.refusals += 1;
+        if self.refusals <= REFUSALS_LOGGED {
+            refusal.log();
+        } else {
+            if self.refusals == REFUSALS_LOGGED + 1 {
+                warn!(
+                    "more than {REFUSALS_LOGGED} refusals in this session; the rest are \
+                     logged at debug level and summed up at its end"
+                );
+            }
+            refusal.log_quietly();
+        }
         if let (Some(entry), Some(kind)) = (&self.telemetry, refusal.channel_kind()) {
             entry.channel_refused(kind);
         }
@@ -252,6 +271,13 @@ impl<F: Firewall> Session<F> {
             .await;
         // Pinholes go first: nothing of this session may outlive it in the kernel.
         self.close_all().await;
+        if self.refusals > REFUSALS_LOGGED {
+            warn!(
+                refusals = self.refusals,
+                not_logged = self.refusals - REFUSALS_LOGGED,
+                "session refused more lines than it logged"
+            );
+        }
         match stop {
             Stop::Ended(ending) => ending,
             Stop::Passthrough => {

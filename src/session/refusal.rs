@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::ftp::{self, CommandError};
 use crate::telemetry::ChannelRefusal;
@@ -265,5 +265,11 @@ impl Refusal {
     pub fn log(&self) {
         let (code, text) = self.text();
         warn!(code, reason = %text, "refused");
+    }
+
+    /// Writes the log line at debug level: for a session past its budget of warnings.
+    pub fn log_quietly(&self) {
+        let (code, text) = self.text();
+        debug!(code, reason = %text, "refused");
     }
 }

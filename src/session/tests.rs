@@ -1046,6 +1046,53 @@ async fn reverse_mode_refusals_name_neither_the_backend_nor_the_firewall() {
     assert!(line.contains("injected failure"), "{line}");
 }
 
+/// A client sending refusable lines as fast as it can gets a reply to each, but the log
+/// gets the first [`REFUSALS_LOGGED`] at warn level, one line saying the rest go to debug,
+/// and their count at the session's end.
+#[tokio::test]
+async fn a_flood_of_refused_lines_is_logged_within_a_budget() {
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let mut h = start();
+    h.greet().await;
+    let sent = REFUSALS_LOGGED + 30;
+    for _ in 0..sent {
+        // A bounce: the address is not the client's own.
+        h.client_says(b"PORT 192,0,2,9,195,80\r\n").await;
+        assert!(read_line(&mut h.client).await.starts_with("501 "));
+    }
+    h.finish().await;
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let refused = log.matches(" refused code=").count();
+    assert_eq!(refused as u64, REFUSALS_LOGGED, "{log}");
+    assert_eq!(
+        log.matches("the rest are logged at debug level").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("refusals={sent} not_logged=30")),
+        "{log}"
+    );
+}
+
 mod properties {
     //! For every input, every pinhole the session asks for names the session's own client
     //! and server and a port above 1023 (DESIGN.md, security invariants).
