@@ -93,13 +93,10 @@ pub fn table(report: &LabReport) -> String {
     if !notes.is_empty() {
         let _ = writeln!(out, "\nwhy:");
         for (i, cell) in notes.iter().enumerate() {
-            let unexpected = if cell.as_expected() {
-                ""
-            } else if cell.verdict.ok {
-                " — UNEXPECTED: the physics says this fails"
-            } else {
-                " — UNEXPECTED: the physics says this works"
-            };
+            let unexpected = cell
+                .unexpected_note()
+                .map(|note| format!(" — UNEXPECTED: {note}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
                 "({}) {}: {}{unexpected}",
@@ -205,6 +202,7 @@ pub fn results_json(report: &LabReport) -> serde_json::Value {
                 "variant": cell.id.variant.name(),
                 "ok": cell.verdict.ok,
                 "expected_ok": cell.id.expected_ok(),
+                "as_expected": cell.as_expected(),
                 "text": cell.verdict.text,
                 "svg": format!("{}.svg", cell.id.file_stem()),
                 "ports": cell.ports.iter().collect::<Vec<_>>(),
@@ -342,11 +340,12 @@ pub fn page(report: &LabReport) -> String {
                 cell.id.file_stem(),
                 escape(&cell.id.to_string()),
                 escape(&cell.verdict.text),
-                if cell.as_expected() {
-                    ""
-                } else {
-                    " <b>(not what the physics predicts)</b>"
-                }
+                cell.unexpected_note()
+                    .map(|note| format!(
+                        " <b>(not what the physics predicts: {})</b>",
+                        escape(&note)
+                    ))
+                    .unwrap_or_default()
             );
         }
         html.push_str("</ol>\n");

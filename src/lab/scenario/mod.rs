@@ -39,10 +39,10 @@ use std::time::{Duration, Instant};
 
 pub use observe::DroppedSyn;
 pub use setup::{Addresses, ScenarioLab};
-pub use verdict::Verdict;
+pub use verdict::{Failure, RstSender, Verdict};
 
 use self::observe::{Recorder, clear_dropped, dropped_syns};
-use self::peers::{ClientOutcome, Event, EventLog, PeerEvent};
+use self::peers::{ClientOutcome, ConnectFailure, Event, EventLog, PeerEvent, Side};
 use super::diagram::{Sequence, render};
 use super::{DataMode, LabError, Result};
 use crate::watch::{ExplainConfig, Explainer, Finding, Segment};
@@ -175,11 +175,111 @@ impl ScenarioId {
     /// fails behind a port-forward, both fail through a strict firewall; with the kernel
     /// helper or ftp-alg everything works.
     pub fn expected_ok(&self) -> bool {
+        self.prediction() == Prediction::Works
+    }
+
+    /// What the physics says, with how each predicted failure shows (docs/lab.md tells the
+    /// same stories): a cell that fails some other way did not show what the table claims.
+    pub fn prediction(&self) -> Prediction {
         match (self.variant, self.topology) {
-            (Variant::None, Topology::ClientNat) => !self.mode.is_active(),
-            (Variant::None, Topology::Reverse) => self.mode.is_active(),
-            (Variant::None, Topology::Routed) => false,
-            _ => true,
+            (Variant::None, Topology::ClientNat) if self.mode.is_active() => {
+                Prediction::Fails(ExpectedFailure::NoRouteToPrivateClient)
+            }
+            (Variant::None, Topology::Reverse) if self.mode == DataMode::Pasv => {
+                Prediction::Fails(ExpectedFailure::NoRouteToInsideServer)
+            }
+            (Variant::None, Topology::Reverse) if self.mode == DataMode::Epsv => {
+                Prediction::Fails(ExpectedFailure::RefusedByGateway)
+            }
+            (Variant::None, Topology::Routed) => {
+                Prediction::Fails(ExpectedFailure::DroppedByForwardChain)
+            }
+            _ => Prediction::Works,
+        }
+    }
+}
+
+/// What the physics predicts for a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    /// The download arrives intact.
+    Works,
+    /// The session fails, and in this particular way.
+    Fails(ExpectedFailure),
+}
+
+/// How a predicted failure shows in the observations: the opener of the data connection
+/// (the server in active mode, the client in passive mode) and how its connect ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedFailure {
+    /// Active mode behind client NAT: PORT/EPRT names the client's private address, and the
+    /// server's connect to it finds no route.
+    NoRouteToPrivateClient,
+    /// PASV behind a port-forward: the 227 names the server's inside address, and the
+    /// client's connect to it finds no route.
+    NoRouteToInsideServer,
+    /// EPSV behind a port-forward: the client tries the 229's port at the public address and
+    /// is refused there — not by a host behind the gateway (only :21 is forwarded).
+    RefusedByGateway,
+    /// Routed firewall: every address is right, the opener's connect times out, and the
+    /// forward chain's drop recorder counted its SYN.
+    DroppedByForwardChain,
+}
+
+impl ExpectedFailure {
+    /// The prediction in words, for an UNEXPECTED line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::NoRouteToPrivateClient => {
+                "the server's data connect to the client's private address (named in PORT/EPRT) finds no route"
+            }
+            Self::NoRouteToInsideServer => {
+                "the client's data connect to the server's inside address (named in 227) finds no route"
+            }
+            Self::RefusedByGateway => {
+                "the client's data connect to the gateway's public address (the 229's port) is refused there"
+            }
+            Self::DroppedByForwardChain => {
+                "the data connect to the announced address times out, its SYN counted by the forward chain's drop recorder"
+            }
+        }
+    }
+
+    /// Whether the observed `failure` of cell `id` is this one.
+    pub fn is_met_by(self, id: &ScenarioId, failure: &Failure) -> bool {
+        let Failure::DataConnect {
+            opener,
+            remote,
+            how,
+            dropped,
+            rst,
+        } = failure
+        else {
+            return false;
+        };
+        let addresses = id.topology.addresses();
+        let (expected_opener, announced) = if id.mode.is_active() {
+            (Side::Server, addresses.client)
+        } else {
+            (Side::Client, addresses.server.ip())
+        };
+        if *opener != expected_opener {
+            return false;
+        }
+        match self {
+            Self::NoRouteToPrivateClient | Self::NoRouteToInsideServer => {
+                *how == ConnectFailure::Unreachable && remote.ip() == announced
+            }
+            Self::RefusedByGateway => {
+                // A RST the capture saw arriving from behind the gateway would be another
+                // story; one it did not see at all is not evidence against this one.
+                *how == ConnectFailure::Refused
+                    && remote.ip() == addresses.gateway_client_side
+                    && !matches!(rst, Some(RstSender::Forwarded { .. }))
+            }
+            Self::DroppedByForwardChain => {
+                *how == ConnectFailure::TimedOut && *dropped && remote.ip() == announced
+            }
         }
     }
 }
@@ -320,9 +420,35 @@ pub struct CellResult {
 }
 
 impl CellResult {
-    /// Whether the outcome is the one the physics predicts.
+    /// Whether the outcome is the one the physics predicts: a predicted failure counts only
+    /// when it failed the predicted way.
     pub fn as_expected(&self) -> bool {
-        self.verdict.ok == self.id.expected_ok()
+        match self.id.prediction() {
+            Prediction::Works => self.verdict.ok,
+            Prediction::Fails(expected) => {
+                !self.verdict.ok
+                    && self
+                        .verdict
+                        .failure
+                        .as_ref()
+                        .is_some_and(|f| expected.is_met_by(&self.id, f))
+            }
+        }
+    }
+
+    /// For a cell that is not as expected: what the physics predicted instead.
+    pub fn unexpected_note(&self) -> Option<String> {
+        if self.as_expected() {
+            return None;
+        }
+        Some(match (self.id.prediction(), self.verdict.ok) {
+            (Prediction::Works, _) => "the physics says this works".to_owned(),
+            (Prediction::Fails(_), true) => "the physics says this fails".to_owned(),
+            (Prediction::Fails(expected), false) => format!(
+                "the physics predicts another failure: {}",
+                expected.describe()
+            ),
+        })
     }
 
     /// The diagram as an SVG document.
@@ -429,11 +555,11 @@ pub fn run(
             };
             let cell = lab.run(mode)?;
             let n = report.cells.len() + 1;
-            let mark = match (cell.verdict.ok, cell.as_expected()) {
-                (true, true) => "ok".to_owned(),
-                (false, true) => "FAIL (as expected)".to_owned(),
-                (true, false) => "ok — UNEXPECTED".to_owned(),
-                (false, false) => "FAIL — UNEXPECTED".to_owned(),
+            let mark = match (cell.verdict.ok, cell.unexpected_note()) {
+                (true, None) => "ok".to_owned(),
+                (false, None) => "FAIL (as expected)".to_owned(),
+                (true, Some(note)) => format!("ok — UNEXPECTED ({note})"),
+                (false, Some(note)) => format!("FAIL — UNEXPECTED ({note})"),
             };
             progress(&format!(
                 "  [{n:>2}/{total}] {:<26} {mark} ({:.1} s): {}",
@@ -628,4 +754,311 @@ pub fn command(args: &crate::cli::LabArgs, stop: &AtomicBool) -> anyhow::Result<
         );
     }
     Ok(report.matches_physics())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::watch::TcpFlags;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("test address")
+    }
+
+    fn id(text: &str) -> ScenarioId {
+        text.parse().expect("test cell")
+    }
+
+    fn ev(side: Side, what: PeerEvent) -> Event {
+        Event {
+            at: Duration::ZERO,
+            side,
+            what,
+        }
+    }
+
+    fn failed(reason: &str) -> ClientOutcome {
+        ClientOutcome {
+            ok: false,
+            failure: Some(reason.to_owned()),
+            timed_out: false,
+        }
+    }
+
+    fn connect_failed(side: Side, local: &str, remote: &str, failure: ConnectFailure) -> Event {
+        ev(
+            side,
+            PeerEvent::DataConnectFailed {
+                local: Some(addr(local)),
+                remote: addr(remote),
+                failure,
+                error: "test".into(),
+                waited: Duration::from_secs(2),
+            },
+        )
+    }
+
+    fn rst(iface: &str, outgoing: bool, src: &str, dst: &str) -> Segment {
+        Segment {
+            at: Duration::ZERO,
+            iface: iface.into(),
+            outgoing,
+            src: addr(src),
+            dst: addr(dst),
+            flags: TcpFlags {
+                rst: true,
+                ack: true,
+                ..TcpFlags::default()
+            },
+            seq: 0,
+            ack: 4242,
+            payload: Vec::new(),
+        }
+    }
+
+    /// Judges and draws a cell from made-up observations, as `run_cell` does from real ones.
+    fn cell(
+        id: ScenarioId,
+        events: Vec<Event>,
+        segments: Vec<Segment>,
+        dropped: Vec<DroppedSyn>,
+        client: ClientOutcome,
+    ) -> CellResult {
+        let observation = Observation {
+            id,
+            addresses: id.topology.addresses(),
+            events: &events,
+            segments: &segments,
+            dropped: &dropped,
+            client: &client,
+        };
+        let verdict = verdict::judge(&observation);
+        let sequence = sequence::build(&observation, &verdict);
+        CellResult {
+            id,
+            verdict,
+            findings: Vec::new(),
+            dropped,
+            sequence,
+            ports: BTreeSet::new(),
+            segments_seen: segments.len(),
+            events,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// client-nat/PORT/none as docs/lab.md tells it: no route from the server to 10.0.0.2,
+    /// the server answers 425, the client gives up.
+    fn client_nat_port_events() -> Vec<Event> {
+        vec![
+            ev(
+                Side::Server,
+                PeerEvent::ControlAccepted {
+                    local: addr("203.0.113.2:21"),
+                    peer: addr("203.0.113.1:40000"),
+                },
+            ),
+            connect_failed(
+                Side::Server,
+                "203.0.113.2:20",
+                "10.0.0.2:41121",
+                ConnectFailure::Unreachable,
+            ),
+            ev(
+                Side::Client,
+                PeerEvent::Received("425 Can't open data connection to 10.0.0.2:41121".into()),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_predicted_failure_with_the_predicted_cause_is_as_expected() {
+        let c = cell(
+            id("client-nat/PORT/none"),
+            client_nat_port_events(),
+            Vec::new(),
+            Vec::new(),
+            failed("RETR was answered `425 …`"),
+        );
+        assert!(!c.verdict.ok);
+        assert!(c.as_expected(), "{:?}", c.verdict);
+        assert_eq!(c.unexpected_note(), None);
+        assert!(c.verdict.text.contains("no route to 10.0.0.2"));
+    }
+
+    #[test]
+    fn a_predicted_failure_for_a_control_timeout_is_unexpected() {
+        let c = cell(
+            id("client-nat/PORT/none"),
+            vec![ev(
+                Side::Client,
+                PeerEvent::ControlFailed {
+                    remote: addr("203.0.113.2:21"),
+                    error: "connection timed out".into(),
+                },
+            )],
+            Vec::new(),
+            Vec::new(),
+            failed("control connection to 203.0.113.2:21: connection timed out"),
+        );
+        assert!(!c.as_expected());
+        let note = c.unexpected_note().expect("a note");
+        assert!(note.contains("another failure"), "{note}");
+        // The real reason is what is shown.
+        assert!(
+            c.verdict.text.contains("control connection"),
+            "{}",
+            c.verdict.text
+        );
+        let table = crate::lab::report::table(&LabReport {
+            cells: vec![c],
+            kept: Vec::new(),
+            elapsed: Duration::ZERO,
+            interrupted: false,
+        });
+        assert!(table.contains("FAIL(1)!"), "{table}");
+        assert!(table.contains("UNEXPECTED: the physics predicts another failure"));
+    }
+
+    #[test]
+    fn a_failed_bind_or_the_session_bound_is_not_the_predicted_failure() {
+        // `425 Address already in use`: the server never got to connect.
+        let bind = cell(
+            id("client-nat/EPRT/none"),
+            vec![ev(
+                Side::Client,
+                PeerEvent::Received("425 Can't open data connection: Address in use".into()),
+            )],
+            Vec::new(),
+            Vec::new(),
+            failed("RETR was answered `425 …`"),
+        );
+        assert!(!bind.as_expected());
+        // The connect failed as predicted, but the session was cut off by its bound.
+        let mut events = client_nat_port_events();
+        events.pop();
+        let bound = cell(
+            id("client-nat/PORT/none"),
+            events,
+            Vec::new(),
+            Vec::new(),
+            ClientOutcome {
+                ok: false,
+                failure: Some("the session did not end within 20s".into()),
+                timed_out: true,
+            },
+        );
+        assert!(!bound.as_expected());
+        assert!(bound.verdict.text.contains("did not end within"));
+    }
+
+    #[test]
+    fn routed_failures_need_the_recorded_drop() {
+        let events = vec![connect_failed(
+            Side::Client,
+            "192.0.2.2:55936",
+            "203.0.113.2:42469",
+            ConnectFailure::TimedOut,
+        )];
+        let drop = DroppedSyn {
+            src: addr("192.0.2.2:55936"),
+            dst: addr("203.0.113.2:42469"),
+            packets: 2,
+        };
+        let outcome = failed("data connection to 203.0.113.2:42469: timed out");
+        let with = cell(
+            id("routed/PASV/none"),
+            events.clone(),
+            Vec::new(),
+            vec![drop],
+            outcome.clone(),
+        );
+        assert!(with.as_expected(), "{:?}", with.verdict);
+        let without = cell(
+            id("routed/PASV/none"),
+            events,
+            Vec::new(),
+            Vec::new(),
+            outcome,
+        );
+        assert!(!without.as_expected());
+    }
+
+    #[test]
+    fn the_rst_is_attributed_only_as_the_capture_shows() {
+        let events = vec![connect_failed(
+            Side::Client,
+            "203.0.113.2:37214",
+            "203.0.113.1:37633",
+            ConnectFailure::Refused,
+        )];
+        let outcome = failed("data connection to 203.0.113.1:37633: refused");
+        let rst_out = rst("wan0", true, "203.0.113.1:37633", "203.0.113.2:37214");
+        // Leaving via wan0 and never arriving: the gateway made it.
+        let gateway = cell(
+            id("reverse/EPSV/none"),
+            events.clone(),
+            vec![rst_out.clone()],
+            Vec::new(),
+            outcome.clone(),
+        );
+        assert!(gateway.as_expected(), "{:?}", gateway.verdict);
+        assert!(gateway.verdict.text.contains("by the gateway itself"));
+        assert!(gateway.verdict.text.contains("wan0"));
+        // Not captured: nobody is named, and the prediction is not contradicted.
+        let unseen = cell(
+            id("reverse/EPSV/none"),
+            events.clone(),
+            Vec::new(),
+            Vec::new(),
+            outcome.clone(),
+        );
+        assert!(unseen.as_expected());
+        assert!(!unseen.verdict.text.contains("refused by the gateway"));
+        assert!(unseen.verdict.text.contains("not observed"));
+        // Arriving from the server on lan0 and forwarded: another story.
+        let forwarded = cell(
+            id("reverse/EPSV/none"),
+            events,
+            vec![
+                rst("lan0", false, "198.51.100.2:37633", "203.0.113.2:37214"),
+                rst_out,
+            ],
+            Vec::new(),
+            outcome,
+        );
+        assert!(!forwarded.as_expected());
+        assert!(
+            forwarded
+                .verdict
+                .text
+                .contains("RST from 198.51.100.2:37633"),
+            "{}",
+            forwarded.verdict.text
+        );
+    }
+
+    #[test]
+    fn predictions_follow_the_table() {
+        assert_eq!(id("client-nat/PASV/none").prediction(), Prediction::Works);
+        assert_eq!(id("reverse/PORT/none").prediction(), Prediction::Works);
+        assert_eq!(id("routed/EPSV/ftp-alg").prediction(), Prediction::Works);
+        assert_eq!(
+            id("reverse/PASV/none").prediction(),
+            Prediction::Fails(ExpectedFailure::NoRouteToInsideServer)
+        );
+        let works_but_failed = cell(
+            id("routed/PORT/kernel-helper"),
+            client_nat_port_events(),
+            Vec::new(),
+            Vec::new(),
+            failed("x"),
+        );
+        assert_eq!(
+            works_but_failed.unexpected_note().as_deref(),
+            Some("the physics says this works")
+        );
+    }
 }

@@ -592,6 +592,9 @@ pub struct ClientOutcome {
     pub ok: bool,
     /// The client's own words when it did not.
     pub failure: Option<String>,
+    /// The session was cut off by its time bound instead of ending by itself: whatever the
+    /// peers recorded, the client's account of why it failed is missing.
+    pub timed_out: bool,
 }
 
 /// Runs one client session in `ns`: log in, negotiate `mode`, `RETR` [`LAB_FILE`], compare it
@@ -612,10 +615,12 @@ pub fn run_client(
             Ok(()) => ClientOutcome {
                 ok: true,
                 failure: None,
+                timed_out: false,
             },
             Err(why) => ClientOutcome {
                 ok: false,
                 failure: Some(why),
+                timed_out: false,
             },
         };
         let _ = tx.send(outcome);
@@ -623,6 +628,7 @@ pub fn run_client(
     Ok(rx.recv_timeout(bound).unwrap_or_else(|_| ClientOutcome {
         ok: false,
         failure: Some(format!("the session did not end within {bound:?}")),
+        timed_out: true,
     }))
 }
 

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use super::Observation;
 use super::Variant;
 use super::peers::{ConnectFailure, PeerEvent, Side};
-use super::verdict::{Verdict, announcing_verb, failed_connect, matching_drop};
+use super::verdict::{
+    RstSender, Verdict, announcing_verb, failed_connect, matching_drop, rst_sender,
+};
 use crate::lab::diagram::{Lane, Row, Sequence, Style};
 
 fn lane(side: Side) -> Lane {
@@ -649,6 +651,33 @@ fn data_failed_rows(obs: &Observation<'_>, rows: &mut Vec<Row>, at_ms: Option<u6
                 obs.addresses.gateway_server_side,
             ]
             .contains(&f.remote.ip());
+            // The RST is drawn from whoever the capture shows sent it; when the capture does
+            // not show it, from where the SYN was addressed, and the detail says so.
+            let rst = rst_sender(obs, f.local, f.remote);
+            let (rst_lane, rst_detail) = match &rst {
+                Some(RstSender::Gateway { iface }) if gateway => (
+                    Lane::Gateway,
+                    format!(
+                        "sent by the gateway (via {iface}): no port-forward for :{}",
+                        f.remote.port()
+                    ),
+                ),
+                Some(RstSender::Gateway { iface }) => {
+                    (Lane::Gateway, format!("sent by the gateway (via {iface})"))
+                }
+                Some(RstSender::Forwarded { from, iface }) => (
+                    lane(listener),
+                    format!("from {from} (arriving on {iface}): nothing listens there"),
+                ),
+                None => (
+                    if gateway {
+                        Lane::Gateway
+                    } else {
+                        lane(listener)
+                    },
+                    "sender not in the gateway's capture".to_owned(),
+                ),
+            };
             rows.push(Row::Arrow {
                 from: lane(opener),
                 to: if gateway {
@@ -662,18 +691,10 @@ fn data_failed_rows(obs: &Observation<'_>, rows: &mut Vec<Row>, at_ms: Option<u6
                 at_ms,
             });
             rows.push(Row::Arrow {
-                from: if gateway {
-                    Lane::Gateway
-                } else {
-                    lane(listener)
-                },
+                from: rst_lane,
                 to: lane(opener),
                 label: "RST: refused".into(),
-                detail: Some(if gateway {
-                    format!("no port-forward for :{}", f.remote.port())
-                } else {
-                    "nothing listens there".into()
-                }),
+                detail: Some(rst_detail),
                 style: Style::Blocked,
                 at_ms,
             });
