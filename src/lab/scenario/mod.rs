@@ -508,6 +508,8 @@ impl LabReport {
 
 /// Runs the selected cells, reporting progress lines to `progress`. Stops between cells when
 /// `stop` is set; everything built is removed on return (unless kept), also on error or panic.
+/// On an error after `--keep` kept some labs, `progress` is told where they are first: the
+/// error drops the report, and the stale-namespace sweep skips kept namespaces for good.
 pub fn run(
     options: &LabOptions,
     progress: &mut dyn FnMut(&str),
@@ -530,6 +532,39 @@ pub fn run(
             _ => groups.push((id.topology, id.variant, vec![id.mode])),
         }
     }
+    if let Err(error) = run_groups(options, groups, &file, total, &mut report, progress, stop) {
+        announce_kept_on_error(&report.kept, progress);
+        return Err(error);
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Where the labs kept so far are and how to delete them, as progress lines: the only trace
+/// of them once an error ends the run (this process forgot them, and they are marked kept).
+fn announce_kept_on_error(kept: &[KeptLab], progress: &mut dyn FnMut(&str)) {
+    if kept.is_empty() {
+        return;
+    }
+    progress("the run failed; the labs kept before the failure stay up:");
+    for line in super::report::kept_instructions(kept).lines() {
+        if !line.is_empty() {
+            progress(line);
+        }
+    }
+}
+
+/// The group loop of [`run`]: builds each topology × variant lab, runs its modes into
+/// `report`, keeps it when asked.
+fn run_groups(
+    options: &LabOptions,
+    groups: Vec<(Topology, Variant, Vec<DataMode>)>,
+    file: &Arc<Vec<u8>>,
+    total: usize,
+    report: &mut LabReport,
+    progress: &mut dyn FnMut(&str),
+    stop: &AtomicBool,
+) -> Result<()> {
     for (topology, variant, modes) in groups {
         if stop.load(Ordering::Relaxed) {
             report.interrupted = true;
@@ -542,7 +577,7 @@ pub fn run(
             variant.title()
         ));
         let lab =
-            ScenarioLab::build_with(topology, variant, &options.alg_binary, Arc::clone(&file))?;
+            ScenarioLab::build_with(topology, variant, &options.alg_binary, Arc::clone(file))?;
         for mode in modes {
             if stop.load(Ordering::Relaxed) {
                 report.interrupted = true;
@@ -586,8 +621,19 @@ pub fn run(
             });
         }
     }
-    report.elapsed = start.elapsed();
-    Ok(report)
+    Ok(())
+}
+
+/// The error of an interrupted run: with `--keep`, the labs listed as kept stay up.
+fn interrupted_message(cells: usize, some_kept: bool) -> String {
+    if some_kept {
+        format!(
+            "interrupted after {cells} cell(s); the kept namespaces listed above stay up, the \
+             others built so far are removed"
+        )
+    } else {
+        format!("interrupted after {cells} cell(s); the namespaces built so far are removed")
+    }
 }
 
 /// `len` random bytes (the file the sessions download).
@@ -749,8 +795,8 @@ pub fn command(args: &crate::cli::LabArgs, stop: &AtomicBool) -> anyhow::Result<
     // Not a physics failure: say what happened instead of pointing at UNEXPECTED lines.
     if report.interrupted {
         anyhow::bail!(
-            "interrupted after {} cell(s); the namespaces built so far are removed",
-            report.cells.len()
+            "{}",
+            interrupted_message(report.cells.len(), !report.kept.is_empty())
         );
     }
     Ok(report.matches_physics())
@@ -1038,6 +1084,26 @@ mod tests {
             "{}",
             forwarded.verdict.text
         );
+    }
+
+    #[test]
+    fn kept_labs_are_announced_when_a_later_group_fails() {
+        let kept = vec![KeptLab {
+            topology: Topology::Routed,
+            variant: Variant::None,
+            namespaces: vec!["fa1x0-cl".into(), "fa1x0-gw".into(), "fa1x0-sv".into()],
+            alg_command: None,
+        }];
+        let mut lines = Vec::new();
+        announce_kept_on_error(&kept, &mut |line: &str| lines.push(line.to_owned()));
+        let all = lines.join("\n");
+        assert!(all.contains("fa1x0-cl fa1x0-gw fa1x0-sv"), "{all}");
+        assert!(all.contains("delete:"), "{all}");
+        lines.clear();
+        announce_kept_on_error(&[], &mut |line: &str| lines.push(line.to_owned()));
+        assert!(lines.is_empty());
+        assert!(interrupted_message(3, true).contains("kept namespaces listed above stay up"));
+        assert!(!interrupted_message(3, false).contains("kept"));
     }
 
     #[test]
