@@ -169,7 +169,8 @@ fn lab_table_matches_the_physics_and_each_diagram_shows_its_real_ports() {
                     "routed" => why.contains("dropped by the gateway's forward chain"),
                     "client-nat" => why.contains("no route to 10.0.0.2"),
                     _ => {
-                        why.contains("198.51.100.2") || why.contains("refused (RST) by the gateway")
+                        why.contains("198.51.100.2")
+                            || why.contains("refused by the gateway itself")
                     }
                 };
                 assert!(reason_names_the_cause, "vague reason: {why}");
